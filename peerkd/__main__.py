@@ -1,0 +1,3 @@
+from peerkd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,302 @@
+"""Configuration: dataclasses are the schema, YAML files and ``--set a.b=c`` overrides fill them.
+
+A wrong key or a value of the wrong type raises :class:`ConfigError` before any work starts; its message names the
+dotted key and, for a misspelt key, the nearest valid one. The options of the method (``method.*``) are validated
+against the ``Options`` dataclass of the registered method named by ``method.name``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message says which key and what to do."""
+
+
+@dataclass
+class SyntheticConfig:
+    """The generated dataset (``data.dataset: synthetic``): CIFAR-shaped, learnable, deterministic given its seed."""
+
+    num_classes: int = 10  # classes; 10 keeps the quickstart quick
+    train_size: int = 5000  # images in the training split
+    test_size: int = 2000  # images in the test split
+    seed: int = 0  # the generator's seed: the same seed gives the same bytes
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"  # a name from `peerkd list datasets`
+    root: str | None = None  # folder holding the dataset (CLI: --data-dir); None means the cache folder
+    download: bool = True  # let torchvision download into the cache folder when the dataset is missing
+    batch_size: int = 128  # images per optimiser step, summed over all DDP ranks
+    eval_batch_size: int = 500  # images per evaluation batch
+    crop_padding: int = 4  # pixels of zero padding before the random crop (0 disables the crop)
+    flip: bool = True  # random horizontal flip with probability 0.5
+    normalize: str = "dataset"  # "dataset" (its own mean/std), "imagenet" (ImageNet mean/std) or "none"
+    train_subset: int | None = None  # use only this many training images (seeded choice) for quick runs
+    test_subset: int | None = None  # evaluate on only the first N test images
+    heldout_per_class: int = 0  # images per class moved from training to a held-out split (methods may ask more)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.1  # peak learning rate for batch 128 (the CIFAR recipe of every paper here)
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4  # L2 on every trained parameter, BatchNorm included, as the papers' code does
+
+
+@dataclass
+class ScheduleConfig:
+    epochs: int = 300
+    kind: str = "multistep"  # "multistep" (lr x gamma at each milestone epoch) or "cosine" (to 0 per step)
+    milestones: list[int] = field(default_factory=lambda: [150, 225])  # epochs at which lr is multiplied by gamma
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs (fractions allowed), per step
+
+
+@dataclass
+class TrainerConfig:
+    device: str = "auto"  # "auto" (cuda if present, else cpu), "cpu", "cuda", "cuda:1", ...
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16" or "fp32"
+    channels_last: str = "auto"  # "auto" (on for CUDA), "on" or "off"
+    compile: bool = False  # torch.compile the training step
+    eval_every: int = 1  # evaluate every N epochs (and always after the last)
+    log_every: int = 50  # steps between training-log lines (one host sync each)
+    out: str = "runs"  # parent folder of run folders; a run writes to <out>/<name>
+    progress: str = "auto"  # progress bar: "auto" (only on a terminal), "on", "off"
+    threads: int = 0  # CPU threads for torch (0 keeps torch's default)
+
+
+@dataclass
+class MethodConfig:
+    name: str = "vanilla"
+    options: Any = None  # the method's own Options dataclass instance
+
+
+@dataclass
+class Config:
+    name: str = "run"  # run folder name under trainer.out
+    seed: int = 0  # seeds weights, data order, augmentation and every method's randomness
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(dataclasses.replace(self, method=MethodConfig()))
+        method = {"name": self.method.name}
+        if self.method.options is not None:
+            method.update(dataclasses.asdict(self.method.options))
+        out["method"] = method
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------------------------- typed conversion
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value, tp, key: str):
+    """Return ``value`` converted to type ``tp`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: cannot be {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            value = [value] if not isinstance(value, (dict, str)) or item_tp is str else value
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "yes", "on")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def unknown_key_error(key: str, valid: typing.Iterable[str], prefix: str = "") -> ConfigError:
+    valid = list(valid)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown key '{prefix}{key}'{hint}")
+
+
+def unknown_name_error(key: str, name: str, valid: typing.Iterable[str]) -> ConfigError:
+    valid = sorted(valid)
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return ConfigError(f"{key}: unknown name '{name}'; {hint}choose one of: {', '.join(valid)}")
+
+
+def from_dict(cls, data: dict | None, prefix: str = ""):
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
+    data = data or {}
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise unknown_key_error(str(key), names, prefix)
+        kwargs[key] = _convert(value, hints[key], f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- overrides, files
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b=c"`` -> (["a", "b"], value); the value is read as YAML so lists and numbers work."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has no key before '='")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_override(tree: dict, path: list[str], value) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{'.'.join(path)}': '{part}' is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist; pass an existing YAML file with -c")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping at its top level")
+    return tree
+
+
+def build_config(tree: dict | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Validate a raw config tree (from YAML) plus ``--set`` overrides into a :class:`Config`."""
+    from peerkd.methods.registry import method_options_class
+
+    tree = dict(tree or {})
+    for text in overrides:
+        path, value = parse_override(text)
+        apply_override(tree, path, value)
+    method_tree = tree.pop("method", None) or {}
+    if not isinstance(method_tree, dict):
+        raise ConfigError("method: expected a mapping with at least 'name'")
+    config = from_dict(Config, tree)
+    method_tree = dict(method_tree)
+    name = _convert(method_tree.pop("name", "vanilla"), str, "method.name")
+    options_cls = method_options_class(name)
+    config.method = MethodConfig(name=name, options=from_dict(options_cls, method_tree, prefix="method."))
+    _check_values(config)
+    return config
+
+
+def _check_values(config: Config) -> None:
+    def choose(key, value, allowed):
+        if value not in allowed:
+            raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
+
+    choose("schedule.kind", config.schedule.kind, ["multistep", "cosine"])
+    choose("trainer.precision", config.trainer.precision, ["auto", "bf16", "fp32"])
+    choose("trainer.channels_last", config.trainer.channels_last, ["auto", "on", "off"])
+    choose("trainer.progress", config.trainer.progress, ["auto", "on", "off"])
+    choose("data.normalize", config.data.normalize, ["dataset", "imagenet", "none"])
+    positive = {"data.batch_size": config.data.batch_size, "data.eval_batch_size": config.data.eval_batch_size,
+                "schedule.epochs": config.schedule.epochs, "trainer.eval_every": config.trainer.eval_every,
+                "trainer.log_every": config.trainer.log_every}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be positive, got {value}")
+    if config.optim.lr <= 0:
+        raise ConfigError(f"optim.lr: must be positive, got {config.optim.lr}")
+    from peerkd.data.datasets import dataset_names
+
+    if config.data.dataset not in dataset_names():
+        raise unknown_name_error("data.dataset", config.data.dataset, dataset_names())
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a YAML file (or nothing: all defaults) and apply overrides."""
+    tree = load_yaml(path) if path else {}
+    return build_config(tree, overrides)

@@ -1,0 +1,37 @@
+"""The unit of data every method receives."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+
+@dataclass
+class Batch:
+    """One training batch.
+
+    x:     ``(B, C, H, W)`` float, or ``(V, B, C, H, W)`` when the method asked for ``V > 1`` augmented views.
+    y:     ``(B,)`` int64 class labels.
+    index: ``(B,)`` int64 position of each sample in the training split (0 .. num_train - 1), for per-sample memory.
+    y_b, lam: set by batch mixing (Mixup / CutMix): the partner labels and the mixing weight of ``y``
+           (a scalar tensor, or ``(V,)`` / ``(B,)`` where mixing differs per view or sample).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
+    y_b: torch.Tensor | None = None
+    lam: torch.Tensor | None = None
+
+    @property
+    def views(self) -> int:
+        return self.x.shape[0] if self.x.dim() == 5 else 1
+
+    def view(self, v: int) -> torch.Tensor:
+        """Images of view ``v`` (the only view for a 4-D batch)."""
+        return self.x[v] if self.x.dim() == 5 else self.x
+
+    def to(self, device, non_blocking: bool = True) -> "Batch":
+        move = (lambda t: None if t is None else t.to(device, non_blocking=non_blocking))
+        return replace(self, x=move(self.x), y=move(self.y), index=move(self.index), y_b=move(self.y_b),
+                       lam=move(self.lam))

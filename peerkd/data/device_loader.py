@@ -1,0 +1,132 @@
+"""The device-resident loader of DESIGN.md: the uint8 dataset lives on the device, and shuffling, random crop,
+flip and normalisation are batched tensor ops there.
+
+Every random number of an epoch (the permutation, each view's crop offsets and flips) is drawn on the CPU from a
+generator seeded by ``(seed, epoch)``, so epoch ``e`` is the same on any device, after any resume, and from any
+starting step. Batch shapes are static (the last partial batch is dropped). Under DDP every rank draws the same
+permutation and takes its share of each global batch, so the global batch keeps the configured size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from peerkd.data import augment
+from peerkd.data.batch import Batch
+
+
+def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    # a distinct 63-bit seed per (seed, epoch, stream), so views and epochs never share random numbers
+    mixed = np.random.SeedSequence([seed, epoch, stream]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(mixed[0]) << 31 ^ int(mixed[1]))
+
+
+@dataclass
+class Split:
+    """Which rows of the training arrays train, and which are held out (per-class counts), chosen by the seed."""
+
+    train: np.ndarray
+    heldout: np.ndarray
+
+
+def make_split(labels: np.ndarray, num_classes: int, seed: int, heldout_per_class: int = 0,
+               train_subset: int | None = None) -> Split:
+    rng = np.random.default_rng([seed, 7])
+    order = rng.permutation(len(labels))
+    heldout = np.zeros(0, dtype=np.int64)
+    if heldout_per_class > 0:
+        picks = []
+        for c in range(num_classes):
+            rows = order[labels[order] == c]
+            if len(rows) <= heldout_per_class:
+                raise ValueError(f"class {c} has {len(rows)} training images; cannot hold out {heldout_per_class}")
+            picks.append(rows[:heldout_per_class])
+        heldout = np.sort(np.concatenate(picks))
+    keep = np.setdiff1d(order, heldout, assume_unique=True) if heldout.size else order
+    if train_subset is not None:
+        keep = order[np.isin(order, keep)][:train_subset]
+    return Split(np.sort(keep).astype(np.int64), heldout.astype(np.int64))
+
+
+class DeviceLoader:
+    """Training batches from uint8 NHWC images kept on ``device``.
+
+    views: independently augmented copies of each image (``Batch.x`` is ``(V, B, C, H, W)`` when ``views > 1``).
+    rank, world: this process's share of every global batch of ``batch_size`` images.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, mean, std, device,
+                 seed: int = 0, views: int = 1, crop_padding: int = 4, flip: bool = True, channels_last: bool = False,
+                 rank: int = 0, world: int = 1):
+        if batch_size % world:
+            raise ValueError(f"data.batch_size={batch_size} must be divisible by the {world} DDP processes")
+        if len(labels) < batch_size:
+            raise ValueError(f"the training split has {len(labels)} images, fewer than one batch of {batch_size}; "
+                             "lower data.batch_size or enlarge data.train_subset")
+        self.device = torch.device(device)
+        self.size = images.shape[1]
+        self.padding = crop_padding
+        self.images = augment.pad_images(torch.as_tensor(images).to(self.device), crop_padding)
+        self.labels = torch.as_tensor(labels, dtype=torch.int64).to(self.device)
+        self.num_images = len(labels)
+        self.batch_size, self.views, self.flip = batch_size, views, flip
+        self.seed, self.rank, self.world = seed, rank, world
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
+        self.channels_last = channels_last
+
+    def __len__(self) -> int:
+        return self.num_images // self.batch_size
+
+    def epoch_randomness(self, epoch: int):
+        """The epoch's permutation ``(N,)`` and per view crop offsets ``(V, N, 2)`` and flips ``(V, N)``."""
+        perm = torch.randperm(self.num_images, generator=_epoch_generator(self.seed, epoch, 0))
+        offsets, flips = [], []
+        for v in range(self.views):
+            gen = _epoch_generator(self.seed, epoch, 1 + v)
+            offsets.append(torch.randint(0, 2 * self.padding + 1, (self.num_images, 2), generator=gen))
+            flip = torch.rand(self.num_images, generator=gen) < 0.5
+            flips.append(flip if self.flip else torch.zeros_like(flip))
+        return perm, torch.stack(offsets), torch.stack(flips)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """Yield the batches of ``epoch`` from ``start_step`` on (for a resume in the middle of an epoch)."""
+        perm, offsets, flips = (t.to(self.device) for t in self.epoch_randomness(epoch))
+        local = self.batch_size // self.world
+        for step in range(start_step, len(self)):
+            rows = perm[step * self.batch_size + self.rank * local: step * self.batch_size + (self.rank + 1) * local]
+            picked = self.images[rows]
+            views = [augment.normalize(augment.crop_flip(picked, offsets[v, rows], flips[v, rows], self.size),
+                                       self.mean, self.std, self.channels_last) for v in range(self.views)]
+            x = views[0] if self.views == 1 else torch.stack(views)
+            yield Batch(x=x, y=self.labels[rows], index=rows)
+
+
+class EvalLoader:
+    """Un-augmented batches in dataset order (the last batch may be smaller); used for test and held-out sets."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, mean, std, device,
+                 channels_last: bool = False):
+        self.device = torch.device(device)
+        self.images = torch.as_tensor(images).to(self.device)
+        self.labels = torch.as_tensor(labels, dtype=torch.int64).to(self.device)
+        self.batch_size = batch_size
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
+        self.channels_last = channels_last
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for start in range(0, len(self.labels), self.batch_size):
+            rows = torch.arange(start, min(start + self.batch_size, len(self.labels)), device=self.device)
+            x = augment.normalize(self.images[rows], self.mean, self.std, self.channels_last)
+            yield Batch(x=x, y=self.labels[rows], index=rows)

@@ -1,0 +1,98 @@
+"""The method contract. One trainer serves every method through it and never asks for a method's name.
+
+A method owns all it trains (peers, branches, gates, fusion modules, peer teachers) and all its state
+(``register_buffer``), so ``parameters()`` and ``state_dict()`` are complete and a checkpoint restores it exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class DataRequest:
+    """What a method needs from the data pipeline."""
+
+    views: int = 1  # independently augmented views of every image (ICL, CutnMix, PCL, DDGSD)
+    heldout_per_class: int = 0  # images per class held out of training for the method (KDCL-General)
+
+
+@dataclass
+class TaskInfo:
+    """What a method may know about the task when it is built."""
+
+    num_classes: int
+    image_size: int = 32
+    num_train: int = 0  # images in the training split: size of per-sample memories (Batch.index < num_train)
+    in_channels: int = 3
+    restoring: bool = False  # True when rebuilt to receive a checkpoint: build architectures, load no weights
+
+
+@dataclass
+class StepOutput:
+    """The scalar to back-propagate and named, detached parts of it for the logs (device tensors: no sync)."""
+
+    loss: torch.Tensor
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class EpochContext:
+    """Handed to ``on_epoch_end``: the finished epoch and what a method may evaluate on."""
+
+    epoch: int  # the epoch just finished, counted from 0
+    epochs: int
+    device: torch.device
+    heldout: Any = None  # an EvalLoader over the held-out split, when the method asked for one
+    autocast: Callable[[], Any] | None = None  # a context manager factory matching the training precision
+    world: int = 1  # DDP processes; reduce across them with torch.distributed when world > 1
+
+
+class Method(nn.Module):
+    """Base of every method. Subclasses define ``Options`` (a dataclass: the ``method.*`` config keys) and
+    ``forward`` / ``predict``; the rest has defaults."""
+
+    Options: type = type(None)
+
+    def __init__(self, options: Any, task: TaskInfo):
+        super().__init__()
+        self.options = options
+        self.task = task
+
+    # -- data -------------------------------------------------------------------------------------------------
+    @classmethod
+    def data_request(cls, options: Any) -> DataRequest:
+        """What the method needs from the data, known from its options before it is built."""
+        return DataRequest()
+
+    ddp_find_unused_parameters = False  # True for methods that leave some trained parameters unused in a step
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def forward(self, batch) -> StepOutput:  # noqa: D102  (documented in the class)
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        """Called before the first step of every epoch (0-based)."""
+
+    def on_epoch_end(self, ctx: EpochContext) -> None:
+        """Called after the last step of every epoch, in eval mode where the method switches it."""
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # -- evaluation -------------------------------------------------------------------------------------------
+    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits of every peer / branch / aggregate the paper reports; the trainer scores each key."""
+        raise NotImplementedError
+
+    def diversity_groups(self) -> dict[str, list[str]]:
+        """Groups of ``predict`` keys whose mutual diversity is measured (e.g. ``{"peers": ["peer0", "peer1"]}``)."""
+        return {}
+
+    # -- deployment -------------------------------------------------------------------------------------------
+    def export(self, key: str | None = None) -> nn.Module:
+        """A plain registered model with trained weights, for the ``predict`` key ``key`` (None: the default)."""
+        raise NotImplementedError(f"{type(self).__name__} has no exportable model")

@@ -1,0 +1,45 @@
+"""Vanilla training: one or several independent networks, each on the hard labels alone.
+
+Loss: ``L = sum_i CE(z_i, y)``. With several networks they share nothing but the batch, so the result is that of
+separate runs (each from its own initialisation) plus the accuracy of their probability-averaged ensemble: the
+"independent ensemble" baseline the online-KD tables compare with.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from peerkd.losses import hard_ce
+from peerkd.methods.base import Method, StepOutput
+from peerkd.methods.cohort import build_cohort, cohort_predictions, export_member, peer_keys
+from peerkd.methods.registry import register_method
+
+
+@register_method("vanilla")
+class Vanilla(Method):
+    """Independent networks on hard labels (the baseline of every table)."""
+
+    @dataclass
+    class Options:
+        models: list[str] = field(default_factory=lambda: ["resnet32"])  # one network, or several independent ones
+        model_options: dict = field(default_factory=dict)  # keyword arguments for every model's factory
+
+    def __init__(self, options, task):
+        super().__init__(options, task)
+        self.models = build_cohort(options.models, task.num_classes, options.model_options)
+
+    def forward(self, batch) -> StepOutput:
+        x = batch.view(0)
+        losses = [hard_ce(model(x), batch) for model in self.models]
+        logs = {f"ce{i}": loss.detach() for i, loss in enumerate(losses)}
+        return StepOutput(torch.stack(losses).sum(), logs)
+
+    def predict(self, x):
+        return cohort_predictions([model(x) for model in self.models])
+
+    def diversity_groups(self):
+        return {"peers": peer_keys(len(self.models))} if len(self.models) > 1 else {}
+
+    def export(self, key=None):
+        return export_member(self.models, key)

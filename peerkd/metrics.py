@@ -1,0 +1,106 @@
+"""Evaluation metrics. Units: ``top1``, ``top5`` and ``ece`` in percent, ``nll`` in nats per image, ``aurc`` and
+``eaurc`` times 1000 (as the calibration tables report them), ``diversity`` a Euclidean distance between
+probability vectors (0 .. sqrt 2).
+
+The evaluator streams: per key it keeps one confidence and one correctness flag per image, so memory grows with the
+test set, not with the number of classes.
+"""
+from __future__ import annotations
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+
+ECE_BINS = 15  # equal-width confidence bins, the count of Guo et al. 2017 used by every calibration table here
+
+
+def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """``(B,)`` bool: the label is among the ``k`` largest logits."""
+    k = min(k, logits.shape[-1])
+    return (logits.topk(k, dim=-1).indices == y[:, None]).any(-1)
+
+
+def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS) -> float:
+    """``sum_b |B_b|/N * |acc(B_b) - conf(B_b)|`` over equal-width bins ``(lo, hi]`` of the confidence."""
+    confidence, correct = confidence.double(), correct.double()
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
+    which = torch.bucketize(confidence, edges[1:-1], right=False)  # bin b holds (edges[b], edges[b+1]]
+    total = torch.zeros((), dtype=torch.float64)
+    for b in range(bins):
+        in_bin = which == b
+        count = in_bin.sum()
+        if count > 0:
+            total += count / len(confidence) * (correct[in_bin].mean() - confidence[in_bin].mean()).abs()
+    return float(total)
+
+
+def aurc(confidence: torch.Tensor, correct: torch.Tensor) -> tuple[float, float]:
+    """Area under the risk-coverage curve and its excess over the best possible ordering (Geifman et al. 2019).
+
+    Images are taken in order of falling confidence; after the i-th, the risk is the error rate among those i.
+    AURC is the mean of these risks; E-AURC subtracts the AURC of the ordering that puts every correct image first.
+    """
+    order = torch.argsort(confidence.double(), descending=True, stable=True)
+    errors = (~correct[order].bool()).double()
+    n = torch.arange(1, len(errors) + 1, dtype=torch.float64)
+    area = float((errors.cumsum(0) / n).mean())
+    n_errors = errors.sum()
+    optimal = float(((n - (len(errors) - n_errors)).clamp_min(0) / n).mean())
+    return area, area - optimal
+
+
+def mean_pairwise_distance(probs: list[torch.Tensor]) -> torch.Tensor:
+    """``(B,)``: the mean over member pairs of the Euclidean distance between their probability vectors."""
+    pairs = list(itertools.combinations(range(len(probs)), 2))
+    return torch.stack([(probs[a] - probs[b]).norm(dim=-1) for a, b in pairs]).mean(0)
+
+
+class Evaluator:
+    """Accumulates predictions batch by batch, then computes every metric of every ``predict`` key."""
+
+    def __init__(self, diversity_groups: dict[str, list[str]] | None = None):
+        self.groups = diversity_groups or {}
+        self.confidence: dict[str, list[torch.Tensor]] = {}
+        self.correct: dict[str, list[torch.Tensor]] = {}
+        self.top5: dict[str, torch.Tensor] = {}
+        self.nll: dict[str, torch.Tensor] = {}
+        self.diversity: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    @torch.no_grad()
+    def update(self, predictions: dict[str, torch.Tensor], y: torch.Tensor) -> None:
+        probs = {}
+        for key, logits in predictions.items():
+            logits = logits.float()
+            p = F.softmax(logits, dim=-1)
+            probs[key] = p
+            conf, pred = p.max(-1)
+            self.confidence.setdefault(key, []).append(conf)
+            self.correct.setdefault(key, []).append(pred == y)
+            self.top5[key] = self.top5.get(key, 0) + topk_correct(logits, y, 5).sum()
+            self.nll[key] = self.nll.get(key, 0) + F.cross_entropy(logits, y, reduction="sum")
+        for group, keys in self.groups.items():
+            if len(keys) > 1:
+                dist = mean_pairwise_distance([probs[k] for k in keys]).sum()
+                self.diversity[group] = self.diversity.get(group, 0) + dist
+        self.count += len(y)
+
+    def compute(self) -> dict[str, dict[str, float]]:
+        """``{key: {top1, top5, nll, ece, aurc, eaurc}}`` plus ``{"diversity": {group: distance}}``."""
+        out: dict[str, dict[str, float]] = {}
+        for key in self.confidence:
+            conf = torch.cat(self.confidence[key]).cpu()
+            correct = torch.cat(self.correct[key]).cpu()
+            area, excess = aurc(conf, correct)
+            out[key] = {
+                "top1": 100.0 * float(correct.double().mean()),
+                "top5": 100.0 * float(self.top5[key]) / self.count,
+                "nll": float(self.nll[key]) / self.count,
+                "ece": 100.0 * expected_calibration_error(conf, correct),
+                "aurc": 1000.0 * area,
+                "eaurc": 1000.0 * excess,
+            }
+        if self.diversity:
+            out["diversity"] = {group: float(total) / self.count for group, total in self.diversity.items()}
+        return out

@@ -1,0 +1,74 @@
+"""A shared trunk with several branch tails: ``branched(name, split_at=k, branches=m)``.
+
+The trunk is ``stem + stages[:k]`` of one backbone, each branch is ``stages[k:] + head`` of its own backbone built
+by the same factory (so every branch starts from its own random initialisation). ``export_branch(j)`` gives a plain
+registered model with the trunk's and branch ``j``'s weights, for deployment.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from peerkd.models.base import Backbone
+from peerkd.models.registry import build_model
+
+
+class BranchTail(nn.Module):
+    """The part of a backbone after the split: its remaining stages and its head."""
+
+    def __init__(self, backbone: Backbone, split_at: int):
+        super().__init__()
+        self.stages = nn.ModuleList(list(backbone.stages[split_at:]))
+        self.head = backbone.head
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        for stage in self.stages:
+            x = stage(x)
+            outs.append(x)
+        return outs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_stages(x)[-1])
+
+
+class BranchedNet(nn.Module):
+    def __init__(self, name: str, num_classes: int, split_at: int, branches: int, **model_kwargs):
+        super().__init__()
+        backbones = [build_model(name, num_classes, **model_kwargs) for _ in range(branches)]
+        depth = len(backbones[0].stages)
+        if not 0 < split_at < depth + 1:
+            raise ValueError(f"split_at must be in 1..{depth} for {name} ({depth} stages), got {split_at}")
+        self.name, self.num_classes, self.split_at, self.model_kwargs = name, num_classes, split_at, model_kwargs
+        first = backbones[0]
+        self.stem = first.stem
+        self.trunk_stages = nn.ModuleList(list(first.stages[:split_at]))
+        self.branches = nn.ModuleList([BranchTail(b, split_at) for b in backbones])
+        self.trunk_channels = first.stage_channels[split_at - 1]
+        self.stage_channels = list(first.stage_channels)
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.trunk_stages:
+            x = stage(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Logits of every branch."""
+        shared = self.trunk(x)
+        return [branch(shared) for branch in self.branches]
+
+    def export_branch(self, j: int) -> Backbone:
+        model = build_model(self.name, self.num_classes, **self.model_kwargs)
+        model.stem.load_state_dict(self.stem.state_dict())
+        for i, stage in enumerate(self.trunk_stages):
+            model.stages[i].load_state_dict(stage.state_dict())
+        tail = self.branches[j]
+        for i, stage in enumerate(tail.stages):
+            model.stages[self.split_at + i].load_state_dict(stage.state_dict())
+        model.head.load_state_dict(tail.head.state_dict())
+        return model.to(next(self.parameters()).device)
+
+
+def branched(name: str, num_classes: int, split_at: int, branches: int, **model_kwargs) -> BranchedNet:
+    return BranchedNet(name, num_classes, split_at, branches, **model_kwargs)
