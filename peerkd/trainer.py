@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from peerkd.config import Config, ConfigError
-from peerkd.data import DeviceLoader, EvalLoader, load_dataset, make_split
+from peerkd.data.pipeline import build_loaders
 from peerkd.methods import EpochContext, TaskInfo, build_method
 from peerkd.metrics import Evaluator
 from peerkd.run import CHECKPOINT, RunError, environment_info, load_checkpoint, save_checkpoint, write_json
@@ -148,29 +148,11 @@ class Trainer:
         from peerkd.methods.registry import method_class
 
         request = method_class(cfg.method.name).data_request(cfg.method.options)
-        data = load_dataset(cfg.data)
-        heldout = max(cfg.data.heldout_per_class, request.heldout_per_class)
-        try:
-            split = make_split(data.train_labels, data.num_classes, cfg.seed, heldout, cfg.data.train_subset)
-        except ValueError as err:
-            raise ConfigError(f"data.heldout_per_class: {err}") from None
-        mean, std = {"dataset": (data.mean, data.std), "none": ((0.0,) * 3, (1.0,) * 3),
-                     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}[cfg.data.normalize]
-        common = dict(mean=mean, std=std, device=self.device, channels_last=self.channels_last)
-        try:
-            self.train_loader = DeviceLoader(
-                data.train_images[split.train], data.train_labels[split.train], batch_size=cfg.data.batch_size,
-                seed=cfg.seed, views=request.views, crop_padding=cfg.data.crop_padding, flip=cfg.data.flip,
-                rank=self.ddp.rank, world=self.ddp.world, **common)
-        except ValueError as err:
-            raise ConfigError(f"data: {err}") from None
-        test_images, test_labels = data.test_images, data.test_labels
-        if cfg.data.test_subset:
-            test_images, test_labels = test_images[:cfg.data.test_subset], test_labels[:cfg.data.test_subset]
-        self.test_loader = EvalLoader(test_images, test_labels, batch_size=cfg.data.eval_batch_size, **common)
-        self.heldout_loader = EvalLoader(data.train_images[split.heldout], data.train_labels[split.heldout],
-                                         batch_size=cfg.data.eval_batch_size, **common) if heldout else None
-        self.task = TaskInfo(num_classes=data.num_classes, image_size=data.image_size, num_train=len(split.train))
+        loaders = build_loaders(cfg.data, request, seed=cfg.seed, device=self.device,
+                                channels_last=self.channels_last, rank=self.ddp.rank, world=self.ddp.world)
+        self.train_loader, self.test_loader, self.heldout_loader = loaders.train, loaders.test, loaders.heldout
+        self.task = TaskInfo(num_classes=loaders.num_classes, image_size=loaders.image_size,
+                             num_train=loaders.num_train)
         self.method = build_method(cfg.method.name, cfg.method.options, self.task).to(self.device)
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
@@ -180,7 +162,8 @@ class Trainer:
         self.step_module: torch.nn.Module = self.method
         if self.ddp.world > 1:
             self.step_module = torch.nn.parallel.DistributedDataParallel(
-                self.method, find_unused_parameters=self.method.ddp_find_unused_parameters)
+                self.method, find_unused_parameters=self.method.ddp_find_unused_parameters,
+                broadcast_buffers=self.method.ddp_broadcast_buffers)
         if cfg.trainer.compile:
             self.step_module = torch.compile(self.step_module)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0

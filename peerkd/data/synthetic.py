@@ -48,7 +48,7 @@ def generate(num_images: int, num_classes: int, seed: int, split_seed: int) -> t
     for start in range(0, num_images, chunk):
         cls = labels[start:start + chunk]
         n = len(cls)
-        contrast = rng.uniform(0.5, 1.0, n)[:, None, None, None]
+        contrast = rng.uniform(0.4, 1.0, n)[:, None, None, None]
         main = _grating(recipes, cls, rng.uniform(0, 2 * np.pi, n), rng.normal(0, 0.15, n), grid_y, grid_x)
         other = (cls + rng.integers(1, num_classes, n)) % num_classes if num_classes > 1 else cls
         distractor = _grating(recipes, other, rng.uniform(0, 2 * np.pi, n), rng.normal(0, 0.15, n), grid_y, grid_x)
@@ -56,8 +56,8 @@ def generate(num_images: int, num_classes: int, seed: int, split_seed: int) -> t
         dist2 = (grid_y[None] - center[:, 0, None, None]) ** 2 + (grid_x[None] - center[:, 1, None, None]) ** 2
         blob = np.exp(-dist2 / (2 * 4.0 ** 2))[..., None] * recipes["blob_color"][cls][:, None, None, :]
         background = rng.uniform(-0.5, 0.5, (n, 1, 1, 3))
-        noise = rng.normal(0, 0.35, (n, IMAGE_SIZE, IMAGE_SIZE, 3))
-        x = contrast * main + rng.uniform(0.5, 0.9, n)[:, None, None, None] * distractor + 0.8 * blob
+        noise = rng.normal(0, 0.6, (n, IMAGE_SIZE, IMAGE_SIZE, 3))
+        x = contrast * main + rng.uniform(0.6, 1.0, n)[:, None, None, None] * distractor + 0.6 * blob
         x = x + background + noise
         images[start:start + n] = np.clip(127.5 + 60.0 * x, 0, 255).astype(np.uint8)
     return images, labels.astype(np.int64)

@@ -69,6 +69,7 @@ class Method(nn.Module):
         return DataRequest()
 
     ddp_find_unused_parameters = False  # True for methods that leave some trained parameters unused in a step
+    ddp_broadcast_buffers = True  # False for methods that keep rank-synchronised buffers themselves (per-sample memory)
 
     # -- training ---------------------------------------------------------------------------------------------
     def forward(self, batch) -> StepOutput:  # noqa: D102  (documented in the class)

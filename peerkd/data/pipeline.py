@@ -1,0 +1,59 @@
+"""From a data config and a method's request to the loaders a run needs.
+
+``build_loaders`` is the one place that knows which loader serves which kind of dataset: array datasets (CIFAR,
+the generated set) go to the device-resident loader. Every loader yields :class:`peerkd.data.Batch`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from peerkd.config import ConfigError, DataConfig
+from peerkd.data import augment
+from peerkd.data.datasets import load_dataset
+from peerkd.data.device_loader import DeviceLoader, EvalLoader, make_split
+
+
+@dataclass
+class Loaders:
+    train: Any  # .epoch(epoch, start_step) -> iterator of Batch; len() = steps per epoch
+    test: Any  # iterable of Batch in dataset order
+    heldout: Any  # like test, over the held-out split; None when nothing is held out
+    num_classes: int
+    image_size: int
+    num_train: int
+
+
+def normalization(config: DataConfig, dataset_mean, dataset_std):
+    if config.normalize == "imagenet":
+        return augment.IMAGENET_MEAN, augment.IMAGENET_STD
+    if config.normalize == "none":
+        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    return dataset_mean, dataset_std
+
+
+def build_loaders(config: DataConfig, request, *, seed: int, device: torch.device, channels_last: bool,
+                  rank: int = 0, world: int = 1) -> Loaders:
+    data = load_dataset(config)
+    heldout_per_class = max(config.heldout_per_class, request.heldout_per_class)
+    try:
+        split = make_split(data.train_labels, data.num_classes, seed, heldout_per_class, config.train_subset)
+    except ValueError as err:
+        raise ConfigError(f"data.heldout_per_class: {err}") from None
+    mean, std = normalization(config, data.mean, data.std)
+    common = dict(mean=mean, std=std, device=device, channels_last=channels_last)
+    try:
+        train = DeviceLoader(data.train_images[split.train], data.train_labels[split.train],
+                             batch_size=config.batch_size, seed=seed, views=request.views,
+                             crop_padding=config.crop_padding, flip=config.flip, rank=rank, world=world, **common)
+    except ValueError as err:
+        raise ConfigError(f"data: {err}") from None
+    test_images, test_labels = data.test_images, data.test_labels
+    if config.test_subset:
+        test_images, test_labels = test_images[:config.test_subset], test_labels[:config.test_subset]
+    test = EvalLoader(test_images, test_labels, batch_size=config.eval_batch_size, **common)
+    heldout = EvalLoader(data.train_images[split.heldout], data.train_labels[split.heldout],
+                         batch_size=config.eval_batch_size, **common) if heldout_per_class else None
+    return Loaders(train, test, heldout, data.num_classes, data.image_size, len(split.train))

@@ -1,0 +1,74 @@
+"""Shared test helpers: tiny tasks, random batches, the one-step gradient check and short real runs."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from peerkd.config import build_config
+from peerkd.data import Batch
+from peerkd.methods import TaskInfo, build_method
+from peerkd.trainer import train
+
+SHARED_CIFAR100 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar100"
+
+
+def tiny_task(num_classes: int = 5, num_train: int = 64, image_size: int = 32) -> TaskInfo:
+    return TaskInfo(num_classes=num_classes, image_size=image_size, num_train=num_train)
+
+
+def random_batch(task: TaskInfo, batch_size: int = 8, views: int = 1, seed: int = 0) -> Batch:
+    gen = torch.Generator().manual_seed(seed)
+    shape = (batch_size, 3, task.image_size, task.image_size)
+    x = torch.randn((views, *shape) if views > 1 else shape, generator=gen)
+    y = torch.arange(batch_size) % task.num_classes
+    index = torch.randperm(task.num_train, generator=gen)[:batch_size]
+    return Batch(x=x, y=y, index=index)
+
+
+def build(method_tree: dict, task: TaskInfo):
+    """A method from a ``method:`` config mapping (validated like a config file)."""
+    config = build_config({"method": method_tree})
+    return build_method(config.method.name, config.method.options, task)
+
+
+def assert_one_step(method, batch: Batch, frozen: tuple[str, ...] = ()) -> torch.Tensor:
+    """One forward/backward: the loss is a finite scalar and every trained parameter (except names starting with one
+    of ``frozen``) receives a finite, not-all-zero gradient."""
+    method.train()
+    out = method(batch)
+    assert out.loss.dim() == 0 and math.isfinite(float(out.loss)), out.loss
+    for name, value in out.logs.items():
+        assert not value.requires_grad, f"log '{name}' must be detached"
+    method.zero_grad(set_to_none=True)
+    out.loss.backward()
+    for name, p in method.named_parameters():
+        if not p.requires_grad or name.startswith(frozen):
+            continue
+        assert p.grad is not None, f"{name} received no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{name} has an all-zero gradient"
+    return out.loss.detach()
+
+
+def tiny_config(method_tree: dict, *, epochs: int = 3, train_size: int = 1200, num_classes: int = 4,
+                overrides: tuple[str, ...] = (), **top):
+    """A run on generated data small enough for a CPU test (ResNet-8 by default in the method tree)."""
+    tree = {
+        "name": top.pop("name", "test"),
+        "seed": top.pop("seed", 0),
+        "data": {"dataset": "synthetic", "batch_size": 32, "eval_batch_size": 200,
+                 "synthetic": {"num_classes": num_classes, "train_size": train_size, "test_size": 400}},
+        "schedule": {"epochs": epochs, "kind": "cosine"},
+        "optim": {"lr": 0.05},
+        "trainer": {"progress": "off", "log_every": 10, "threads": 2},
+        "method": method_tree,
+    }
+    tree.update(top)
+    return build_config(tree, overrides)
+
+
+def short_run(method_tree: dict, run_dir, **kwargs) -> dict:
+    """Train a tiny run and return its summary."""
+    return train(tiny_config(method_tree, **kwargs), run_dir=run_dir)
