@@ -44,6 +44,12 @@ class DataConfig:
     train_subset: int | None = None  # use only this many training images (seeded choice) for quick runs
     test_subset: int | None = None  # evaluate on only the first N test images
     heldout_per_class: int = 0  # images per class moved from training to a held-out split (methods may ask more)
+    # image-file datasets (ImageNet, Tiny-ImageNet, CUB, Dogs, Cars); 0 / "default" keep the dataset's own recipe
+    train_transform: str = "default"  # random_resized_crop, resize_crop or pad_crop (see peerkd/data/folder.py)
+    image_size: int = 0  # training crop and evaluated image side, pixels
+    resize: int = 0  # shorter side before the evaluation centre crop, pixels
+    photometric: bool = False  # colour jitter 0.4 + PCA lighting 0.1, the ImageNet recipe of KDCL
+    workers: int = 8  # DataLoader worker processes decoding and augmenting image files
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

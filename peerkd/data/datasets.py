@@ -60,7 +60,8 @@ def dataset_descriptions() -> dict[str, str]:
     return dict(sorted(_DESCRIPTIONS.items()))
 
 
-def load_dataset(config: DataConfig) -> ArrayDataset:
+def load_dataset(config: DataConfig):
+    """An :class:`ArrayDataset` (small sets, loaded whole) or a :class:`peerkd.data.folder.FolderDataset`."""
     if config.dataset not in _DATASETS:
         raise DataError(f"unknown dataset '{config.dataset}'; choose one of {', '.join(dataset_names())}")
     return _DATASETS[config.dataset](config)
@@ -149,3 +150,18 @@ def synthetic(config: DataConfig) -> ArrayDataset:
     mean = tuple(float(m) for m in (xtr.reshape(-1, 3).mean(0) / 255.0))
     std = tuple(float(s) for s in (xtr.reshape(-1, 3).std(0) / 255.0))
     return ArrayDataset("synthetic", xtr, ytr, xte, yte, opts.num_classes, mean, std)
+
+
+@register_dataset("imagefolder", "any image-folder dataset: data.root holds train/<class>/* and val/<class>/*")
+def imagefolder(config: DataConfig):
+    from peerkd.data.folder import FolderDataset, imagefolder_samples
+
+    if not config.root:
+        raise DataError("imagefolder: set --data-dir to a folder holding train/<class>/*.jpg and val/<class>/*.jpg")
+    root = Path(config.root).expanduser()
+    train, classes = imagefolder_samples(root / "train", "imagefolder")
+    test_dir = root / "val" if (root / "val").is_dir() else root / "test"
+    test, test_classes = imagefolder_samples(test_dir, "imagefolder")
+    if test_classes != classes:
+        raise DataError(f"imagefolder: {test_dir} and {root / 'train'} hold different class folders; they must match")
+    return FolderDataset("imagefolder", train, test, len(classes))

@@ -1,19 +1,21 @@
 """From a data config and a method's request to the loaders a run needs.
 
 ``build_loaders`` is the one place that knows which loader serves which kind of dataset: array datasets (CIFAR,
-the generated set) go to the device-resident loader. Every loader yields :class:`peerkd.data.Batch`.
+the generated set) go to the device-resident loader, image-file datasets to the DataLoader-based folder loader. Every loader yields :class:`peerkd.data.Batch`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from peerkd.config import ConfigError, DataConfig
 from peerkd.data import augment
 from peerkd.data.datasets import load_dataset
 from peerkd.data.device_loader import DeviceLoader, EvalLoader, make_split
+from peerkd.data.folder import TRAIN_TRANSFORMS, FolderDataset, FolderEvalLoader, FolderLoader, build_transform
 
 
 @dataclass
@@ -37,6 +39,9 @@ def normalization(config: DataConfig, dataset_mean, dataset_std):
 def build_loaders(config: DataConfig, request, *, seed: int, device: torch.device, channels_last: bool,
                   rank: int = 0, world: int = 1) -> Loaders:
     data = load_dataset(config)
+    if isinstance(data, FolderDataset):
+        return _folder_loaders(data, config, request, seed=seed, device=device, channels_last=channels_last,
+                               rank=rank, world=world)
     heldout_per_class = max(config.heldout_per_class, request.heldout_per_class)
     try:
         split = make_split(data.train_labels, data.num_classes, seed, heldout_per_class, config.train_subset)
@@ -57,3 +62,32 @@ def build_loaders(config: DataConfig, request, *, seed: int, device: torch.devic
     heldout = EvalLoader(data.train_images[split.heldout], data.train_labels[split.heldout],
                          batch_size=config.eval_batch_size, **common) if heldout_per_class else None
     return Loaders(train, test, heldout, data.num_classes, data.image_size, len(split.train))
+
+
+def _folder_loaders(data: FolderDataset, config: DataConfig, request, *, seed, device, channels_last, rank,
+                    world) -> Loaders:
+    kind = data.train_transform if config.train_transform == "default" else config.train_transform
+    if kind not in TRAIN_TRANSFORMS:
+        raise ConfigError(f"data.train_transform: '{kind}' is not one of default, {', '.join(TRAIN_TRANSFORMS)}")
+    size, resize = config.image_size or data.image_size, config.resize or data.resize
+    labels = np.array([label for _, label in data.train_samples], dtype=np.int64)
+    heldout_per_class = max(config.heldout_per_class, request.heldout_per_class)
+    try:
+        split = make_split(labels, data.num_classes, seed, heldout_per_class, config.train_subset)
+    except ValueError as err:
+        raise ConfigError(f"data.heldout_per_class: {err}") from None
+    mean, std = normalization(config, data.mean, data.std)
+    common = dict(mean=mean, std=std, device=device, channels_last=channels_last, workers=config.workers)
+    train_tf = build_transform(kind, True, size, resize, config.crop_padding, config.flip, config.photometric)
+    eval_tf = build_transform(kind, False, size, resize, config.crop_padding, config.flip, False)
+    try:
+        train = FolderLoader([data.train_samples[i] for i in split.train], transform=train_tf,
+                             batch_size=config.batch_size, seed=seed, views=request.views, rank=rank, world=world,
+                             **common)
+    except ValueError as err:
+        raise ConfigError(f"data: {err}") from None
+    test_samples = data.test_samples[:config.test_subset] if config.test_subset else data.test_samples
+    test = FolderEvalLoader(test_samples, transform=eval_tf, batch_size=config.eval_batch_size, **common)
+    heldout = FolderEvalLoader([data.train_samples[i] for i in split.heldout], transform=eval_tf,
+                               batch_size=config.eval_batch_size, **common) if heldout_per_class else None
+    return Loaders(train, test, heldout, data.num_classes, size, len(split.train))
