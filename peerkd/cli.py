@@ -100,24 +100,17 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from peerkd.run import load_run, write_json
+    from peerkd.run import write_json
     from peerkd.trainer import Trainer
 
-    run = load_run(args.run_dir)
+    run_dir = Path(args.run_dir)
+    tree = load_checkpoint(run_dir / CHECKPOINT)["config"]
     overrides = [f"data.root={args.data_dir}"] if args.data_dir else []
-    config = build_config(run.config.to_dict(), overrides + [f"trainer.device={args.device}", "trainer.progress=off"])
-    trainer = Trainer.__new__(Trainer)  # an evaluator only: reuse the data and evaluation code, not the run folder
-    trainer.config, trainer.resume = config, True
-    from peerkd.trainer import init_distributed, resolve_device
-
-    trainer.ddp = init_distributed("cpu")
-    trainer.device = resolve_device(config.trainer.device, trainer.ddp)
-    trainer.bf16 = trainer.device.type == "cuda" and config.trainer.precision != "fp32"
-    trainer.channels_last = False
-    trainer._build()
-    trainer.method.load_state_dict(run.method.state_dict())
+    config = build_config(tree, overrides + [f"trainer.device={args.device}", "trainer.progress=off"])
+    trainer = Trainer(config, run_dir=run_dir, resume=True)  # resume: the checkpoint must be there
+    trainer.restore()
     metrics = trainer.evaluate()
-    write_json(Path(args.run_dir) / "eval.json", {"epoch": run.epoch, "metrics": metrics})
+    write_json(run_dir / "eval.json", {"epoch": trainer.epoch, "metrics": metrics})
     print(format_metrics(metrics))
     return 0
 

@@ -152,7 +152,7 @@ class Trainer:
                                 channels_last=self.channels_last, rank=self.ddp.rank, world=self.ddp.world)
         self.train_loader, self.test_loader, self.heldout_loader = loaders.train, loaders.test, loaders.heldout
         self.task = TaskInfo(num_classes=loaders.num_classes, image_size=loaders.image_size,
-                             num_train=loaders.num_train)
+                             num_train=loaders.num_train, restoring=self.resume)
         self.method = build_method(cfg.method.name, cfg.method.options, self.task).to(self.device)
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from helpers import tiny_config
-from peerkd.run import RunError, load_run
+from peerkd.config import build_config
+from peerkd.run import RunError, load_checkpoint, load_run
 from peerkd.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, learning_rate, train
 
 DML = {"name": "dml", "models": ["resnet8", "resnet8"]}
@@ -136,6 +137,10 @@ def test_kd_student_learns_from_a_teacher_run_and_exports(tmp_path):
     teacher_run.rmdir()
     run = load_run(tmp_path / "student")
     student = run.export("student")
+    saved = build_config(load_checkpoint(tmp_path / "student" / "checkpoint.pt")["config"])  # as `--resume` does
+    resumed = Trainer(saved, run_dir=tmp_path / "student", resume=True)
+    resumed.restore()
+    assert resumed.evaluate()["teacher"]["top1"] == pytest.approx(teacher_top1)
     x = torch.randn(4, 3, 32, 32)
     assert torch.allclose(student(x), run.method.predict(x)["student"])
 
