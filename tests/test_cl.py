@@ -53,6 +53,7 @@ def test_hierarchical_heads_step_and_export():
 
 
 def test_cl_short_run_beats_chance(tmp_path):
-    summary = short_run({"name": "cl", "model": "resnet8", "fanouts": [3]}, tmp_path / "run", epochs=3)
+    summary = short_run({"name": "cl", "model": "resnet8", "fanouts": [3]}, tmp_path / "run", epochs=3,
+                        overrides=("data.synthetic.test_size=200",))
     for key in ("head0", "ensemble"):
         assert summary["keys"][key]["last"]["top1"] > 40.0, summary

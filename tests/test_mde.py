@@ -79,7 +79,8 @@ def test_mde_leader_export_and_keys():
 
 
 def test_mde_short_run_beats_chance_and_reports_agreement(tmp_path):
-    summary = short_run({"name": "mde", "model": "resnet8"}, tmp_path / "run", epochs=3)
+    summary = short_run({"name": "mde", "model": "resnet8"}, tmp_path / "run", epochs=3,
+                        overrides=("data.synthetic.test_size=200",))
     for key in ("leader", "branch0", "ensemble"):
         assert summary["keys"][key]["last"]["top1"] > 40.0, summary
     assert -1.0 <= summary["diversity"]["peers_agreement"] <= 1.0

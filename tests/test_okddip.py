@@ -73,6 +73,7 @@ def test_okddip_leader_export_gives_the_same_logits():
 
 
 def test_okddip_short_run_beats_chance(tmp_path):
-    summary = short_run({"name": "okddip", "model": "resnet8"}, tmp_path / "run", epochs=3)
+    summary = short_run({"name": "okddip", "model": "resnet8"}, tmp_path / "run", epochs=3,
+                        overrides=("data.synthetic.test_size=200",))
     for key in ("leader", "ensemble"):
         assert summary["keys"][key]["last"]["top1"] > 40.0, summary
