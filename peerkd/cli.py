@@ -140,7 +140,10 @@ def format_metrics(metrics: dict) -> str:
             continue
         lines.append(f"{key:<12} {m['top1']:7.2f} {m['top5']:7.2f} {m['nll']:7.3f} {m['ece']:7.2f} {m['aurc']:7.1f}")
     for group, value in metrics.get("diversity", {}).items():
-        lines.append(f"diversity ({group}): mean pairwise distance of predictions {value:.4f}")
+        if group.endswith("_agreement"):
+            lines.append(f"diversity ({group[:-len('_agreement')]}): interrater agreement {value:.4f}")
+        else:
+            lines.append(f"diversity ({group}): mean pairwise distance of predictions {value:.4f}")
     return "\n".join(lines)
 
 

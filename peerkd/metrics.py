@@ -1,6 +1,7 @@
 """Evaluation metrics. Units: ``top1``, ``top5`` and ``ece`` in percent, ``nll`` in nats per image, ``aurc`` and
 ``eaurc`` times 1000 (as the calibration tables report them), ``diversity`` a Euclidean distance between
-probability vectors (0 .. sqrt 2).
+probability vectors (0 .. sqrt 2) and, under ``<group>_agreement``, Kuncheva's interrater agreement kappa (1: the
+members are right and wrong on the same images; lower: more diverse; 0: independent errors).
 
 The evaluator streams: per key it keeps one confidence and one correctness flag per image, so memory grows with the
 test set, not with the number of classes.
@@ -56,6 +57,30 @@ def mean_pairwise_distance(probs: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([(probs[a] - probs[b]).norm(dim=-1) for a, b in pairs]).mean(0)
 
 
+def interrater_agreement(correct: torch.Tensor) -> float:
+    """Kuncheva & Whitaker's interrater agreement of ``L`` classifiers over ``N`` images (MDE, paper 001, eq. 9):
+
+        kappa = 1 - (1/L) sum_k rho_k (L - rho_k) / (N (L - 1) p (1 - p))
+
+    ``correct`` is ``(L, N)`` (bool: member l classifies image k correctly), ``rho_k`` the count of correct members
+    on image k and ``p`` the members' mean accuracy. Members that are all right or all wrong everywhere
+    (``p`` in {0, 1}) agree completely: 1.
+    """
+    correct = correct.double()
+    members, images = correct.shape
+    rho = correct.sum(0)
+    return agreement_from_sums(float((rho * (members - rho)).sum()), float(rho.sum()), members, images)
+
+
+def agreement_from_sums(disagreement: float, correct_total: float, members: int, images: int) -> float:
+    """Eq. 9 from running sums: ``disagreement = sum_k rho_k (L - rho_k)``, ``correct_total = sum_k rho_k``."""
+    p = correct_total / (members * images)
+    denominator = images * (members - 1) * p * (1 - p)
+    if denominator <= 0:
+        return 1.0
+    return 1.0 - (disagreement / members) / denominator
+
+
 class Evaluator:
     """Accumulates predictions batch by batch, then computes every metric of every ``predict`` key."""
 
@@ -66,6 +91,8 @@ class Evaluator:
         self.top5: dict[str, torch.Tensor] = {}
         self.nll: dict[str, torch.Tensor] = {}
         self.diversity: dict[str, torch.Tensor] = {}
+        self.disagreement: dict[str, torch.Tensor] = {}  # per group: sum over images of rho (L - rho)
+        self.correct_total: dict[str, torch.Tensor] = {}  # per group: sum over images of rho
         self.count = 0
 
     @torch.no_grad()
@@ -84,10 +111,14 @@ class Evaluator:
             if len(keys) > 1:
                 dist = mean_pairwise_distance([probs[k] for k in keys]).sum()
                 self.diversity[group] = self.diversity.get(group, 0) + dist
+                rho = torch.stack([probs[k].argmax(-1) == y for k in keys]).sum(0).double()
+                self.disagreement[group] = self.disagreement.get(group, 0) + (rho * (len(keys) - rho)).sum()
+                self.correct_total[group] = self.correct_total.get(group, 0) + rho.sum()
         self.count += len(y)
 
     def compute(self) -> dict[str, dict[str, float]]:
-        """``{key: {top1, top5, nll, ece, aurc, eaurc}}`` plus ``{"diversity": {group: distance}}``."""
+        """``{key: {top1, top5, nll, ece, aurc, eaurc}}`` plus ``{"diversity": {group: distance,
+        group + "_agreement": kappa}}``."""
         out: dict[str, dict[str, float]] = {}
         for key in self.confidence:
             conf = torch.cat(self.confidence[key]).cpu()
@@ -102,5 +133,10 @@ class Evaluator:
                 "eaurc": 1000.0 * excess,
             }
         if self.diversity:
-            out["diversity"] = {group: float(total) / self.count for group, total in self.diversity.items()}
+            out["diversity"] = {}
+            for group, total in self.diversity.items():
+                out["diversity"][group] = float(total) / self.count
+                out["diversity"][f"{group}_agreement"] = agreement_from_sums(
+                    float(self.disagreement[group]), float(self.correct_total[group]), len(self.groups[group]),
+                    self.count)
         return out

@@ -1,6 +1,7 @@
 """Data: datasets by name, the device-resident loader, batched augmentation and the Batch contract."""
 from peerkd.data.batch import Batch
 from peerkd.data.datasets import ArrayDataset, DataError, dataset_descriptions, dataset_names, load_dataset
+from peerkd.data import cinic  # noqa: F401,E402  (registers CINIC-10)
 from peerkd.data.device_loader import DeviceLoader, EvalLoader, Split, make_split
 
 __all__ = ["ArrayDataset", "Batch", "DataError", "DeviceLoader", "EvalLoader", "Split", "dataset_descriptions",

@@ -1,0 +1,151 @@
+"""CL: Song & Chai, "Collaborative Learning for Deep Neural Networks", NeurIPS 2018.
+
+H classifier heads of one backbone trained together, each from the labels and from the consensus of the others:
+
+    q_h^t = softmax( (1/(H-1)) sum_{j != h} z_j / T )          (the other heads' mean logits, no gradient)
+    L     = sum_h [ beta * CE(z_h, y) + (1 - beta) * T^2 KL(q_h^t || softmax(z_h / T)) ]
+
+Heads share layers hierarchically (intermediate-level representation sharing, ILR): ``split_stages`` names the
+stages at which the graph forks and ``fanouts`` how many children each fork has, so ``split_stages: [1, 2]``,
+``fanouts: [2, 2]`` shares stem + stage 1 by all four heads, stage 2 by pairs, and gives each head its own stage 3.
+The default, ``[2]`` / ``[4]``, is the single-fork CL-ILR of the ONE/OKDDip comparisons (4 heads, own stage 3 each).
+Backprop rescaling: at every fork the gradient flowing back into the shared layer is multiplied by 1/fanout, so a
+layer shared by n heads receives the mean rather than the sum of their gradients (``rescale_gradient``).
+
+Readings: the consensus target is detached (the paper treats it as a constant; ``detach_target``); beta = 0.5 and
+T = 2 are the paper's CIFAR values; the KL carries the usual T^2 factor. ``predict`` keys: ``head0 .. head{H-1}``
+and ``ensemble`` (the mean of the heads' probabilities); ``export(key)`` gives head ``key`` (default ``head0``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
+from peerkd.methods.base import Method, StepOutput
+from peerkd.methods.multibranch import config_error, scale_gradient
+from peerkd.methods.registry import register_method
+from peerkd.models import build_model
+
+
+class HeadTree(nn.Module):
+    """A backbone's stem and stages arranged as a tree with one leaf (head) per classifier.
+
+    Level 0 is stem + ``stages[:s_1]``; level l holds ``stages[s_l:s_{l+1}]`` once per group of heads that share it
+    (``prod(fanouts[:l])`` groups); the last level ends with each head's own classifier.
+    """
+
+    def __init__(self, name: str, num_classes: int, split_stages: list[int], fanouts: list[int], model_options: dict,
+                 rescale_gradient: bool = True):
+        super().__init__()
+        if len(split_stages) != len(fanouts) or not split_stages:
+            raise config_error("method.split_stages / method.fanouts: give one fanout per split stage (at least one)")
+        heads = math.prod(fanouts)
+        try:
+            backbones = [build_model(name, num_classes, **model_options) for _ in range(heads)]
+        except KeyError as err:
+            raise config_error(f"method.model: {err.args[0]}") from None
+        depth = len(backbones[0].stages)
+        if sorted(set(split_stages)) != list(split_stages) or split_stages[0] < 1 or split_stages[-1] > depth:
+            raise config_error(f"method.split_stages: increasing stage indices in 1..{depth} for {name}, "
+                               f"got {split_stages}")
+        if any(f < 1 for f in fanouts) or heads < 2:
+            raise config_error(f"method.fanouts: positive, with at least 2 heads in all, got {fanouts}")
+        self.name, self.num_classes, self.model_kwargs = name, num_classes, dict(model_options)
+        self.fanouts, self.heads, self.rescale = list(fanouts), heads, rescale_gradient
+        self.bounds = [0, *split_stages, depth]  # level l covers stages[bounds[l]:bounds[l+1]]
+        first = backbones[0]
+        self.stem = first.stem
+        self.trunk_stages = nn.ModuleList(list(first.stages[:split_stages[0]]))
+        self.levels = nn.ModuleList()
+        for level in range(1, len(self.bounds) - 1):
+            groups = math.prod(fanouts[:level])
+            owners = [g * (heads // groups) for g in range(groups)]  # the first head of each group lends its stages
+            lo, hi = self.bounds[level], self.bounds[level + 1]
+            self.levels.append(nn.ModuleList([nn.ModuleList(list(backbones[o].stages[lo:hi])) for o in owners]))
+        self.classifiers = nn.ModuleList([b.head for b in backbones])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        for stage in self.trunk_stages:
+            x = stage(x)
+        current = [x]
+        for level, segments in enumerate(self.levels):
+            fanout = self.fanouts[level]
+            nxt = []
+            for g, segment in enumerate(segments):
+                h = current[g // fanout]
+                if self.rescale:
+                    h = scale_gradient(h, 1.0 / fanout)
+                for stage in segment:
+                    h = stage(h)
+                nxt.append(h)
+            current = nxt
+        return [head(current[h]) for h, head in enumerate(self.classifiers)]
+
+    def export_head(self, h: int) -> nn.Module:
+        model = build_model(self.name, self.num_classes, **self.model_kwargs)
+        model.stem.load_state_dict(self.stem.state_dict())
+        for i, stage in enumerate(self.trunk_stages):
+            model.stages[i].load_state_dict(stage.state_dict())
+        for level, segments in enumerate(self.levels, start=1):
+            group = h // (self.heads // math.prod(self.fanouts[:level]))
+            for k, stage in enumerate(segments[group]):
+                model.stages[self.bounds[level] + k].load_state_dict(stage.state_dict())
+        model.head.load_state_dict(self.classifiers[h].state_dict())
+        return model.to(next(self.parameters()).device).eval()
+
+
+@register_method("cl")
+class CL(Method):
+    """Collaborative learning (Song & Chai 2018): hierarchical heads, consensus targets, backprop rescaling."""
+
+    @dataclass
+    class Options:
+        model: str = "resnet32"  # backbone of every head (a registered model name)
+        model_options: dict = field(default_factory=dict)  # keyword arguments for the backbone's factory
+        split_stages: list[int] = field(default_factory=lambda: [2])  # stage indices where the graph forks
+        fanouts: list[int] = field(default_factory=lambda: [4])  # children per fork; heads = their product
+        hard_weight: float = 0.5  # beta: weight of CE, 1 - beta of the KL (the paper's 0.5)
+        temperature: float = 2.0  # T of the consensus soft target (the paper's CIFAR value)
+        rescale_gradient: bool = True  # backprop rescaling by 1/fanout at each fork (the paper's ILR)
+        detach_target: bool = True  # the consensus target carries no gradient (treated as a constant)
+
+    def __init__(self, options, task):
+        super().__init__(options, task)
+        self.tree = HeadTree(options.model, task.num_classes, options.split_stages, options.fanouts,
+                             options.model_options, options.rescale_gradient)
+
+    def forward(self, batch) -> StepOutput:
+        opts = self.options
+        logits = self.tree(batch.view(0))
+        count = len(logits)
+        stacked = torch.stack([z.float() for z in logits])  # (H, B, C)
+        total = stacked.sum(0)
+        ce = torch.stack([hard_ce(z, batch) for z in logits])
+        kls = []
+        for h, z in enumerate(logits):
+            consensus = (total - stacked[h]) / (count - 1)
+            kls.append(kd_kl(z, consensus.detach() if opts.detach_target else consensus, opts.temperature))
+        kl = torch.stack(kls)
+        loss = opts.hard_weight * ce.sum() + (1 - opts.hard_weight) * kl.sum()
+        return StepOutput(loss, {"ce": ce.sum().detach(), "kl": kl.sum().detach()})
+
+    def predict(self, x):
+        logits = self.tree(x)
+        preds = {f"head{h}": z for h, z in enumerate(logits)}
+        preds["ensemble"] = mean_probs_logits(logits)
+        return preds
+
+    def diversity_groups(self):
+        return {"heads": [f"head{h}" for h in range(self.tree.heads)]}
+
+    def export(self, key=None):
+        key = key or "head0"
+        valid = [f"head{h}" for h in range(self.tree.heads)]
+        if key not in valid:
+            raise KeyError(f"cannot export '{key}': exportable keys are {', '.join(valid)}")
+        return self.tree.export_head(int(key[len("head"):]))

@@ -1,0 +1,53 @@
+"""MDE: Li, Huang, Chen, Luo, Cai, Pan, "Online Knowledge Distillation via Multi-branch Diversity Enhancement"
+(ACCV 2020; paper 001 of this project).
+
+One network with m = 4 branches, m - 1 auxiliary branches and a group leader (two-level distillation as OKDDip):
+
+    L = sum_{i=1}^{m} CE(z_i, y) + alpha T^2 sum_{i<m} KL(t_e || q_i) + beta T^2 KL(t_avg || q_leader)
+        + gamma L_cd                                                                            (eq. 8)
+    t_e  = sum_{i<m} f_i(s_1 .. s_{m-1}) z_i,  sum_i f_i = 1                                    (eq. 4, FFM)
+    L_cd = sum_{i<j} |W_i^T W_j|                                                                (eq. 5)
+
+``f`` is the Feature Fusion Module: the auxiliary branches' last-stage maps ``s_i`` concatenated, a conv-BN-ReLU
+block, global pooling, an FC layer and a softmax over the auxiliary branches. alpha = 1, beta = 2, gamma = 5e-8,
+T = 3. The group leader is exported for deployment.
+
+Readings where the paper is silent (it says it follows OKDDip's settings; its alternatives are switches):
+
+- gradient through ``t_e``: none is stopped, as in OKDDip's code (the FFM learns through the KL; the branches also
+  receive gradient through the target) -- ``target_gradient: weights`` detaches the logits inside ``t_e``;
+- ``t_avg``: the mean of the auxiliary branches' logits (OKDDip's code; "average the predictions of all branches"
+  read as all *auxiliary* branches, since the leader cannot be its own teacher);
+- L_cd sums over all m classifiers, the leader's included, as eq. 5's indices run to m (``cd_include_leader``);
+  ``|W_i^T W_j|`` is the sum of absolute entries of the product of ``nn.Linear`` weights ``(C, d)`` read literally
+  (``d x d``); ``cd_product: class`` uses ``W_i W_j^T`` (``C x C``); biases do not enter;
+- "we separate the last two blocks": read as OKDDip's code does for its ResNets -- every branch owns the last stage
+  and the classifier (``split_at`` unset = all stages but the last shared); set ``split_at`` to branch earlier;
+- the KL terms ramp up over 80 epochs as in OKDDip's code (``rampup_epochs``); the CD term is not ramped;
+- the FFM's conv keeps one branch's channel count and uses a 3x3 kernel (``fusion_blocks`` such blocks).
+
+The ablation of its Table 6 is ``target`` in {gate, attention, ffm} x ``cd_weight`` in {0, 5e-8}.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from peerkd.methods.okddip import OKDDip
+from peerkd.methods.registry import register_method
+
+
+@register_method("mde")
+class MDE(OKDDip):
+    """MDE (Li et al. 2020): two-level distillation with a Feature Fusion Module target and the CD loss."""
+
+    @dataclass
+    class Options(OKDDip.Options):
+        model: str = "resnet32"  # backbone of every branch (a registered model name)
+        model_options: dict = field(default_factory=dict)  # keyword arguments for the backbone's factory
+        branches: int = 4  # m = 4: three auxiliary branches and a group leader (section 4.1)
+        target: str = "ffm"  # the Feature Fusion Module (eq. 4); gate / attention for the Table 6 ablation
+        fusion_blocks: int = 1  # conv-BN-ReLU blocks in the FFM (Fig. 2 shows one centre block)
+        temperature: float = 3.0  # T = 3 (section 4.1)
+        peer_weight: float = 1.0  # alpha = 1 (section 4.1)
+        leader_weight: float = 2.0  # beta = 2 (section 4.1)
+        cd_weight: float = 5e-8  # gamma = 5e-8 (section 4.1, Fig. 3)

@@ -1,0 +1,255 @@
+"""Shared parts of the multi-branch methods (ONE, CL, OKDDip, MDE): the branch group, the pluggable target builders,
+the classifier-diversification loss, gradient rescaling and the distillation ramp-up.
+
+A *branch group* is either one network with a shared trunk and m branch tails (``branched``: the branch-based
+setting) or m whole networks sharing nothing (OKDDip's network-based setting). Either way one call gives, per branch,
+the last feature map, the pooled feature and the logits, plus the trunk's output (the gate's input).
+
+A *target builder* turns the branches' outputs into one soft target per peer, given as logits:
+
+- ``gate``      ONE (Lan et al. 2018): global pool of the trunk's map, FC, BatchNorm, ReLU, softmax -> one weight per
+                peer; every peer gets the same target ``sum_i w_i z_i``.
+- ``attention`` OKDDip (Chen et al. 2020): query / key projections (no bias, shared by the peers) of each peer's
+                pooled feature; peer i's target is ``sum_j softmax_j(q_i . k_j) z_j`` (itself included).
+- ``ffm``       MDE's Feature Fusion Module (Li et al., paper 001, eq. 4): the peers' last-stage maps concatenated,
+                conv-BN-ReLU, global pool, FC, softmax -> one weight per peer; every peer gets ``sum_i w_i z_i``.
+- ``mean``      no parameters: the plain average of the peers' logits (the "simple aggregation" baseline).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peerkd.models import branched, build_model
+
+TARGET_BUILDERS = ("gate", "attention", "ffm", "mean")
+TARGET_GRADIENTS = ("full", "weights")
+
+
+def config_error(message: str):
+    from peerkd.config import ConfigError
+
+    return ConfigError(message)
+
+
+def choose(key: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise config_error(f"{key}: '{value}' is not one of {', '.join(allowed)}")
+
+
+# ----------------------------------------------------------------------------------------------- gradient rescaling
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; the gradient is multiplied by ``scale`` on the way back (CL's backprop rescaling)."""
+
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    return _ScaleGradient.apply(x, scale) if scale != 1.0 else x
+
+
+def sigmoid_rampup(epoch: int, length: float) -> float:
+    """``exp(-5 (1 - min(epoch, L) / L)^2)`` (Laine & Aila 2017), 1 when ``L == 0``: OKDDip's code ramps the
+    distillation weight with it over the first 80 epochs."""
+    if length <= 0:
+        return 1.0
+    phase = 1.0 - min(max(float(epoch), 0.0), length) / length
+    return math.exp(-5.0 * phase * phase)
+
+
+# ----------------------------------------------------------------------------------------------- the branch group
+
+@dataclass
+class GroupOutput:
+    trunk: torch.Tensor  # the shared trunk's output map (the image itself in the network-based setting)
+    maps: list[torch.Tensor]  # each branch's last feature map
+    features: list[torch.Tensor]  # each branch's pooled feature (the classifier's input)
+    logits: list[torch.Tensor]
+
+
+class BranchGroup(nn.Module):
+    """m branches of backbone ``model``: a shared trunk (stages before ``split_at``) and m tails, or m whole networks
+    when ``network_based``. ``split_at=None`` branches the last stage (ONE's and OKDDip's ResNets share stem, stage 1
+    and stage 2 and give each branch its own stage 3 and classifier)."""
+
+    def __init__(self, model: str, num_classes: int, branches: int, split_at: int | None = None,
+                 network_based: bool = False, model_options: dict | None = None):
+        super().__init__()
+        model_options = dict(model_options or {})
+        if branches < 2:
+            raise config_error(f"method.branches: needs at least 2 branches, got {branches}")
+        try:
+            probe = build_model(model, num_classes, **model_options)
+        except KeyError as err:
+            raise config_error(f"method.model: {err.args[0]}") from None
+        depth = len(probe.stages)
+        self.network_based = network_based
+        self.count = branches
+        self.map_channels = probe.stage_channels[-1]
+        self.feature_dim = probe.head.in_features
+        if network_based:
+            self.nets = nn.ModuleList([probe] + [build_model(model, num_classes, **model_options)
+                                                 for _ in range(branches - 1)])
+            self.trunk_channels = 3
+        else:
+            split_at = depth - 1 if split_at is None else split_at
+            if not 1 <= split_at <= depth:
+                raise config_error(f"method.split_at: must be in 1..{depth} for {model} ({depth} stages), "
+                                   f"got {split_at}")
+            self.net = branched(model, num_classes, split_at=split_at, branches=branches, **model_options)
+            self.trunk_channels = self.net.trunk_channels
+
+    def forward(self, x: torch.Tensor, trunk_gradient_scale: float = 1.0) -> GroupOutput:
+        maps, features, logits = [], [], []
+        if self.network_based:
+            trunk = x
+            for net in self.nets:
+                last = net.forward_stages(x)[-1]
+                maps.append(last)
+                features.append(net.head.features(last))
+                logits.append(net.head.fc(features[-1]))
+        else:
+            trunk = scale_gradient(self.net.trunk(x), trunk_gradient_scale)
+            for tail in self.net.branches:
+                last = tail.forward_stages(trunk)[-1] if len(tail.stages) else trunk
+                maps.append(last)
+                features.append(tail.head.features(last))
+                logits.append(tail.head.fc(features[-1]))
+        return GroupOutput(trunk, maps, features, logits)
+
+    def classifiers(self) -> list[nn.Linear]:
+        heads = [net.head for net in self.nets] if self.network_based else [tail.head for tail in self.net.branches]
+        return [head.fc for head in heads]
+
+    def export(self, j: int) -> nn.Module:
+        if self.network_based:
+            return copy.deepcopy(self.nets[j]).eval()
+        return self.net.export_branch(j).eval()
+
+
+# ----------------------------------------------------------------------------------------------- target builders
+
+class GateTarget(nn.Module):
+    """ONE's gate: ``w = softmax(relu(BN(FC(pool(trunk)))))``; BN and ReLU as in ONE's code, off with ``bn_relu``."""
+
+    shared_target = True
+
+    def __init__(self, in_channels: int, peers: int, bn_relu: bool = True):
+        super().__init__()
+        self.fc = nn.Linear(in_channels, peers)
+        self.bn = nn.BatchNorm1d(peers) if bn_relu else None
+
+    def weights(self, out: GroupOutput, peers: list[int]) -> torch.Tensor:
+        scores = self.fc(torch.flatten(F.adaptive_avg_pool2d(out.trunk, 1), 1))
+        if self.bn is not None:
+            scores = F.relu(self.bn(scores))
+        return F.softmax(scores.float(), dim=-1)  # (B, P)
+
+
+class AttentionTarget(nn.Module):
+    """OKDDip's attention: ``a_ij = softmax_j(<W_q h_i, W_k h_j>)`` over the peers' pooled features ``h``."""
+
+    shared_target = False
+
+    def __init__(self, feature_dim: int, reduction: int = 8):
+        super().__init__()
+        projected = max(1, feature_dim // reduction)
+        self.query = nn.Linear(feature_dim, projected, bias=False)
+        self.key = nn.Linear(feature_dim, projected, bias=False)
+
+    def weights(self, out: GroupOutput, peers: list[int]) -> torch.Tensor:
+        h = torch.stack([out.features[i] for i in peers], 1)  # (B, P, D)
+        energy = torch.bmm(self.query(h), self.key(h).transpose(1, 2))  # (B, P, P)
+        return F.softmax(energy.float(), dim=-1)
+
+
+class FusionTarget(nn.Module):
+    """MDE's Feature Fusion Module: concatenated last-stage maps -> ``blocks`` x (3x3 conv, BN, ReLU) -> global pool
+    -> FC -> softmax over the peers. The conv keeps the channels of one branch's map."""
+
+    shared_target = True
+
+    def __init__(self, map_channels: int, peers: int, blocks: int = 1):
+        super().__init__()
+        layers, channels = [], map_channels * peers
+        for _ in range(blocks):
+            layers += [nn.Conv2d(channels, map_channels, 3, 1, 1, bias=False), nn.BatchNorm2d(map_channels),
+                       nn.ReLU(inplace=True)]
+            channels = map_channels
+        self.fuse = nn.Sequential(*layers)
+        self.fc = nn.Linear(channels, peers)
+        for m in self.fuse.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def weights(self, out: GroupOutput, peers: list[int]) -> torch.Tensor:
+        fused = self.fuse(torch.cat([out.maps[i] for i in peers], 1))
+        return F.softmax(self.fc(torch.flatten(F.adaptive_avg_pool2d(fused, 1), 1)).float(), dim=-1)
+
+
+class MeanTarget(nn.Module):
+    """The plain mean of the peers' logits (no parameters)."""
+
+    shared_target = True
+
+    def weights(self, out: GroupOutput, peers: list[int]) -> torch.Tensor:
+        batch = out.logits[0].shape[0]
+        return out.logits[0].new_full((batch, len(peers)), 1.0 / len(peers), dtype=torch.float32)
+
+
+def build_target_builder(kind: str, group: BranchGroup, peers: int, *, gate_bn_relu: bool = True,
+                         attention_reduction: int = 8, fusion_blocks: int = 1) -> nn.Module:
+    choose("method.target", kind, TARGET_BUILDERS)
+    if kind == "gate":
+        if group.network_based:
+            raise config_error("method.target: the ONE gate reads the shared trunk; the network-based setting has "
+                               "none (use attention, ffm or mean)")
+        return GateTarget(group.trunk_channels, peers, gate_bn_relu)
+    if kind == "attention":
+        return AttentionTarget(group.feature_dim, attention_reduction)
+    if kind == "ffm":
+        return FusionTarget(group.map_channels, peers, fusion_blocks)
+    return MeanTarget()
+
+
+def peer_targets(builder: nn.Module, out: GroupOutput, peers: list[int], detach_logits: bool = False):
+    """``(targets, weights)``: ``targets`` is ``(B, P, C)``, the target logits of each peer; ``weights`` is ``(B, P)``
+    for a shared target or ``(B, P, P)`` (row i: peer i's weights over the peers). With ``detach_logits`` the peers'
+    logits inside the targets carry no gradient (only the weighting module does)."""
+    weights = builder.weights(out, peers)
+    z = torch.stack([out.logits[i].float() for i in peers], 1)  # (B, P, C)
+    if detach_logits:
+        z = z.detach()
+    if weights.dim() == 2:
+        shared = (weights.unsqueeze(-1) * z).sum(1)  # (B, C)
+        return shared.unsqueeze(1).expand_as(z), weights
+    return torch.bmm(weights, z), weights
+
+
+# ----------------------------------------------------------------------------------------------- CD loss
+
+def classifier_diversification(weights: list[torch.Tensor], product: str = "feature") -> torch.Tensor:
+    """MDE's eq. 5, ``L_cd = sum_{i<j} |W_i^T W_j|`` with ``|.|`` the sum of the absolute entries.
+
+    ``weights`` are ``nn.Linear.weight`` matrices ``(C, d)``. ``product="feature"`` reads ``W_i^T W_j`` literally in
+    that layout (a ``d x d`` matrix); ``"class"`` uses ``W_i W_j^T`` (``C x C``: dot products of class vectors)."""
+    choose("method.cd_product", product, ("feature", "class"))
+    total = weights[0].new_zeros((), dtype=torch.float32)
+    for i in range(len(weights)):
+        for j in range(i + 1, len(weights)):
+            a, b = weights[i].float(), weights[j].float()
+            total = total + (a.t() @ b if product == "feature" else a @ b.t()).abs().sum()
+    return total

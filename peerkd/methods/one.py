@@ -1,0 +1,90 @@
+"""ONE: Lan, Zhu, Gong, "Knowledge Distillation by On-the-Fly Native Ensemble", NeurIPS 2018.
+
+One network with a shared trunk and m branches; a gate on the trunk's map weights the branch logits into an
+ensemble teacher:
+
+    g   = softmax(ReLU(BN(FC(pool(trunk)))))          (one weight per branch, sum 1)
+    z_e = sum_i g_i z_i
+    L   = sum_i CE(z_i, y) + CE(z_e, y) + w(e) * sum_i T^2 KL(softmax(z_e/T) || softmax(z_i/T)),   T = 3
+
+Readings: the branches own the last stage and the classifier (``split_at`` unset), as ONE's CIFAR ResNets; the gate
+has BN and ReLU between FC and softmax as in ONE's code (``gate_bn_relu``); the teacher ``z_e`` is not detached in the
+KL (the code lineage of ONE / OKDDip does not), ``target_gradient: weights`` detaches the branch logits inside it
+(the gate still learns from the KL and from the ensemble CE); no ramp-up by default (``rampup_epochs``).
+
+``predict`` keys: ``branch0 .. branch{m-1}`` and ``ensemble`` (the gated teacher's logits). ONE deploys one branch
+(its tables report their mean); ``export(key)`` gives branch ``key`` (default ``branch0``) as a plain model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from peerkd.losses import hard_ce, kd_kl
+from peerkd.methods.base import Method, StepOutput
+from peerkd.methods.multibranch import TARGET_GRADIENTS, BranchGroup, GateTarget, choose, peer_targets, sigmoid_rampup
+from peerkd.methods.registry import register_method
+
+
+@register_method("one")
+class ONE(Method):
+    """ONE (Lan et al. 2018): gated on-the-fly ensemble of branches distilled back into every branch."""
+
+    @dataclass
+    class Options:
+        model: str = "resnet32"  # backbone of every branch (a registered model name)
+        model_options: dict = field(default_factory=dict)  # keyword arguments for the backbone's factory
+        branches: int = 3  # m: ONE's default of 3 branches (MDE's tables run m = 4: set it in the config)
+        split_at: int | None = None  # stages shared by the branches; None: all but the last (ONE's ResNets)
+        gate_bn_relu: bool = True  # BN + ReLU between the gate's FC and softmax, as ONE's code
+        temperature: float = 3.0  # T of the KL (ONE uses 3)
+        kl_weight: float = 1.0  # weight of the KL term relative to CE (1 in ONE)
+        ensemble_ce: bool = True  # CE on the gated ensemble too (trains the gate); ONE's loss has it
+        target_gradient: str = "full"  # "full": teacher not detached (ONE/OKDDip code); "weights": logits detached
+        rampup_epochs: float = 0.0  # epochs of a sigmoid ramp-up of the KL weight; 0: none (ONE has none)
+
+    def __init__(self, options, task):
+        super().__init__(options, task)
+        choose("method.target_gradient", options.target_gradient, TARGET_GRADIENTS)
+        self.group = BranchGroup(options.model, task.num_classes, options.branches, options.split_at,
+                                 model_options=options.model_options)
+        self.gate = GateTarget(self.group.trunk_channels, options.branches, options.gate_bn_relu)
+        self.branch_ids = list(range(options.branches))
+        self.register_buffer("distill_scale", torch.tensor(sigmoid_rampup(0, options.rampup_epochs)))
+
+    def on_epoch_start(self, epoch, epochs):
+        self.distill_scale.fill_(sigmoid_rampup(epoch, self.options.rampup_epochs))
+
+    def forward(self, batch) -> StepOutput:
+        opts = self.options
+        out = self.group(batch.view(0))
+        weights = self.gate.weights(out, self.branch_ids).unsqueeze(-1)  # (B, m, 1)
+        logits = torch.stack([z.float() for z in out.logits], 1)  # (B, m, C)
+        ensemble = (weights * logits).sum(1)
+        teacher = (weights * logits.detach()).sum(1) if opts.target_gradient == "weights" else ensemble
+        ce = torch.stack([hard_ce(z, batch) for z in out.logits]).sum()
+        kl = torch.stack([kd_kl(z, teacher, opts.temperature) for z in out.logits]).sum()
+        loss = ce + self.distill_scale * opts.kl_weight * kl
+        logs = {"ce": ce.detach(), "kl": kl.detach()}
+        if opts.ensemble_ce:
+            ce_ensemble = hard_ce(ensemble, batch)
+            loss = loss + ce_ensemble
+            logs["ce_ensemble"] = ce_ensemble.detach()
+        return StepOutput(loss, logs)
+
+    def predict(self, x):
+        out = self.group(x)
+        preds = {f"branch{i}": z for i, z in enumerate(out.logits)}
+        preds["ensemble"] = peer_targets(self.gate, out, self.branch_ids)[0][:, 0]
+        return preds
+
+    def diversity_groups(self):
+        return {"branches": [f"branch{i}" for i in self.branch_ids]}
+
+    def export(self, key=None):
+        key = key or "branch0"
+        valid = [f"branch{i}" for i in self.branch_ids]
+        if key not in valid:
+            raise KeyError(f"cannot export '{key}': exportable keys are {', '.join(valid)}")
+        return self.group.export(int(key[len("branch"):]))

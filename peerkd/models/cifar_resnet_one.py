@@ -1,0 +1,70 @@
+"""The CIFAR "ResNet-110" of the ONE / OKDDip code lineage, which MDE (paper 001) compares against.
+
+Unlike He et al.'s ResNet-110 (18 basic blocks per stage, 16-32-64 channels; ``resnet110``), this network uses
+bottleneck blocks (1x1, 3x3, 1x1, expansion 4) for depths of 44 and more: depth 9n + 2, three stages of n bottlenecks
+with 16, 32 and 64 inner channels and 64, 128 and 256 output channels, a 3x3 stem with 16 channels, 1x1-conv + BN
+shortcuts where the shape changes (including the first block, 16 -> 64), global pooling and a linear classifier.
+Registered as ``resnet110_one`` (n = 12) and ``resnet56_one`` (n = 6).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peerkd.models.base import Backbone, ClassifierHead
+from peerkd.models.cifar_resnet import init_weights
+from peerkd.models.registry import register_model
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_ch: int, planes: int, stride: int = 1):
+        super().__init__()
+        out_ch = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_ch, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_ch, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_ch)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarBottleneckResNet(Backbone):
+    def __init__(self, depth: int, num_classes: int, planes=(16, 32, 64)):
+        super().__init__()
+        if (depth - 2) % 9:
+            raise ValueError(f"bottleneck CIFAR ResNet depth must be 9n+2, got {depth}")
+        n = (depth - 2) // 9
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+        stages, in_ch = [], 16
+        for i, width in enumerate(planes):
+            blocks = []
+            for b in range(n):
+                blocks.append(Bottleneck(in_ch, width, stride=2 if (i > 0 and b == 0) else 1))
+                in_ch = width * Bottleneck.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.ModuleList(stages)
+        self.stage_channels = [p * Bottleneck.expansion for p in planes]
+        self.head = ClassifierHead(self.stage_channels[-1], num_classes)
+        init_weights(self)
+
+
+@register_model("resnet110_one", "CIFAR ResNet-110 of the ONE/OKDDip code: bottleneck blocks, 12 per stage, 64-128-256")
+def resnet110_one(num_classes: int, **kwargs) -> CifarBottleneckResNet:
+    return CifarBottleneckResNet(110, num_classes, **kwargs)
+
+
+@register_model("resnet56_one", "CIFAR ResNet-56 of the ONE/OKDDip code: bottleneck blocks, 6 per stage, 64-128-256")
+def resnet56_one(num_classes: int, **kwargs) -> CifarBottleneckResNet:
+    return CifarBottleneckResNet(56, num_classes, **kwargs)

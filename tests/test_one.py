@@ -1,0 +1,63 @@
+"""ONE: the gate's weights form a distribution and give the ensemble it claims; the loss; one step; export; a run."""
+import torch
+import torch.nn.functional as F
+
+from helpers import assert_one_step, build, random_batch, short_run, tiny_task
+
+
+def test_gate_weights_sum_to_one_and_weight_the_branch_logits():
+    task = tiny_task()
+    method = build({"name": "one", "model": "resnet8", "branches": 3}, task).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        out = method.group(x)
+        weights = method.gate.weights(out, [0, 1, 2])
+        # by hand: pool the trunk's map, FC, BN (running stats in eval), ReLU, softmax
+        pooled = out.trunk.mean(dim=(2, 3))
+        bn = method.gate.bn
+        scores = pooled @ method.gate.fc.weight.t() + method.gate.fc.bias
+        scores = (scores - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+        expected_weights = torch.softmax(torch.clamp(scores, min=0), dim=-1)
+        expected_ensemble = sum(expected_weights[:, i:i + 1] * out.logits[i] for i in range(3))
+        preds = method.predict(x)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(4))
+    torch.testing.assert_close(weights, expected_weights, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(preds["ensemble"], expected_ensemble, rtol=1e-5, atol=1e-5)
+    assert set(preds) == {"branch0", "branch1", "branch2", "ensemble"}
+
+
+def test_one_loss_is_ce_of_branches_and_ensemble_plus_kl_to_the_gated_teacher():
+    task = tiny_task()
+    method = build({"name": "one", "model": "resnet8", "branches": 3}, task).eval()  # eval: deterministic BN
+    batch = random_batch(task)
+    with torch.no_grad():
+        loss = method(batch).loss
+        out = method.group(batch.x)
+        z = out.logits
+        g = method.gate.weights(out, [0, 1, 2])
+        ensemble = sum(g[:, i:i + 1] * z[i] for i in range(3))
+        t = 3.0
+        p_teacher = F.softmax(ensemble / t, -1)
+        kl = sum((p_teacher * (p_teacher.log() - F.log_softmax(zi / t, -1))).sum(-1).mean() * t * t for zi in z)
+        expected = sum(F.cross_entropy(zi, batch.y) for zi in z) + F.cross_entropy(ensemble, batch.y) + kl
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_one_step_trains_every_parameter_and_export_matches():
+    task = tiny_task()
+    method = build({"name": "one", "model": "resnet8", "branches": 3}, task)
+    assert_one_step(method, random_batch(task))
+    method.eval()
+    x = torch.randn(2, 3, 32, 32)
+    exported = method.export("branch2")
+    assert hasattr(exported, "peerkd_spec") and exported.peerkd_spec["name"] == "resnet8"
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), method.predict(x)["branch2"])
+
+
+def test_one_short_run_beats_chance(tmp_path):
+    summary = short_run({"name": "one", "model": "resnet8", "branches": 3}, tmp_path / "run", epochs=3,
+                        overrides=("data.synthetic.test_size=200",))
+    for key in ("branch0", "ensemble"):
+        assert summary["keys"][key]["last"]["top1"] > 40.0, summary  # chance is 25 % with 4 classes
+    assert "branches_agreement" in summary["diversity"]
