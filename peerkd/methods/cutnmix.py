@@ -123,7 +123,8 @@ class CutnMix(Method):
             loss_j = ce + opts.dml_weight * dml
             logs[f"ce{j}"], logs[f"dml{j}"] = ce.detach(), dml.detach()
             if opts.use_mmd:
-                mmd = sum(mean_feature_mmd(features[j], self._target(features[k])) for k in range(n) if k != j) / (n - 1)
+                others = [self._target(features[k]) for k in range(n) if k != j]
+                mmd = sum(mean_feature_mmd(features[j], f) for f in others) / (n - 1)
                 loss_j = loss_j + opts.mmd_weight * mmd
                 logs[f"mmd{j}"] = mmd.detach()
             if teacher_logits is not None:
