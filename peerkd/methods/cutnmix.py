@@ -30,7 +30,7 @@ Readings where the paper is ambiguous:
   every peer's real box area is the same number of pixels, and ``Batch.lam`` (1 minus that area fraction, exact) is
   each peer's label weight: the peers' labels agree exactly and each matches its own box (see peerkd.data.mixing).
 - Ablation (its Table 2): ``use_mmd`` and ``use_peer_teacher`` drop L_MMD / L_PT (and g); ``mixing: cutmix`` gives
-  the Fig. 1 setting (one shared box for every peer), ``mixing: none`` no mixing.
+  the Fig. 1 setting (one shared box for every peer), ``mixing: none`` asks for none (``data.mixing`` decides).
 
 Predict keys: ``peer{j}``, ``ensemble`` (mean of the peers' probabilities) and ``peer_teacher`` (g on the peers'
 features).
@@ -73,7 +73,7 @@ class CutnMix(Method):
         peer_teacher_weight: float = 0.1  # gamma of eq. 8 (section 3.1)
         use_mmd: bool = True  # Table 2 ablation switch for L_MMD
         use_peer_teacher: bool = True  # Table 2 ablation switch for the peer teacher g and L_PT
-        mixing: str = "cutnmix"  # the loader's mixing: "cutnmix" (eq. 5-7), "cutmix" (one box for all, Fig. 1), "none"
+        mixing: str = "cutnmix"  # loader mixing: "cutnmix" (eq. 5-7), "cutmix" (one box, Fig. 1), "none" (data.mixing)
         separate_views: bool = True  # each peer its own augmentation (section 2.2); False: one view for all peers
         detach_targets: bool = True  # targets of L_DML, L_MMD and L_PT carry no gradient (each L^j trains peer j)
         teacher_trains_peers: bool = False  # True: the peer teacher's CE also reaches the peers' features
