@@ -50,6 +50,9 @@ class DataConfig:
     resize: int = 0  # shorter side before the evaluation centre crop, pixels
     photometric: bool = False  # colour jitter 0.4 + PCA lighting 0.1, the ImageNet recipe of KDCL
     workers: int = 8  # DataLoader worker processes decoding and augmenting image files
+    mixing: str = "none"  # batch mixing for any method: "none", "mixup", "cutmix" or "cutnmix" (peerkd.data.mixing)
+    mixing_alpha: float = 1.0  # lam ~ Beta(alpha, alpha); 1 (uniform) is CutMix's and CutnMix's choice
+    mixing_prob: float = 1.0  # probability that a batch is mixed (CutMix's CIFAR recipe uses 0.5)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -290,6 +293,11 @@ def _check_values(config: Config) -> None:
     choose("trainer.channels_last", config.trainer.channels_last, ["auto", "on", "off"])
     choose("trainer.progress", config.trainer.progress, ["auto", "on", "off"])
     choose("data.normalize", config.data.normalize, ["dataset", "imagenet", "none"])
+    choose("data.mixing", config.data.mixing, ["none", "mixup", "cutmix", "cutnmix"])
+    if config.data.mixing_alpha <= 0:
+        raise ConfigError(f"data.mixing_alpha: must be positive, got {config.data.mixing_alpha}")
+    if not 0.0 <= config.data.mixing_prob <= 1.0:
+        raise ConfigError(f"data.mixing_prob: must lie in [0, 1], got {config.data.mixing_prob}")
     positive = {"data.batch_size": config.data.batch_size, "data.eval_batch_size": config.data.eval_batch_size,
                 "schedule.epochs": config.schedule.epochs, "trainer.eval_every": config.trainer.eval_every,
                 "trainer.log_every": config.trainer.log_every}

@@ -14,7 +14,10 @@ class Batch:
     y:     ``(B,)`` int64 class labels.
     index: ``(B,)`` int64 position of each sample in the training split (0 .. num_train - 1), for per-sample memory.
     y_b, lam: set by batch mixing (Mixup / CutMix): the partner labels and the mixing weight of ``y``
-           (a scalar tensor, or ``(V,)`` / ``(B,)`` where mixing differs per view or sample).
+           (a scalar tensor, or ``(V,)`` / ``(B,)`` where mixing differs per view or sample). ``lam`` is the
+           real weight of ``y``: for CutMix / CutⁿMix, 1 minus the pasted box's area fraction.
+    pair_x, pair_index: set when the method asked for class pairs (CS-KD): for every sample another training
+           sample of the same class, ``(B, C, H, W)`` augmented independently, and its dataset position.
     """
 
     x: torch.Tensor
@@ -22,6 +25,8 @@ class Batch:
     index: torch.Tensor
     y_b: torch.Tensor | None = None
     lam: torch.Tensor | None = None
+    pair_x: torch.Tensor | None = None
+    pair_index: torch.Tensor | None = None
 
     @property
     def views(self) -> int:
@@ -34,4 +39,4 @@ class Batch:
     def to(self, device, non_blocking: bool = True) -> "Batch":
         move = (lambda t: None if t is None else t.to(device, non_blocking=non_blocking))
         return replace(self, x=move(self.x), y=move(self.y), index=move(self.index), y_b=move(self.y_b),
-                       lam=move(self.lam))
+                       lam=move(self.lam), pair_x=move(self.pair_x), pair_index=move(self.pair_index))

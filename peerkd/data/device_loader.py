@@ -3,7 +3,10 @@ flip and normalisation are batched tensor ops there.
 
 Every random number of an epoch (the permutation, each view's crop offsets and flips) is drawn on the CPU from a
 generator seeded by ``(seed, epoch)``, so epoch ``e`` is the same on any device, after any resume, and from any
-starting step. Batch shapes are static (the last partial batch is dropped). Under DDP every rank draws the same
+starting step. Batch shapes are static (the last partial batch is dropped).
+Batch mixing (Mixup, CutMix, CutⁿMix; ``peerkd.data.mixing``) draws its numbers per step from ``(seed, epoch,
+step, rank)``; class pairs (CS-KD) draw each sample's same-class partner and the partner's crop and flip from
+``(seed, epoch)``, so both are exact from any start step too. Under DDP every rank draws the same
 permutation and takes its share of each global batch, so the global batch keeps the configured size.
 """
 from __future__ import annotations
@@ -15,7 +18,10 @@ import numpy as np
 import torch
 
 from peerkd.data import augment
+from peerkd.data import mixing as mixing_lib
 from peerkd.data.batch import Batch
+
+PAIR_STREAM = 2_000_003  # generator stream of the class-pair partners and their augmentation
 
 
 def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
@@ -56,11 +62,14 @@ class DeviceLoader:
 
     views: independently augmented copies of each image (``Batch.x`` is ``(V, B, C, H, W)`` when ``views > 1``).
     rank, world: this process's share of every global batch of ``batch_size`` images.
+    mixing: a :class:`peerkd.data.mixing.MixingSpec`; None or kind "none" leaves batches unmixed.
+    class_pairs: also yield, for every sample, another training sample of its class (``Batch.pair_x``).
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, mean, std, device,
                  seed: int = 0, views: int = 1, crop_padding: int = 4, flip: bool = True, channels_last: bool = False,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, mixing: mixing_lib.MixingSpec | None = None,
+                 class_pairs: bool = False):
         if batch_size % world:
             raise ValueError(f"data.batch_size={batch_size} must be divisible by the {world} DDP processes")
         if len(labels) < batch_size:
@@ -77,6 +86,10 @@ class DeviceLoader:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
         self.channels_last = channels_last
+        self.mixing = mixing if mixing is not None else mixing_lib.MixingSpec()
+        self.class_pairs = class_pairs
+        if class_pairs:
+            self._class_rows = _class_rows(np.asarray(labels))
 
     def __len__(self) -> int:
         return self.num_images // self.batch_size
@@ -92,17 +105,61 @@ class DeviceLoader:
             flips.append(flip if self.flip else torch.zeros_like(flip))
         return perm, torch.stack(offsets), torch.stack(flips)
 
+    def pair_randomness(self, epoch: int):
+        """For every training row its same-class partner row ``(N,)`` (another row of the class when the class has
+        two or more), and the partner's crop offsets ``(N, 2)`` and flips ``(N,)``."""
+        gen = _epoch_generator(self.seed, epoch, PAIR_STREAM)
+        order, starts, counts, rank_in_class, label_of = self._class_rows
+        draw = torch.rand(self.num_images, generator=gen, dtype=torch.float64).numpy()
+        count = counts[label_of]
+        others = np.maximum(count - 1, 1)
+        pick = np.minimum((draw * others).astype(np.int64), others - 1)  # uniform over the class's other rows
+        pick = np.where((count > 1) & (pick >= rank_in_class), pick + 1, pick)  # skip the row itself
+        partner = torch.as_tensor(order[starts[label_of] + np.where(count > 1, pick, 0)], dtype=torch.int64)
+        offsets = torch.randint(0, 2 * self.padding + 1, (self.num_images, 2), generator=gen)
+        flip = torch.rand(self.num_images, generator=gen) < 0.5
+        return partner, offsets, flip if self.flip else torch.zeros_like(flip)
+
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """Yield the batches of ``epoch`` from ``start_step`` on (for a resume in the middle of an epoch)."""
         perm, offsets, flips = (t.to(self.device) for t in self.epoch_randomness(epoch))
         local = self.batch_size // self.world
+        if self.class_pairs:
+            pair_rows, pair_offsets, pair_flips = (t.to(self.device) for t in self.pair_randomness(epoch))
+        if self.mixing.active:
+            steps = range(start_step, len(self))
+            partners, lams, boxes = (t.to(self.device) for t in mixing_lib.sample_epoch(
+                self.mixing, self.seed, epoch, steps, local, self.views, self.size, self.size, self.rank))
         for step in range(start_step, len(self)):
             rows = perm[step * self.batch_size + self.rank * local: step * self.batch_size + (self.rank + 1) * local]
             picked = self.images[rows]
             views = [augment.normalize(augment.crop_flip(picked, offsets[v, rows], flips[v, rows], self.size),
                                        self.mean, self.std, self.channels_last) for v in range(self.views)]
             x = views[0] if self.views == 1 else torch.stack(views)
-            yield Batch(x=x, y=self.labels[rows], index=rows)
+            batch = Batch(x=x, y=self.labels[rows], index=rows)
+            if self.mixing.active:
+                i = step - start_step
+                batch.x, batch.y_b, batch.lam = mixing_lib.apply_mixing(self.mixing.kind, x, batch.y, partners[i],
+                                                                    lams[i], boxes[i])
+            if self.class_pairs:
+                partner = pair_rows[rows]
+                batch.pair_index = partner
+                batch.pair_x = augment.normalize(
+                    augment.crop_flip(self.images[partner], pair_offsets[rows], pair_flips[rows], self.size),
+                    self.mean, self.std, self.channels_last)
+            yield batch
+
+
+def _class_rows(labels: np.ndarray):
+    """Rows grouped by class: ``order`` (rows sorted by label, stable), each class's ``starts`` and ``counts``,
+    each row's rank within its class and its label."""
+    order = np.argsort(labels, kind="stable")
+    num_classes = int(labels.max()) + 1 if labels.size else 0
+    counts = np.bincount(labels, minlength=num_classes)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    rank_in_class = np.empty(len(labels), dtype=np.int64)
+    rank_in_class[order] = np.arange(len(labels)) - starts[labels[order]]
+    return order.astype(np.int64), starts, counts.astype(np.int64), rank_in_class, labels.astype(np.int64)
 
 
 class EvalLoader:

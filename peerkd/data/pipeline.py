@@ -13,6 +13,7 @@ import torch
 
 from peerkd.config import ConfigError, DataConfig
 from peerkd.data import augment
+from peerkd.data.mixing import MixingSpec
 from peerkd.data.datasets import load_dataset
 from peerkd.data.device_loader import DeviceLoader, EvalLoader, make_split
 from peerkd.data.folder import TRAIN_TRANSFORMS, FolderDataset, FolderEvalLoader, FolderLoader, build_transform
@@ -36,6 +37,15 @@ def normalization(config: DataConfig, dataset_mean, dataset_std):
     return dataset_mean, dataset_std
 
 
+def mixing_spec(config: DataConfig, request) -> MixingSpec:
+    """The mixing a run applies: the method's request (e.g. CutⁿMix's own) or else ``data.mixing``."""
+    requested = getattr(request, "mixing", "") or ""
+    if requested and config.mixing not in ("none", requested):
+        raise ConfigError(f"data.mixing: the method mixes its batches with '{requested}'; leave data.mixing at "
+                          f"none (or set it to '{requested}') instead of '{config.mixing}'")
+    return MixingSpec(requested or config.mixing, config.mixing_alpha, config.mixing_prob)
+
+
 def build_loaders(config: DataConfig, request, *, seed: int, device: torch.device, channels_last: bool,
                   rank: int = 0, world: int = 1) -> Loaders:
     data = load_dataset(config)
@@ -52,7 +62,9 @@ def build_loaders(config: DataConfig, request, *, seed: int, device: torch.devic
     try:
         train = DeviceLoader(data.train_images[split.train], data.train_labels[split.train],
                              batch_size=config.batch_size, seed=seed, views=request.views,
-                             crop_padding=config.crop_padding, flip=config.flip, rank=rank, world=world, **common)
+                             crop_padding=config.crop_padding, flip=config.flip, rank=rank, world=world,
+                             mixing=mixing_spec(config, request),
+                             class_pairs=getattr(request, "class_pairs", False), **common)
     except ValueError as err:
         raise ConfigError(f"data: {err}") from None
     test_images, test_labels = data.test_images, data.test_labels

@@ -1,5 +1,17 @@
 """Methods: one file per paper; importing this package registers them all."""
-from peerkd.methods import cl, dml, kd, mde, okddip, one, vanilla  # noqa: F401  (registration)
+from peerkd.methods import (  # noqa: F401  (each module registers itself)
+    cl,
+    cskd,
+    cutnmix,
+    ddgsd,
+    dml,
+    kd,
+    mde,
+    okddip,
+    one,
+    tfkd,
+    vanilla,
+)
 from peerkd.methods.base import DataRequest, EpochContext, Method, StepOutput, TaskInfo
 from peerkd.methods.registry import build_method, method_class, method_descriptions, method_names, register_method
 

@@ -1,5 +1,13 @@
 """Backbones by name (stem / stages / head contract) and the branched trunk + tails wrapper."""
-from peerkd.models import cifar_resnet, cifar_resnet_one, shufflenetv2, wrn, xception  # noqa: F401  (registration)
+from peerkd.models import (  # noqa: F401  (each module registers itself)
+    cifar_resnet,
+    cifar_resnet_one,
+    densenet,
+    shufflenetv2,
+    vgg,
+    wrn,
+    xception,
+)
 from peerkd.models.base import Backbone, ClassifierHead
 from peerkd.models.branched import BranchedNet, BranchTail, branched
 from peerkd.models.registry import build_model, model_descriptions, model_names, register_model

@@ -1,0 +1,148 @@
+"""CutⁿMix online distillation. Shen, Xu, Yang, Li, Guo, "Mixed Sample Augmentation for Online Distillation"
+(paper 003 of /work/shared/papers).
+
+J peers (J = 2 in the paper). Every peer sees its own augmentation of the batch, mixed by CutⁿMix (eq. 5-7): the
+same partner permutation and the same lambda for every peer, a box placed independently per peer. Peer j's loss
+(eq. 8), plus the peer teacher's own cross-entropy (Algorithm 1, lines 10 and 12):
+
+    L^j   = CE(z^j, y~) + alpha * L_DML^j + beta * L_MMD^j + gamma * L_PT^j
+    L_DML^j = 1/(J-1) sum_{k != j} tau^2 KL(softmax(z^k / tau) || softmax(z^j / tau))                 (eq. 4)
+    L_MMD^j = 1/(J-1) sum_{k != j} || mean_i f_i^j - mean_i f_i^k ||_2^2                              (eq. 9)
+    L_PT^j  = tau^2 KL(softmax(z^PT / tau) || softmax(z^j / tau)),   z^PT = g([f^1, ..., f^J])         (eq. 10)
+    L     = sum_j L^j + CE(z^PT, y~)
+
+with alpha = 0.6, beta = 0.3, gamma = 0.1, tau = 3, f^j peer j's pooled penultimate feature (``head.features``),
+g a linear classifier over the concatenated features (the "peer teacher"), and y~ the mixed label (CE of a mixed
+batch is ``lam * CE(y) + (1 - lam) * CE(y_b)``).
+
+Readings where the paper is ambiguous:
+- KL direction: eq. 4 and 10 write ``D(student, teacher)``; as in Hinton's KD and DML, the target (other peer or
+  the peer teacher) is the first argument of the KL and is detached: each L^j trains peer j only. Likewise the other
+  peers' feature means in L_MMD^j are detached (``detach_targets``), so the pair (j, k) pulls both means together
+  through L^j and L^k, not twice through each.
+- The peer teacher g is trained by its own CE only, on detached peer features (Algorithm 1 updates "peer students
+  by eq. 8" and then "the peer teacher" separately), so no teacher gradient reaches the peers except through
+  L_PT's target, which is detached too. ``teacher_trains_peers: true`` lets g's CE reach the peers' features
+  instead (PCL's peer-ensemble reading).
+- tau^2 multiplies L_DML (eq. 4 of its preliminaries) and L_PT (eq. 10); the MMD is the linear-kernel MMD of eq. 9.
+- "Same lambda" with a per-peer box (eq. 7): every peer's box has the same size, round(sqrt(1 - lam) * side) on each
+  side, and is placed uniformly among the positions where it lies wholly inside the image. No box is clipped, so
+  every peer's real box area is the same number of pixels, and ``Batch.lam`` (1 minus that area fraction, exact) is
+  each peer's label weight: the peers' labels agree exactly and each matches its own box (see peerkd.data.mixing).
+- Ablation (its Table 2): ``use_mmd`` and ``use_peer_teacher`` drop L_MMD / L_PT (and g); ``mixing: cutmix`` gives
+  the Fig. 1 setting (one shared box for every peer), ``mixing: none`` asks for none (``data.mixing`` decides).
+
+Predict keys: ``peer{j}``, ``ensemble`` (mean of the peers' probabilities) and ``peer_teacher`` (g on the peers'
+features).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from peerkd.losses import hard_ce, kd_kl
+from peerkd.methods.base import DataRequest, Method, StepOutput
+from peerkd.methods.cohort import build_cohort, cohort_predictions, export_member, peer_keys
+from peerkd.methods.registry import register_method
+
+
+def mean_feature_mmd(features: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+    """Linear-kernel MMD of eq. 9: ``|| mean_i f_i - mean_i g_i ||_2^2`` for ``(n, d)`` feature batches."""
+    return (features.float().mean(0) - others.float().mean(0)).pow(2).sum()
+
+
+def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A backbone's pooled penultimate vector and its logits, from one forward pass."""
+    features = model.head.features(model.forward_stages(x)[-1])
+    return features, model.head.fc(features)
+
+
+@register_method("cutnmix")
+class CutnMix(Method):
+    """CutⁿMix online distillation (Shen et al.): DML + feature MMD + a peer-teacher classifier, on CutⁿMix data."""
+
+    @dataclass
+    class Options:
+        models: list[str] = field(default_factory=lambda: ["resnet32", "resnet32"])  # the J peers (J = 2 in the paper)
+        model_options: dict = field(default_factory=dict)  # keyword arguments for every model's factory
+        temperature: float = 3.0  # tau of L_DML and L_PT (section 3.1: tau = 3)
+        dml_weight: float = 0.6  # alpha of eq. 8 (section 3.1)
+        mmd_weight: float = 0.3  # beta of eq. 8 (section 3.1)
+        peer_teacher_weight: float = 0.1  # gamma of eq. 8 (section 3.1)
+        use_mmd: bool = True  # Table 2 ablation switch for L_MMD
+        use_peer_teacher: bool = True  # Table 2 ablation switch for the peer teacher g and L_PT
+        mixing: str = "cutnmix"  # loader mixing: "cutnmix" (eq. 5-7), "cutmix" (one box, Fig. 1), "none" (data.mixing)
+        separate_views: bool = True  # each peer its own augmentation (section 2.2); False: one view for all peers
+        detach_targets: bool = True  # targets of L_DML, L_MMD and L_PT carry no gradient (each L^j trains peer j)
+        teacher_trains_peers: bool = False  # True: the peer teacher's CE also reaches the peers' features
+
+    def __init__(self, options, task):
+        super().__init__(options, task)
+        from peerkd.config import ConfigError
+
+        if len(options.models) < 2:
+            raise ConfigError("method.models: CutnMix needs at least two peers")
+        if options.mixing not in ("cutnmix", "cutmix", "none"):
+            raise ConfigError(f"method.mixing: '{options.mixing}' is not one of cutnmix, cutmix, none")
+        if options.mixing == "cutnmix" and not options.separate_views:
+            raise ConfigError("method.mixing: cutnmix places one box per peer view; it needs separate_views: true")
+        self.models = build_cohort(options.models, task.num_classes, options.model_options)
+        self.peer_teacher = None
+        if options.use_peer_teacher:
+            width = sum(model.head.in_features for model in self.models)
+            self.peer_teacher = nn.Linear(width, task.num_classes)  # g over the concatenated peer features
+
+    @classmethod
+    def data_request(cls, options):
+        views = len(options.models) if options.separate_views else 1
+        return DataRequest(views=views, mixing="" if options.mixing == "none" else options.mixing)
+
+    def _target(self, t: torch.Tensor) -> torch.Tensor:
+        return t.detach() if self.options.detach_targets else t
+
+    def forward(self, batch) -> StepOutput:
+        opts, n = self.options, len(self.models)
+        outputs = [features_and_logits(model, batch.view(j if opts.separate_views else 0))
+                   for j, model in enumerate(self.models)]
+        features = [f for f, _ in outputs]
+        logits = [z for _, z in outputs]
+        logs: dict[str, torch.Tensor] = {}
+        total = 0.0
+        teacher_logits = None
+        if self.peer_teacher is not None:
+            joint = torch.cat(features if opts.teacher_trains_peers else [f.detach() for f in features], dim=1)
+            teacher_logits = self.peer_teacher(joint)
+            teacher_ce = hard_ce(teacher_logits, batch)
+            total = total + teacher_ce
+            logs["ce_teacher"] = teacher_ce.detach()
+        for j in range(n):
+            ce = hard_ce(logits[j], batch)
+            dml = sum(kd_kl(logits[j], self._target(logits[k]), opts.temperature) for k in range(n) if k != j) / (n - 1)
+            loss_j = ce + opts.dml_weight * dml
+            logs[f"ce{j}"], logs[f"dml{j}"] = ce.detach(), dml.detach()
+            if opts.use_mmd:
+                others = [self._target(features[k]) for k in range(n) if k != j]
+                mmd = sum(mean_feature_mmd(features[j], f) for f in others) / (n - 1)
+                loss_j = loss_j + opts.mmd_weight * mmd
+                logs[f"mmd{j}"] = mmd.detach()
+            if teacher_logits is not None:
+                pt = kd_kl(logits[j], teacher_logits.detach(), opts.temperature)
+                loss_j = loss_j + opts.peer_teacher_weight * pt
+                logs[f"pt{j}"] = pt.detach()
+            total = total + loss_j
+        return StepOutput(total, logs)
+
+    def predict(self, x):
+        outputs = [features_and_logits(model, x) for model in self.models]
+        out = cohort_predictions([z for _, z in outputs])
+        if self.peer_teacher is not None:
+            out["peer_teacher"] = self.peer_teacher(torch.cat([f for f, _ in outputs], dim=1))
+        return out
+
+    def diversity_groups(self):
+        return {"peers": peer_keys(len(self.models))}
+
+    def export(self, key=None):
+        return export_member(self.models, key)

@@ -1,0 +1,129 @@
+"""Tf-KD: teacher-free knowledge distillation. Yuan, Tay, Li, Wang, Feng, "Revisiting Knowledge Distillation via
+Label Smoothing Regularization", CVPR 2020. Two variants (``variant``):
+
+self (Tf-KD_self, eq. 7): a network trained normally earlier (a peerkd run folder, loaded as in ``kd``) teaches a
+fresh copy of itself:
+
+    L = (1 - alpha) * CE(z, y) + alpha * T^2 * KL(softmax(z_t / T) || softmax(z / T))
+
+reg (Tf-KD_reg, eq. 8-9): a hand-made "virtual teacher" that puts probability ``a`` on the true class and spreads
+``1 - a`` uniformly over the other K - 1 classes, softened by temperature T:
+
+    p^d(k) = a if k = y else (1 - a) / (K - 1),     p^d_T = softmax(p^d / T)
+    L = (1 - alpha) * CE(z, y) + alpha * multiplier * KL(p^d_T || softmax(z / T_s))
+
+Readings: "softened" p^d is read as the softmax of the probabilities divided by T (``virtual_softening:
+softmax``), as in the authors' released implementation; ``power`` gives the alternative (p^d)^(1/T) renormalised.
+The student side is not softened (T_s = 1, ``soften_student: false``) in the released implementation, which is the
+default here; the equation's p_T (T_s = T) is ``soften_student: true``. KL is averaged over the batch (summed over
+classes); ``multiplier`` rescales it (the released CIFAR-100 setting's multiplier 100 with an element-mean KL equals
+1 with this batch-mean KL for K = 100). With a mixed batch the virtual teacher is the lam-weighted mixture of the
+two labels' virtual teachers. The self teacher stays in eval mode and receives no gradient; its weights are part of
+this method's state (``teacher_model`` records its architecture), as in ``kd``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from peerkd.config import ConfigError
+from peerkd.losses import hard_ce, kd_kl
+from peerkd.methods.base import Method, StepOutput
+from peerkd.methods.cohort import build_cohort, export_member
+from peerkd.methods.kd import KD
+from peerkd.methods.registry import register_method
+from peerkd.models import build_model
+
+
+def virtual_teacher(labels: torch.Tensor, num_classes: int, correct_prob: float, temperature: float,
+                    softening: str = "softmax") -> torch.Tensor:
+    """Tf-KD's virtual teacher distribution ``(B, K)`` for integer ``labels``, softened by ``temperature``."""
+    base = torch.full((labels.shape[0], num_classes), (1.0 - correct_prob) / (num_classes - 1),
+                      device=labels.device, dtype=torch.float32)
+    base.scatter_(1, labels[:, None], correct_prob)
+    if softening == "softmax":
+        return F.softmax(base / temperature, dim=-1)
+    if softening == "power":
+        powered = base.pow(1.0 / temperature)
+        return powered / powered.sum(-1, keepdim=True)
+    raise ValueError(f"virtual_softening: '{softening}' is not softmax or power")
+
+
+@register_method("tfkd")
+class TfKD(Method):
+    """Teacher-free KD (Yuan et al. 2020): a self-trained teacher (variant self) or a virtual teacher (reg)."""
+
+    @dataclass
+    class Options:
+        variant: str = "reg"  # "reg" (virtual teacher, needs nothing) or "self" (teacher = an earlier run of the net)
+        model: str = "resnet32"  # the network trained
+        model_options: dict = field(default_factory=dict)  # keyword arguments for its factory
+        alpha: float = 0.1  # weight of the teacher term; 0.1 is the paper's CIFAR-100 Tf-KD_reg setting
+        temperature: float = 20.0  # T; 20 is the paper's CIFAR-100 Tf-KD_reg setting (self: ~6, set it per config)
+        correct_prob: float = 0.99  # a: the virtual teacher's probability of the true class (paper: 0.9 or above)
+        multiplier: float = 1.0  # scale of the reg KL (batch-mean); see the docstring for the released code's 100
+        virtual_softening: str = "softmax"  # how T softens p^d: "softmax" (released code) or "power"
+        soften_student: bool = False  # reg: divide the student's logits by T too (the equation's p_T)
+        teacher_run: str = ""  # self: run folder of the trained network (as kd's teacher_run)
+        teacher_key: str = ""  # self: predict key of that run to export ("" = its default)
+        teacher_model: str = ""  # self: filled in from the teacher run: its registered architecture
+        teacher_model_options: dict = field(default_factory=dict)  # self: filled in likewise
+
+    def __init__(self, options, task):
+        super().__init__(options, task)
+        if options.variant not in ("reg", "self"):
+            raise ConfigError(f"method.variant: '{options.variant}' is not reg or self")
+        if options.virtual_softening not in ("softmax", "power"):
+            raise ConfigError(f"method.virtual_softening: '{options.virtual_softening}' is not softmax or power")
+        self.models = build_cohort([options.model], task.num_classes, options.model_options)
+        self.teacher = None
+        if options.variant == "self":
+            if task.restoring and options.teacher_model:
+                teacher = build_model(options.teacher_model, task.num_classes, **options.teacher_model_options)
+            else:
+                teacher = KD._load_teacher(options, task)  # the kd method's run-folder loading, same options
+            teacher.eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            self.teacher = teacher
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # the self-teacher is fixed: its BatchNorm keeps its running statistics
+        return self
+
+    def forward(self, batch) -> StepOutput:
+        opts = self.options
+        x = batch.view(0)
+        logits = self.models[0](x)
+        ce = hard_ce(logits, batch)
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
+            kl = kd_kl(logits, teacher_logits, opts.temperature)
+        else:
+            k = logits.shape[-1]
+            target = virtual_teacher(batch.y, k, opts.correct_prob, opts.temperature, opts.virtual_softening)
+            if batch.y_b is not None:
+                other = virtual_teacher(batch.y_b, k, opts.correct_prob, opts.temperature, opts.virtual_softening)
+                lam = batch.lam.float().reshape(-1, 1) if batch.lam.dim() else batch.lam.float()
+                target = lam * target + (1 - lam) * other
+            student_t = opts.temperature if opts.soften_student else 1.0
+            log_p = F.log_softmax(logits.float() / student_t, dim=-1)
+            kl = (target * (target.clamp_min(1e-30).log() - log_p)).sum(-1).mean() * opts.multiplier
+        loss = (1 - opts.alpha) * ce + opts.alpha * kl
+        return StepOutput(loss, {"ce": ce.detach(), "kl": kl.detach()})
+
+    def predict(self, x):
+        out = {"net": self.models[0](x)}
+        if self.teacher is not None:
+            out["teacher"] = self.teacher(x)
+        return out
+
+    def export(self, key=None):
+        if key in (None, "net"):
+            return export_member(self.models, "peer0")
+        raise KeyError(f"cannot export '{key}': Tf-KD exports 'net'")
