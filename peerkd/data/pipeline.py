@@ -1,7 +1,8 @@
 """From a data config and a method's request to the loaders a run needs.
 
 ``build_loaders`` is the one place that knows which loader serves which kind of dataset: array datasets (CIFAR,
-the generated set) go to the device-resident loader, image-file datasets to the DataLoader-based folder loader. Every loader yields :class:`peerkd.data.Batch`.
+the generated set) go to the device-resident loader, image-file datasets to the DataLoader-based folder loader.
+Every loader yields :class:`peerkd.data.Batch`.
 """
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import torch
 
 from peerkd.config import ConfigError, DataConfig
 from peerkd.data import augment
-from peerkd.data.mixing import MixingSpec
 from peerkd.data.datasets import load_dataset
 from peerkd.data.device_loader import DeviceLoader, EvalLoader, make_split
 from peerkd.data.folder import TRAIN_TRANSFORMS, FolderDataset, FolderEvalLoader, FolderLoader, build_transform
+from peerkd.data.mixing import MixingSpec
 
 
 @dataclass
@@ -78,6 +79,9 @@ def build_loaders(config: DataConfig, request, *, seed: int, device: torch.devic
 
 def _folder_loaders(data: FolderDataset, config: DataConfig, request, *, seed, device, channels_last, rank,
                     world) -> Loaders:
+    if mixing_spec(config, request).active or request.class_pairs:
+        raise ConfigError(f"data.mixing / class pairs are implemented for array datasets (CIFAR, CINIC, synthetic), "
+                          f"not yet for the image files of '{data.name}'; set data.mixing=none")
     kind = data.train_transform if config.train_transform == "default" else config.train_transform
     if kind not in TRAIN_TRANSFORMS:
         raise ConfigError(f"data.train_transform: '{kind}' is not one of default, {', '.join(TRAIN_TRANSFORMS)}")
