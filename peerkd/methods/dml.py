@@ -17,7 +17,7 @@ import torch
 
 from peerkd.losses import hard_ce, kd_kl
 from peerkd.methods.base import DataRequest, Method, StepOutput
-from peerkd.methods.cohort import build_cohort, cohort_predictions, export_member, peer_keys
+from peerkd.methods.cohort import build_cohort, cohort_predictions, export_member, peer_keys, run_cohort
 from peerkd.methods.registry import register_method
 
 
@@ -32,13 +32,14 @@ class DML(Method):
         temperature: float = 3.0  # softening T of both sides of the KL (the CSS/MDE tables' DML setting)
         kl_weight: float = 1.0  # w: weight of the mutual term relative to CE (1 in the paper)
         separate_views: bool = False  # True: each peer sees its own augmentation of the batch (asks N views)
+        fuse: bool = False  # identical peers run as one fused module (grouped convs): same maths, fewer launches
 
     def __init__(self, options, task):
         super().__init__(options, task)
         if len(options.models) < 2:
             from peerkd.config import ConfigError
             raise ConfigError("method.models: DML needs at least two peers")
-        self.models = build_cohort(options.models, task.num_classes, options.model_options)
+        self.models = build_cohort(options.models, task.num_classes, options.model_options, fuse=options.fuse)
 
     @classmethod
     def data_request(cls, options):
@@ -46,7 +47,8 @@ class DML(Method):
 
     def forward(self, batch) -> StepOutput:
         n = len(self.models)
-        logits = [model(batch.view(i if self.options.separate_views else 0)) for i, model in enumerate(self.models)]
+        inputs = batch.x[:n] if self.options.separate_views else batch.view(0)
+        logits = run_cohort(self.models, inputs)
         total, logs = 0.0, {}
         for i, z in enumerate(logits):
             ce = hard_ce(z, batch)
@@ -56,7 +58,7 @@ class DML(Method):
         return StepOutput(total, logs)
 
     def predict(self, x):
-        return cohort_predictions([model(x) for model in self.models])
+        return cohort_predictions(run_cohort(self.models, x))
 
     def diversity_groups(self):
         return {"peers": peer_keys(len(self.models))}

@@ -1,0 +1,185 @@
+"""The graph-friendly training step (``trainer.fast``): forward, every loss, backward and the SGD update with no host
+synchronisation, static shapes, and the learning rate read from a device tensor.
+
+The trainer's plain loop sets ``group["lr"]`` from Python and sums its logs with Python numbers; that is fine eagerly
+but cannot be captured. :class:`FastStep` keeps everything the step touches on the device:
+
+- the learning rate is a 0-dim tensor that the optimiser reads (``set_lr`` writes it in place: one tiny copy, no
+  sync), so a captured graph sees each new value;
+- the loss parts are summed on the device (``drain_logs`` reads them once per log interval);
+- a non-finite loss is or-ed into a device flag, checked when the logs are drained;
+- SGD is the fused kernel on CUDA (one launch for every parameter) and the foreach kernels elsewhere.
+
+Three ways to run the same step function (``mode``):
+
+- ``"eager"``: call it as it is (on CPU it gives exactly the parameters of the trainer's plain loop);
+- ``"compile"``: ``torch.compile`` it (``compile_mode="reduce-overhead"`` on CUDA records CUDA graphs for the
+  compiled regions; the backward call splits the step into a forward graph, its AOT backward and the optimiser);
+- ``"graph"``: capture the whole step (forward, backward, optimiser, log sums) as one CUDA graph after
+  ``warmup_steps`` eager steps on a side stream, then replay it with each batch copied into static inputs. CUDA only,
+  one process (no DDP), static batch shapes (the device loader drops the last partial batch).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import fields
+from typing import Callable
+
+import torch
+from torch import nn
+
+from peerkd.data.batch import Batch
+
+_BATCH_FIELDS = tuple(f.name for f in fields(Batch))  # x, y, index, y_b, lam: the tensors a step reads
+
+
+def build_sgd(params, lr: torch.Tensor, momentum: float, nesterov: bool, weight_decay: float,
+              device: torch.device) -> torch.optim.SGD:
+    """SGD reading its learning rate from the device tensor ``lr``: fused on CUDA, foreach elsewhere (the same
+    arithmetic as the per-parameter loop; the fused kernel is one launch for all parameters)."""
+    on_cuda = torch.device(device).type == "cuda"
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                           fused=True if on_cuda else None, foreach=None if on_cuda else True)
+
+
+class FastStep:
+    """One training step of ``module`` (a Method, or its DDP / compiled wrapper) with its own SGD optimiser.
+
+    module: called as ``module(batch) -> StepOutput``; its trained parameters are ``params``.
+    lr: the first learning rate (``set_lr`` changes it every step).
+    autocast: a context-manager factory (the trainer's ``autocast``), or None for full precision.
+    mode: ``"eager"``, ``"compile"`` or ``"graph"`` (see the module docstring).
+    compile_mode: ``torch.compile``'s mode in ``"compile"`` mode (None is torch's default; "reduce-overhead" on CUDA).
+    compile_backend: ``torch.compile``'s backend ("inductor", torch's default, generates kernels; "aot_eager" traces
+        the same graphs without code generation, for quick checks of the capture).
+    warmup_steps: eager steps before the capture in ``"graph"`` mode (the optimiser's state and autograd's
+        buffers must exist before capture; 3 is what PyTorch's CUDA-graph notes use). They are real training steps.
+    """
+
+    def __init__(self, module: nn.Module, params: list[nn.Parameter], *, lr: float, momentum: float = 0.9,
+                 nesterov: bool = True, weight_decay: float = 5e-4, device: torch.device | str = "cpu",
+                 autocast: Callable[[], contextlib.AbstractContextManager] | None = None, mode: str = "eager",
+                 compile_mode: str | None = None, compile_backend: str = "inductor", warmup_steps: int = 3):
+        if mode not in ("eager", "compile", "graph"):
+            raise ValueError(f"FastStep mode must be 'eager', 'compile' or 'graph', got '{mode}'")
+        self.device = torch.device(device)
+        if mode == "graph" and self.device.type != "cuda":
+            raise ValueError("FastStep mode 'graph' captures a CUDA graph and needs a CUDA device; use 'eager' or "
+                             "'compile' elsewhere")
+        self.module, self.params, self.mode = module, list(params), mode
+        self.autocast = autocast or contextlib.nullcontext
+        self.lr = torch.tensor(float(lr), dtype=torch.float32, device=self.device)
+        self.optimizer = build_sgd(self.params, self.lr, momentum, nesterov, weight_decay, self.device)
+        self.log_keys: list[str] | None = None  # fixed by the first step: a method logs the same parts every step
+        self.log_sums: list[torch.Tensor] = []
+        self.steps_since_drain = torch.zeros((), dtype=torch.float32, device=self.device)
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        self.warmup_steps = warmup_steps
+        self._compiled = torch.compile(self._train_step, mode=compile_mode, backend=compile_backend) if mode == "compile" else None
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._static: dict[str, torch.Tensor | None] = {}
+        self._calls = 0
+
+    # -- the step ---------------------------------------------------------------------------------------------
+    def _train_step(self, batch: Batch, zero_grads: bool = True) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Forward, loss, backward, update: the function that is compiled or captured. Returns the detached loss
+        and the log values in ``log_keys`` order."""
+        if zero_grads:
+            self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            out = self.module(batch)
+        out.loss.backward()
+        self.optimizer.step()
+        logs = dict(out.logs, loss=out.loss.detach())
+        return out.loss.detach(), tuple(logs[key] for key in sorted(logs))
+
+    def _accumulate(self, loss: torch.Tensor, values: tuple[torch.Tensor, ...]) -> None:
+        torch._foreach_add_(self.log_sums, [v.float() for v in values])
+        self.steps_since_drain.add_(1)
+        self.nonfinite.logical_or_(~torch.isfinite(loss))
+
+    def _first_step(self, batch: Batch) -> None:
+        """The first step runs eagerly and fixes the log keys (and allocates their device sums)."""
+        with self.autocast():
+            out = self.module(batch)
+        self.log_keys = sorted(dict(out.logs, loss=out.loss))
+        self.log_sums = [torch.zeros((), dtype=torch.float32, device=self.device) for _ in self.log_keys]
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.optimizer.step()
+        logs = dict(out.logs, loss=out.loss.detach())
+        self._accumulate(out.loss.detach(), tuple(logs[key] for key in self.log_keys))
+
+    def __call__(self, batch: Batch) -> None:
+        """Train on ``batch`` (one step); nothing is read back to the host."""
+        self._calls += 1
+        if self.log_keys is None:
+            if self.mode == "graph":
+                with self._side_stream():
+                    self._first_step(batch)
+            else:
+                self._first_step(batch)
+            return
+        if self.mode == "eager":
+            self._accumulate(*self._train_step(batch))
+        elif self.mode == "compile":
+            self._accumulate(*self._compiled(batch))
+        elif self._calls <= self.warmup_steps:
+            with self._side_stream():
+                self._accumulate(*self._train_step(batch))
+        else:
+            self._replay(batch)
+
+    # -- CUDA graph -------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _side_stream(self):
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            yield
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+
+    def _replay(self, batch: Batch) -> None:
+        if self._graph is None:
+            self._capture(batch)  # capture records without running: replay below runs this batch
+        for name in _BATCH_FIELDS:
+            value, static = getattr(batch, name), self._static[name]
+            if (value is None) != (static is None) or (static is not None and value.shape != static.shape):
+                raise ValueError(f"FastStep graph mode needs static batches: '{name}' changed from "
+                                 f"{None if static is None else tuple(static.shape)} to "
+                                 f"{None if value is None else tuple(value.shape)}")
+            if static is not None:
+                static.copy_(value, non_blocking=True)
+        self._graph.replay()
+
+    def _capture(self, batch: Batch) -> None:
+        self._static = {name: None if getattr(batch, name) is None else getattr(batch, name).clone()
+                        for name in _BATCH_FIELDS}
+        static_batch = Batch(**self._static)
+        self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates the gradients it then reuses
+        torch.cuda.synchronize(self.device)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph):
+            self._accumulate(*self._train_step(static_batch, zero_grads=False))
+
+    # -- the host side ----------------------------------------------------------------------------------------
+    def set_lr(self, value: float) -> None:
+        """The learning rate of the next step, written into the device tensor the optimiser reads."""
+        for group in self.optimizer.param_groups:
+            if group["lr"] is not self.lr:  # load_state_dict replaces it; put the device tensor back (before capture)
+                if self._graph is not None:
+                    raise RuntimeError("the optimiser's learning rate tensor was replaced after the graph capture")
+                group["lr"] = self.lr
+        self.lr.fill_(value)
+
+    def drain_logs(self) -> tuple[dict[str, float], int, bool]:
+        """Mean of every loss part since the last drain, the number of steps, and whether any loss was non-finite;
+        one host synchronisation. The sums restart from zero."""
+        if self.log_keys is None:
+            return {}, 0, False
+        values = torch.stack([*self.log_sums, self.steps_since_drain, self.nonfinite.float()]).tolist()
+        count, bad = int(values[-2]), bool(values[-1])
+        means = {key: total / max(count, 1) for key, total in zip(self.log_keys, values[:-2])}
+        torch._foreach_zero_(self.log_sums)
+        self.steps_since_drain.zero_()
+        return means, count, bad

@@ -1,0 +1,423 @@
+"""Fused cohorts: P identical networks (or the P identical tails of a branched network) run as one module.
+
+Online KD multiplies a network's kernel launches by its peers and branches; most of a CIFAR step is launch overhead,
+not arithmetic. Here the P copies become one network whose every layer is P times as wide: the copies' channels are
+stacked peer-major (``[peer 0's C channels, peer 1's C channels, ...]``), every convolution is grouped so that a
+copy only sees its own channels, one BatchNorm normalises all copies' channels (BatchNorm is per channel, so this is
+numerically the separate BatchNorms), and the classifiers run as one batched matrix product. The maths is that of
+the separate modules; only the launch count changes.
+
+The translation is module by module (:func:`fuse_module`): ``nn.Conv2d``, ``nn.BatchNorm2d`` and ``nn.Linear`` are
+widened, channel-wise modules (activations, pooling, flatten, dropout, identity) are kept, containers
+(``nn.Sequential``, ``nn.ModuleList``) and the known blocks of this library (CIFAR ``BasicBlock`` with conv or
+identity shortcuts, WRN ``WideBlock`` and ``FinalActivation``, ``ClassifierHead``, ``BranchTail``) are copied with
+their children translated: their ``forward`` only applies channel-wise functions (ReLU, addition, dropout) to
+their children's outputs, so it stays correct on stacked channels. Any other module type is refused with its name;
+:func:`register_channelwise` admits a new block whose forward is channel-wise.
+
+Every fused parameter and buffer is the members' tensors concatenated along dim 0 (conv and linear weights are kept
+as ``(P * out, ...)``), so splitting it back (:meth:`FusedCohort.export`) is one ``chunk`` per tensor; the fused
+state_dict keeps the member's key names.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+from torch import nn
+
+from peerkd.models.base import Backbone, ClassifierHead
+from peerkd.models.branched import BranchedNet, BranchTail
+from peerkd.models.cifar_resnet import BasicBlock
+from peerkd.models.wrn import FinalActivation, WideBlock
+
+
+class FusionError(ValueError):
+    """The modules cannot be fused (different architectures, or a module type the translator does not know)."""
+
+
+# ------------------------------------------------------------------------------------------------ fused leaves
+
+class FusedConv2d(nn.Conv2d):
+    """P copies of a ``Conv2d(in, out, groups=g)`` as one ``Conv2d(P*in, P*out, groups=P*g)``."""
+
+    @classmethod
+    def from_members(cls, convs: list[nn.Conv2d]) -> "FusedConv2d":
+        first, copies = convs[0], len(convs)
+        if first.padding_mode != "zeros":
+            raise FusionError(f"Conv2d with padding_mode='{first.padding_mode}' is not supported (only 'zeros')")
+        fused = cls(first.in_channels * copies, first.out_channels * copies, first.kernel_size, first.stride,
+                    first.padding, first.dilation, first.groups * copies, first.bias is not None,
+                    device=first.weight.device, dtype=first.weight.dtype)
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat([c.weight for c in convs]))
+            if first.bias is not None:
+                fused.bias.copy_(torch.cat([c.bias for c in convs]))
+        return fused
+
+
+class FusedBatchNorm2d(nn.BatchNorm2d):
+    """P copies of a ``BatchNorm2d(C)`` as one ``BatchNorm2d(P*C)``: statistics are per channel, so identical."""
+
+    @classmethod
+    def from_members(cls, norms: list[nn.BatchNorm2d]) -> "FusedBatchNorm2d":
+        first = norms[0]
+        counts = {int(n.num_batches_tracked) for n in norms if n.num_batches_tracked is not None}
+        if first.momentum is None and len(counts) > 1:
+            raise FusionError("BatchNorm2d with momentum=None (cumulative averages) needs equal num_batches_tracked "
+                              f"in every member, got {sorted(counts)}")
+        fused = cls(first.num_features * len(norms), first.eps, first.momentum, first.affine,
+                    first.track_running_stats, device=_device_of(first), dtype=_dtype_of(first))
+        with torch.no_grad():
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                if getattr(first, name) is not None:
+                    getattr(fused, name).copy_(torch.cat([getattr(n, name) for n in norms]))
+            if first.num_batches_tracked is not None:
+                fused.num_batches_tracked.copy_(first.num_batches_tracked)  # one step count: they train in lockstep
+        return fused
+
+
+class FusedLinear(nn.Module):
+    """P copies of a ``Linear(in, out)`` as one batched product: ``(B, P*in) -> (B, P*out)``.
+
+    ``weight`` is ``(P*out, in)`` and ``bias`` ``(P*out,)`` (the members' tensors concatenated), viewed as
+    ``(P, out, in)`` for ``torch.baddbmm``.
+    """
+
+    def __init__(self, copies: int, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        self.copies, self.in_features, self.out_features = copies, in_features, out_features
+        self.weight = nn.Parameter(torch.empty(copies * out_features, in_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(copies * out_features, device=device, dtype=dtype)) if bias else None
+
+    @classmethod
+    def from_members(cls, linears: list[nn.Linear]) -> "FusedLinear":
+        first = linears[0]
+        fused = cls(len(linears), first.in_features, first.out_features, first.bias is not None,
+                    first.weight.device, first.weight.dtype)
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat([m.weight for m in linears]))
+            if fused.bias is not None:
+                fused.bias.copy_(torch.cat([m.bias for m in linears]))
+        return fused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        per_copy = x.reshape(batch, self.copies, self.in_features).transpose(0, 1)  # (P, B, in)
+        weight_t = self.weight.view(self.copies, self.out_features, self.in_features).transpose(1, 2)  # (P, in, out)
+        if self.bias is None:
+            out = torch.bmm(per_copy, weight_t)
+        else:
+            out = torch.baddbmm(self.bias.view(self.copies, 1, self.out_features), per_copy, weight_t)
+        return out.transpose(0, 1).reshape(batch, self.copies * self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"copies={self.copies}, in_features={self.in_features}, out_features={self.out_features}"
+
+
+# ---------------------------------------------------------------------------------------------- the translator
+
+# leaves that widen: member type -> builder from the list of members
+_WIDENED: dict[type, Callable[[list], nn.Module]] = {
+    nn.Conv2d: FusedConv2d.from_members,
+    nn.BatchNorm2d: FusedBatchNorm2d.from_members,
+    nn.Linear: FusedLinear.from_members,
+}
+
+# stateless modules that act on every channel alike: kept as they are
+_CHANNELWISE_LEAVES: tuple[type, ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Identity,
+    nn.Dropout, nn.Dropout2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.Flatten,
+)
+
+
+def _basic_block_check(block: BasicBlock) -> None:
+    if block.pad_channels:
+        raise FusionError("BasicBlock with the zero-padding shortcut (shortcut='A') pads channels, which would mix "
+                          "stacked peers; use shortcut='B' (conv) or run the cohort unfused")
+
+
+def _flatten_start_check(flatten: nn.Flatten) -> None:
+    if flatten.start_dim != 1:
+        raise FusionError(f"Flatten(start_dim={flatten.start_dim}) is not channel-wise; only start_dim=1 is")
+
+
+# composite modules whose forward only applies channel-wise functions to their children's outputs, with an optional
+# check of the instance (raising FusionError) for configurations that are not channel-wise
+_CHANNELWISE_COMPOSITES: dict[type, Callable[[nn.Module], None] | None] = {
+    nn.Sequential: None, nn.ModuleList: None, BasicBlock: _basic_block_check, WideBlock: None,
+    FinalActivation: None, ClassifierHead: None, BranchTail: None,
+}
+
+
+def register_channelwise(cls: type, check: Callable[[nn.Module], None] | None = None) -> type:
+    """Admit module type ``cls`` to fusion: its forward must apply only channel-wise functions (elementwise
+    activations, additions, per-channel pooling) to its children's outputs, never mix or reshape channels.
+    ``check(instance)`` may raise :class:`FusionError` for configurations that are not. Usable as a decorator."""
+    _CHANNELWISE_COMPOSITES[cls] = check
+    return cls
+
+
+def fuse_module(members: list[nn.Module]) -> nn.Module:
+    """One module computing all ``members`` on peer-major stacked channels; they must have the same structure."""
+    first = members[0]
+    kind = type(first)
+    for other in members[1:]:
+        if type(other) is not kind:
+            raise FusionError(f"cannot fuse a {kind.__name__} with a {type(other).__name__}: the cohort is not "
+                              "identical (run it unfused)")
+        if kind in _WIDENED or kind in _CHANNELWISE_LEAVES:
+            if repr(other) != repr(first):
+                raise FusionError(f"cannot fuse {first!r} with {other!r}: the cohort is not identical (run it unfused)")
+    if kind in _WIDENED:
+        return _WIDENED[kind](members)
+    if kind in _CHANNELWISE_LEAVES:
+        if kind is nn.Flatten:
+            _flatten_start_check(first)
+        return copy.deepcopy(first)
+    if kind not in _CHANNELWISE_COMPOSITES:
+        raise FusionError(f"cannot fuse module type {kind.__module__}.{kind.__name__}: the fusion translator knows "
+                          "Conv2d, BatchNorm2d, Linear, channel-wise activations and pooling, Sequential/ModuleList "
+                          "and peerkd's blocks; register a channel-wise block with register_channelwise() or run "
+                          "the cohort unfused")
+    check = _CHANNELWISE_COMPOSITES[kind]
+    if check is not None:
+        for member in members:
+            check(member)
+    names = [name for name, _ in first.named_children()]
+    for other in members[1:]:
+        if [name for name, _ in other.named_children()] != names:
+            raise FusionError(f"cannot fuse two {kind.__name__} with different children: the cohort is not "
+                              "identical (run it unfused)")
+        if dict(other.named_parameters(recurse=False)) or dict(other.named_buffers(recurse=False)):
+            raise FusionError(f"{kind.__name__} holds its own parameters or buffers, which fusion cannot stack")
+    if dict(first.named_parameters(recurse=False)) or dict(first.named_buffers(recurse=False)):
+        raise FusionError(f"{kind.__name__} holds its own parameters or buffers, which fusion cannot stack")
+    # same class and plain attributes (stride, dropout, ...), own copies of the hook dicts; children replaced below
+    shell = object.__new__(kind)
+    shell.__dict__.update({key: (dict(value) if isinstance(value, dict) else value)
+                           for key, value in first.__dict__.items()})
+    shell.__dict__.update(_modules={}, _parameters={}, _buffers={})
+    for name in names:
+        children = [getattr(member, name) for member in members]
+        shell._modules[name] = None if children[0] is None else fuse_module(children)
+    return shell
+
+
+def split_member(tensor: torch.Tensor, member: int, copies: int) -> torch.Tensor:
+    """Member ``member``'s part of a fused parameter, buffer or gradient (0-dim tensors are shared)."""
+    return tensor if tensor.dim() == 0 else tensor.chunk(copies, 0)[member]
+
+
+def _device_of(module: nn.Module) -> torch.device | None:
+    tensor = next(iter(module.parameters()), None)
+    tensor = next(iter(module.buffers()), None) if tensor is None else tensor
+    return None if tensor is None else tensor.device
+
+
+def _dtype_of(module: nn.Module) -> torch.dtype | None:
+    tensor = next(iter(module.parameters()), None)
+    return None if tensor is None else tensor.dtype
+
+
+def _check_same_state_layout(members: list[nn.Module], what: str) -> None:
+    shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in members]
+    for i, other in enumerate(shapes[1:], 1):
+        if other != shapes[0]:
+            differing = sorted(k for k in set(other) | set(shapes[0]) if other.get(k) != shapes[0].get(k))
+            raise FusionError(f"{what} {i} differs from {what} 0 (e.g. at '{differing[0]}'): the cohort is not "
+                              "identical (run it unfused)")
+
+
+def _stack_channels(x: torch.Tensor, copies: int) -> torch.Tensor:
+    """``(B, C, H, W)`` shared by all copies, or ``(P, B, C, H, W)`` one per copy -> ``(B, P*C, H, W)``."""
+    if x.dim() == 4:
+        return x.repeat(1, copies, 1, 1)
+    if x.dim() == 5 and x.shape[0] == copies:
+        return x.transpose(0, 1).reshape(x.shape[1], copies * x.shape[2], *x.shape[3:])
+    raise ValueError(f"expected one input (B, C, H, W) or one per member ({copies}, B, C, H, W), got {tuple(x.shape)}")
+
+
+def _unstack_channels(x: torch.Tensor, copies: int) -> torch.Tensor:
+    """``(B, P*C, ...)`` -> ``(P, B, C, ...)`` (a view)."""
+    return x.view(x.shape[0], copies, x.shape[1] // copies, *x.shape[2:]).transpose(0, 1)
+
+
+class _FusedMembers(nn.Module):
+    """Shared by the fused cohort and fused tails: a fused body plus a template to export members from."""
+
+    copies: int
+
+    def _set_template(self, template: nn.Module) -> None:
+        # kept out of the module tree (no parameters, no state_dict entries); used to rebuild plain members
+        object.__setattr__(self, "_template", copy.deepcopy(template).cpu())
+
+    def _fused_parts(self) -> nn.Module:
+        raise NotImplementedError
+
+    def member_state_dict(self, member: int) -> dict[str, torch.Tensor]:
+        """Member ``member``'s state_dict (the member's own key names), cut from the fused tensors."""
+        return {key: split_member(value, member, self.copies).clone()
+                for key, value in self._fused_parts().state_dict().items()}
+
+    def member_grads(self, member: int) -> dict[str, torch.Tensor | None]:
+        """Member ``member``'s gradients by parameter name (None where a parameter has none)."""
+        return {name: None if p.grad is None else split_member(p.grad, member, self.copies)
+                for name, p in self._fused_parts().named_parameters()}
+
+    def load_member_state_dict(self, member: int, state: dict[str, torch.Tensor]) -> None:
+        """Write member ``member``'s tensors (its own key names) into the fused tensors."""
+        own = self._fused_parts().state_dict(keep_vars=True)
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise KeyError(f"member state does not fit the fused cohort: missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}")
+        with torch.no_grad():
+            for key, target in own.items():
+                source = state[key]
+                if target.dim() == 0:
+                    target.copy_(source)
+                else:
+                    split_member(target, member, self.copies).copy_(source)
+
+    def _export_from_template(self, member: int) -> nn.Module:
+        model = copy.deepcopy(self._template)
+        model.load_state_dict(self.member_state_dict(member))
+        device = next(iter(self.parameters())).device
+        return model.to(device).train(self.training)
+
+
+class FusedCohort(_FusedMembers):
+    """P identical backbones as one module. ``forward(x)`` takes one shared input ``(B, C, H, W)`` or one per
+    member ``(P, B, C, H, W)`` and returns logits ``(P, B, K)``."""
+
+    def __init__(self, models: list[Backbone]):
+        super().__init__()
+        if len(models) < 1:
+            raise FusionError("fuse() needs at least one model")
+        for i, model in enumerate(models):
+            if not isinstance(model, Backbone):
+                raise FusionError(f"model {i} is a {type(model).__name__}, not a Backbone (stem / stages / head)")
+        _check_same_state_layout(models, "model")
+        self.copies = len(models)
+        self.stem = fuse_module([m.stem for m in models])
+        self.stages = fuse_module([m.stages for m in models])
+        self.head = fuse_module([m.head for m in models])
+        self.stage_channels = list(models[0].stage_channels)
+        self.peerkd_spec = getattr(models[0], "peerkd_spec", None)
+        self._set_template(models[0])
+
+    def _fused_parts(self) -> nn.Module:
+        return self
+
+    def forward_stages(self, x: torch.Tensor, start: int = 0, end: int | None = None) -> list[torch.Tensor]:
+        """Per stage, every member's feature map ``(P, B, C, H, W)`` (views of the fused maps); ``x`` as in
+        :meth:`forward` when ``start == 0``, else stage ``start - 1``'s output in that ``(P, B, C, H, W)`` form."""
+        return [_unstack_channels(f, self.copies) for f in self._stacked_stages(x, start, end)]
+
+    def _stacked_stages(self, x: torch.Tensor, start: int = 0, end: int | None = None) -> list[torch.Tensor]:
+        x = _stack_channels(x, self.copies)
+        if start == 0:
+            x = self.stem(x)
+        outs = []
+        for stage in self.stages[start:end]:
+            x = stage(x)
+            outs.append(x)
+        return outs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self._stacked_stages(x)[-1])  # (B, P*K)
+        return logits.view(logits.shape[0], self.copies, -1).transpose(0, 1)
+
+    def export(self, member: int) -> Backbone:
+        """Member ``member`` as a plain backbone with its trained weights and BatchNorm statistics."""
+        if not 0 <= member < self.copies:
+            raise IndexError(f"member {member} out of range: the cohort has {self.copies}")
+        model = self._export_from_template(member)
+        if self.peerkd_spec is not None:
+            model.peerkd_spec = dict(self.peerkd_spec)
+        return model
+
+    def unfuse(self) -> nn.ModuleList:
+        """Every member as a plain backbone."""
+        return nn.ModuleList([self.export(i) for i in range(self.copies)])
+
+
+class FusedBranchedNet(_FusedMembers):
+    """A :class:`BranchedNet` whose m tails run as one fused computation fed by the shared trunk.
+
+    ``forward(x)`` returns the branches' logits ``(m, B, K)``; ``tails_forward_stages(shared)`` the tails' stage
+    maps ``(m, B, C, H, W)``.
+    """
+
+    def __init__(self, net: BranchedNet):
+        super().__init__()
+        tails = list(net.branches)
+        _check_same_state_layout(tails, "branch")
+        self.copies = len(tails)
+        self.stem = copy.deepcopy(net.stem)
+        self.trunk_stages = copy.deepcopy(net.trunk_stages)
+        self.tails = fuse_module(tails)
+        self.name, self.num_classes, self.split_at = net.name, net.num_classes, net.split_at
+        self.model_kwargs = dict(net.model_kwargs)
+        self.trunk_channels, self.stage_channels = net.trunk_channels, list(net.stage_channels)
+        self._set_template(tails[0])
+        object.__setattr__(self, "_net_template", copy.deepcopy(net).cpu())
+
+    def _fused_parts(self) -> nn.Module:
+        return self.tails
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.trunk_stages:
+            x = stage(x)
+        return x
+
+    def tails_forward_stages(self, shared: torch.Tensor) -> list[torch.Tensor]:
+        x = _stack_channels(shared, self.copies)
+        return [_unstack_channels(f, self.copies) for f in self.tails.forward_stages(x)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stacked = _stack_channels(self.trunk(x), self.copies)
+        logits = self.tails(stacked)
+        return logits.view(logits.shape[0], self.copies, -1).transpose(0, 1)
+
+    def unfuse(self) -> BranchedNet:
+        """The plain :class:`BranchedNet` with this one's trained trunk and tails."""
+        net = copy.deepcopy(self._net_template)
+        net.stem.load_state_dict(self.stem.state_dict())
+        net.trunk_stages.load_state_dict(self.trunk_stages.state_dict())
+        for j in range(self.copies):
+            net.branches[j].load_state_dict(self.member_state_dict(j))
+        return net.to(next(iter(self.parameters())).device).train(self.training)
+
+    def export_branch(self, j: int) -> Backbone:
+        return self.unfuse().export_branch(j)
+
+
+def fuse(models: list[Backbone]) -> FusedCohort:
+    """One :class:`FusedCohort` computing identical ``models`` (weights and BatchNorm statistics copied exactly);
+    raises :class:`FusionError` for a heterogeneous cohort or an unsupported module type."""
+    return FusedCohort(list(models))
+
+
+def fuse_branches(net: BranchedNet) -> FusedBranchedNet:
+    """``net`` with its identical tails fused into one grouped computation fed by the shared trunk."""
+    return FusedBranchedNet(net)
+
+
+def same_architecture(models: list[nn.Module]) -> bool:
+    """True when the models have one class and one state layout (the precondition of :func:`fuse`)."""
+    if len({type(m) for m in models}) != 1:
+        return False
+    try:
+        _check_same_state_layout(models, "model")
+    except FusionError:
+        return False
+    return True
+
+
+__all__ = ["FusedBatchNorm2d", "FusedBranchedNet", "FusedCohort", "FusedConv2d", "FusedLinear", "FusionError",
+           "fuse", "fuse_branches", "fuse_module", "register_channelwise", "same_architecture", "split_member"]

@@ -1,0 +1,167 @@
+"""Fused cohorts compute exactly what the separate modules compute: outputs, gradients, BatchNorm statistics.
+
+In float64 the two agree to rounding (1e-12). In float32 they agree within 1e-5, with one caveat: grouped and
+separate convolutions round differently, so a pre-activation within ~1e-7 of zero can land on the other side of a
+ReLU in one of them, changing gradients upstream by a finite amount (the separate fp32 model then differs from its own
+float64 twin just as much). So in float32 a fused gradient must equal the separate model's within 1e-5, or, where the
+separate fp32 gradient is itself off, the exact (float64) gradient within 1e-5.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from peerkd.models import branched, build_model
+from peerkd.models.fused import FusionError, fuse, fuse_branches, fuse_module
+
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12}  # grouped vs separate convolutions: summation order only
+IMAGE = 12  # pixels per side: CIFAR ResNets and WRNs pool adaptively, and small maps keep the test fast and stable
+
+
+def _cohort(name: str, copies: int, seed: int = 0, num_classes: int = 5, dtype=torch.float32) -> list[nn.Module]:
+    torch.manual_seed(seed)
+    return [build_model(name, num_classes).to(dtype) for _ in range(copies)]
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, what: str, tolerance: float | None = None) -> None:
+    assert a.shape == b.shape, f"{what}: shape {tuple(a.shape)} != {tuple(b.shape)}"
+    err = (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+    tolerance = TOLERANCE.get(b.dtype, 1e-5) if tolerance is None else tolerance
+    assert err <= tolerance, f"{what}: max difference {err:.2e}"
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A different cross-entropy for every member: ``logits (P, B, K)``, ``labels (P, B)``."""
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum")
+
+
+def _exact_grads(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The member's gradients computed in float64 from its current weights and statistics (the exact values)."""
+    twin = copy.deepcopy(model).double()
+    twin.zero_grad(set_to_none=True)
+    _loss(twin(x.double())[None], labels[None]).backward()
+    return {name: p.grad for name, p in twin.named_parameters()}
+
+
+def _assert_same_members(fused, models, inputs=None, labels=None) -> None:
+    """Every member's parameters, buffers (BN statistics) and gradients equal the separate model's; for float32
+    gradients, where they differ, the fused ones must equal the exact float64 ones (see the module docstring).
+    ``inputs[i]`` and ``labels[i]`` are member i's step data (for that exact recomputation)."""
+    for i, model in enumerate(models):
+        state = fused.member_state_dict(i)
+        for key, value in model.state_dict().items():
+            _close(state[key], value, f"member {i} {key}")
+        fused_grads, exact = fused.member_grads(i), None
+        for name, p in model.named_parameters():
+            assert fused_grads[name] is not None, f"member {i} {name}: no gradient"
+            try:
+                _close(fused_grads[name], p.grad, f"member {i} grad {name}")
+            except AssertionError:
+                if p.dtype != torch.float32 or inputs is None:
+                    raise
+                if exact is None:  # BN statistics already moved this step: they do not change train-mode outputs
+                    exact = _exact_grads(model, inputs[i], labels[i])
+                _close(fused_grads[name], exact[name], f"member {i} grad {name} (vs exact)", TOLERANCE[p.dtype])
+
+
+@pytest.mark.parametrize("name,per_member_inputs,dtype", [
+    ("resnet8", False, torch.float32), ("resnet8", True, torch.float32), ("wrn16_1", True, torch.float32),
+    ("wrn16_1", False, torch.float64)])
+def test_fused_cohort_matches_separate_models(name, per_member_inputs, dtype):
+    copies, batch = 3, 4
+    models = _cohort(name, copies, dtype=dtype)
+    fused = fuse(models)
+    gen = torch.Generator().manual_seed(1)
+    for mode in ("train", "eval"):
+        for m in [*models, fused]:
+            m.train(mode == "train")
+        for step in range(3):  # several train-mode forwards move the running statistics
+            shape = (copies, batch, 3, IMAGE, IMAGE) if per_member_inputs else (batch, 3, IMAGE, IMAGE)
+            x = torch.randn(shape, generator=gen).to(dtype)
+            labels = torch.randint(0, 5, (copies, batch), generator=gen)
+            for m in [*models, fused]:
+                m.zero_grad(set_to_none=True)
+            separate = torch.stack([m(x[i] if per_member_inputs else x) for i, m in enumerate(models)])
+            _loss(separate, labels).backward()
+            logits = fused(x)
+            _loss(logits, labels).backward()
+            _close(logits, separate, f"{mode} step {step} logits")
+            _assert_same_members(fused, models, x if per_member_inputs else x.expand(copies, *x.shape), labels)
+
+
+def test_forward_stages_give_every_members_features():
+    models = _cohort("resnet8", 2)
+    fused = fuse(models).eval()
+    x = torch.randn(2, 4, 3, IMAGE, IMAGE)
+    with torch.no_grad():
+        stages = fused.forward_stages(x)
+        for i, model in enumerate(models):
+            for s, feature in enumerate(model.eval().forward_stages(x[i])):
+                _close(stages[s][i], feature, f"stage {s} member {i}")
+
+
+def test_export_round_trip_is_exact():
+    models = _cohort("resnet8", 3)
+    for model in models:  # non-trivial BN statistics
+        model.train()(torch.randn(4, 3, IMAGE, IMAGE))
+    fused = fuse(models)
+    plain = fused.unfuse()
+    for model, exported in zip(models, plain):
+        assert type(exported) is type(model)
+        assert exported.peerkd_spec == model.peerkd_spec
+        for key, value in model.state_dict().items():
+            assert torch.equal(exported.state_dict()[key], value), key
+    again = fuse(list(plain))
+    for key, value in fused.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+
+
+def test_heterogeneous_cohorts_are_refused():
+    with pytest.raises(FusionError, match="not identical"):
+        fuse([build_model("resnet8", 5), build_model("resnet14", 5)])
+    with pytest.raises(FusionError, match="not identical"):
+        fuse([build_model("resnet8", 5), build_model("resnet8", 7)])
+    with pytest.raises(FusionError, match="not identical"):
+        fuse([build_model("resnet8", 5), build_model("wrn16_1", 5)])
+
+
+def test_unsupported_modules_are_named():
+    with pytest.raises(FusionError, match="LayerNorm"):
+        fuse_module([nn.LayerNorm(4), nn.LayerNorm(4)])
+    with pytest.raises(FusionError, match="shortcut='A'"):
+        fuse([build_model("resnet8", 5, shortcut="A") for _ in range(2)])
+
+
+def test_fused_branch_tails_match_the_branched_net():
+    torch.manual_seed(0)
+    net = branched("resnet8", 5, split_at=2, branches=3).double()  # float64: the exact maths, no ReLU-kink caveat
+    fused = fuse_branches(net)
+    gen = torch.Generator().manual_seed(2)
+    for mode in ("train", "eval"):
+        net.train(mode == "train")
+        fused.train(mode == "train")
+        for step in range(2):
+            x = torch.randn(4, 3, IMAGE, IMAGE, generator=gen).double()
+            labels = torch.randint(0, 5, (3, 4), generator=gen)
+            net.zero_grad(set_to_none=True)
+            fused.zero_grad(set_to_none=True)
+            separate = torch.stack(net(x))
+            _loss(separate, labels).backward()
+            logits = fused(x)
+            _loss(logits, labels).backward()
+            _close(logits, separate, f"{mode} step {step} logits")
+            _assert_same_members(fused, list(net.branches))
+            trunk = dict(fused.named_parameters())
+            for name, p in net.named_parameters():
+                if not name.startswith("branches."):
+                    _close(trunk[name].grad, p.grad, f"trunk grad {name}")
+    back = fused.unfuse()
+    for key, value in net.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
+    exported = fused.export_branch(1)
+    for key, value in net.export_branch(1).state_dict().items():
+        assert torch.equal(exported.state_dict()[key], value), key
