@@ -75,7 +75,8 @@ def joint_batch(batch, transform: int, transforms: int):
 
 @register_method("css")
 class CSS(Method):
-    """Channel Self-Supervision (Fan et al.): masked trunk features, joint labels, paired branches, loss-ratio weights."""
+    """Channel Self-Supervision (Fan et al.): masked trunk features, joint labels, paired branches, loss-ratio weights.
+    """
 
     @dataclass
     class Options:
