@@ -43,7 +43,8 @@ def test_branch_j_receives_the_trunk_map_with_quadrant_j_zeroed():
     method.predict(x)
     trunk = net.trunk(x)  # (2, 16, 16, 16) for resnet8 split before its last stage
     half = trunk.shape[-1] // 2
-    corners = [(slice(0, half), slice(0, half)), (slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))]
+    corners = [(slice(0, half), slice(0, half)), (slice(0, half), slice(half, None)),
+               (slice(half, None), slice(0, half))]
     for j, (rows, cols) in enumerate(corners):
         expected = trunk.clone()
         expected[:, :, rows, cols] = 0

@@ -1,6 +1,7 @@
 """Tiny-ImageNet and fine-grained layouts on tiny generated trees, the diversity plot's reader, and config loading."""
 import glob
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,7 +128,7 @@ def test_diversity_reader_and_plot(tmp_path):
 
 
 def test_every_css_config_loads():
-    files = sorted(glob.glob(str(__import__("pathlib").Path(__file__).parents[1] / "configs" / "css" / "*" / "*.yaml")))
+    files = sorted(glob.glob(str(Path(__file__).parents[1] / "configs" / "css" / "*" / "*.yaml")))
     assert len(files) >= 25
     for path in files:
         config = peerkd.load_config(path)
