@@ -68,7 +68,8 @@ def test_stanford_dogs_mat_lists_and_folder_layout(tmp_path):
     for i, rel in enumerate(files):
         write_image(root / "Images" / rel, i)
     savemat(root / "train_list.mat", {"file_list": np.array(files[:2], dtype=object), "labels": np.array([[1], [2]])})
-    savemat(root / "test_list.mat", {"file_list": np.array(files[2:] * 2, dtype=object), "labels": np.array([[2], [2]])})
+    savemat(root / "test_list.mat", {"file_list": np.array(files[2:] * 2, dtype=object),
+                                     "labels": np.array([[2], [2]])})
     data = load_dataset(DataConfig(dataset="stanford_dogs", root=str(root)))
     assert data.num_classes == 2
     assert [(p.split("Images/")[1], y) for p, y in data.train_samples] == [(files[0], 0), (files[1], 1)]
