@@ -2,6 +2,7 @@
 from peerkd.methods import (  # noqa: F401  (each module registers itself)
     cl,
     cskd,
+    css,
     cutnmix,
     ddgsd,
     dml,
@@ -9,6 +10,7 @@ from peerkd.methods import (  # noqa: F401  (each module registers itself)
     mde,
     okddip,
     one,
+    pcl,
     tfkd,
     vanilla,
 )

@@ -1,0 +1,156 @@
+"""PCL: Peer Collaborative Learning for Online Knowledge Distillation. Wu & Gong, AAAI 2021 (arXiv 2006.04147);
+the strongest baseline of CSS's Table 1. Written from the paper's public description; the readings below are ours.
+
+A multi-branch network (shared trunk, m peers = branches, ``branched(model, split_at, m)``). Every peer j sees its
+own random augmentation x_j of the batch (``views = m``); the trunk runs once per view.
+
+- Peer ensemble teacher: the peers' pooled features are concatenated and classified by an extra linear layer,
+  z_e = W_e [f_1; ...; f_m]; it is trained by CE and distils into every peer.
+- Peer mean teachers: a temporal mean (exponential moving average) of the whole multi-branch network,
+  theta'_t = beta_t theta'_{t-1} + (1 - beta_t) theta_t, beta_t = min(beta, 1 - 1/(t + 1)) (Tarvainen & Valpola's
+  warm-up), beta = 0.999. Peer j's mean teacher is branch j of that network, fed x_j.
+
+    L = sum_j CE(z_j, y) + CE(z_e, y) + w(e) * (L_pe + L_pm)
+    L_pe = sum_j T^2 KL(softmax(z_e / T) || softmax(z_j / T))                       (peer ensemble teacher)
+    L_pm = sum_j 1/(m-1) sum_{l != j} T^2 KL(softmax(z~_l / T) || softmax(z_j / T)) (peer mean teachers of the others)
+    w(e) = exp(-5 (1 - min(e, R) / R)^2), the sigmoid-shaped ramp-up of temporal ensembling over R epochs
+
+Readings chosen:
+- Targets are detached: the ensemble teacher learns from CE only, the mean teachers not at all (their parameters do
+  not train: ``requires_grad = False``; they live in ``mean_net`` so ``state_dict`` holds them).
+- The EMA update runs at the start of every training step with the parameters the optimiser left after the previous
+  step, so teacher t averages theta_0 .. theta_t; the last optimiser step of a run is not averaged in (one step of
+  lag, immaterial over a run). Only parameters are averaged; the mean network keeps its own BatchNorm statistics,
+  gathered by its own forward passes in training mode (batch statistics, as mean-teacher code runs it).
+- Ramp-up: R = 80 epochs (``rampup_epochs``; 0 disables it), applied to both distillation terms, evaluated per epoch.
+- The peers are branches split before the last stage (``split_at: -1``), the ONE layout PCL builds on.
+- ``predict``: ``branch{j}`` (the trained peers), ``ensemble_teacher`` (z_e), ``mean_teacher{j}`` (the temporal mean
+  of peer j: what PCL deploys) and ``ensemble`` (the mean probability of the mean teachers). CSS's Table 1 quotes
+  PCL's own numbers, the peer mean teachers' accuracy; ``export()`` returns ``mean_teacher0`` as a plain model.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
+from peerkd.methods.base import DataRequest, Method, StepOutput
+from peerkd.methods.branching import build_branched
+from peerkd.methods.registry import register_method
+
+
+def sigmoid_rampup(epoch: float, length: float) -> float:
+    """``exp(-5 (1 - t)^2)`` with ``t = min(epoch, length) / length``; 1 when ``length <= 0``."""
+    if length <= 0:
+        return 1.0
+    t = min(max(epoch, 0.0), length) / length
+    return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+@torch.no_grad()
+def ema_update(mean_model: nn.Module, model: nn.Module, decay: float) -> None:
+    """``p' <- decay * p' + (1 - decay) * p`` for every parameter (buffers are left to each model)."""
+    for p_mean, p in zip(mean_model.parameters(), model.parameters()):
+        p_mean.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
+
+
+@register_method("pcl")
+class PCL(Method):
+    """Peer Collaborative Learning (Wu & Gong 2021): per-peer views, peer ensemble teacher, EMA peer mean teachers."""
+
+    @dataclass
+    class Options:
+        model: str = "resnet110"  # the backbone whose last stage(s) become the peers
+        model_options: dict = field(default_factory=dict)  # keyword arguments for the model's factory
+        branches: int = 3  # m peers (CSS compares at m = 3; PCL's default)
+        split_at: int = -1  # stages in the shared trunk; <= 0 counts from the end (-1: all but the last stage)
+        temperature: float = 3.0  # T of both distillation terms (PCL and ONE use 3)
+        ema_decay: float = 0.999  # beta of the temporal mean, per step (mean teacher's value)
+        rampup_epochs: float = 80.0  # R of the distillation ramp-up w(e), epochs; 0 turns the ramp-up off
+        ensemble_weight: float = 1.0  # weight of L_pe inside the ramped term (1 in the paper)
+        mean_teacher_weight: float = 1.0  # weight of L_pm inside the ramped term (1 in the paper)
+        separate_views: bool = True  # each peer its own augmentation of the batch (asks m views); false: one view
+
+    def __init__(self, options, task):
+        super().__init__(options, task)
+        from peerkd.config import ConfigError
+
+        if options.branches < 2:
+            raise ConfigError("method.branches: PCL needs at least two peers")
+        self.net = build_branched(options.model, task.num_classes, options.split_at, options.branches,
+                                  options.model_options)
+        features = self.net.branches[0].head.in_features
+        self.ensemble_fc = nn.Linear(features * options.branches, task.num_classes)
+        self.mean_net = copy.deepcopy(self.net)
+        for p in self.mean_net.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))  # EMA updates done so far
+        self.register_buffer("rampup_weight", torch.tensor(sigmoid_rampup(0, options.rampup_epochs)))  # w(e)
+
+    @classmethod
+    def data_request(cls, options):
+        return DataRequest(views=options.branches if options.separate_views else 1)
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        self.rampup_weight.fill_(sigmoid_rampup(epoch, self.options.rampup_epochs))
+
+    @torch.no_grad()
+    def update_mean_teacher(self) -> None:
+        """One EMA step with the warm-up decay ``min(beta, 1 - 1/(t + 1))``, t the number of earlier updates."""
+        t = int(self.ema_steps)
+        ema_update(self.mean_net, self.net, min(self.options.ema_decay, 1.0 - 1.0 / (t + 1)))
+        self.ema_steps += 1
+
+    def peer_outputs(self, net, views: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Logits and pooled features of every peer of ``net``, peer j on ``views[j]``."""
+        logits, features = [], []
+        for branch, x in zip(net.branches, views):
+            f = branch.head.features(branch.forward_stages(net.trunk(x))[-1])
+            features.append(f)
+            logits.append(branch.head.fc(f))
+        return logits, features
+
+    def _views(self, batch) -> list[torch.Tensor]:
+        return [batch.view(j if self.options.separate_views else 0) for j in range(self.options.branches)]
+
+    def forward(self, batch) -> StepOutput:
+        self.update_mean_teacher()
+        views = self._views(batch)
+        logits, features = self.peer_outputs(self.net, views)
+        ensemble = self.ensemble_fc(torch.cat(features, dim=1))
+        with torch.no_grad():
+            mean_logits, _ = self.peer_outputs(self.mean_net, views)
+        t, m = self.options.temperature, self.options.branches
+        ce = sum(hard_ce(z, batch) for z in logits) + hard_ce(ensemble, batch)
+        pe = sum(kd_kl(z, ensemble.detach(), t) for z in logits)
+        pm = sum(sum(kd_kl(z, mean_logits[l], t) for l in range(m) if l != j) / (m - 1) for j, z in enumerate(logits))
+        distil = self.options.ensemble_weight * pe + self.options.mean_teacher_weight * pm
+        total = ce + self.rampup_weight * distil
+        return StepOutput(total, {"ce": ce.detach(), "pe": pe.detach(), "pm": pm.detach(),
+                                  "rampup": self.rampup_weight.detach().clone()})
+
+    def predict(self, x):
+        views = [x] * self.options.branches
+        logits, features = self.peer_outputs(self.net, views)
+        mean_logits, _ = self.peer_outputs(self.mean_net, views)
+        out = {f"branch{j}": z for j, z in enumerate(logits)}
+        out["ensemble_teacher"] = self.ensemble_fc(torch.cat(features, dim=1))
+        out.update({f"mean_teacher{j}": z for j, z in enumerate(mean_logits)})
+        out["ensemble"] = mean_probs_logits(mean_logits)
+        return out
+
+    def diversity_groups(self):
+        m = self.options.branches
+        return {"branches": [f"branch{j}" for j in range(m)], "mean_teachers": [f"mean_teacher{j}" for j in range(m)]}
+
+    def export(self, key=None):
+        key = key or "mean_teacher0"
+        m = self.options.branches
+        for prefix, net in (("branch", self.net), ("mean_teacher", self.mean_net)):
+            if key in [f"{prefix}{j}" for j in range(m)]:
+                return net.export_branch(int(key[len(prefix):])).eval()
+        raise KeyError(f"cannot export '{key}': exportable keys are branch0..{m - 1} and mean_teacher0..{m - 1}")
