@@ -78,7 +78,9 @@ class TrainerConfig:
     device: str = "auto"  # "auto" (cuda if present, else cpu), "cpu", "cuda", "cuda:1", ...
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16" or "fp32"
     channels_last: str = "auto"  # "auto" (on for CUDA), "on" or "off"
-    compile: bool = False  # torch.compile the training step
+    compile: bool = False  # torch.compile the training step (torch's default mode)
+    fast: bool = False  # CUDA only: graph-captured step, no host sync inside it (peerkd/fast.py); not yet measured
+    fast_mode: str = "compile"  # with fast: "compile" (torch.compile reduce-overhead) or "graph" (one CUDA graph)
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
     log_every: int = 50  # steps between training-log lines (one host sync each)
     out: str = "runs"  # parent folder of run folders; a run writes to <out>/<name>
@@ -292,6 +294,7 @@ def _check_values(config: Config) -> None:
     choose("trainer.precision", config.trainer.precision, ["auto", "bf16", "fp32"])
     choose("trainer.channels_last", config.trainer.channels_last, ["auto", "on", "off"])
     choose("trainer.progress", config.trainer.progress, ["auto", "on", "off"])
+    choose("trainer.fast_mode", config.trainer.fast_mode, ["compile", "graph"])
     choose("data.normalize", config.data.normalize, ["dataset", "imagenet", "none"])
     choose("data.mixing", config.data.mixing, ["none", "mixup", "cutmix", "cutnmix"])
     if config.data.mixing_alpha <= 0:

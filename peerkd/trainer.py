@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from peerkd.config import Config, ConfigError
 from peerkd.data.pipeline import build_loaders
+from peerkd.fast import FastStep
 from peerkd.methods import EpochContext, TaskInfo, build_method
 from peerkd.metrics import Evaluator
 from peerkd.run import CHECKPOINT, RunError, environment_info, load_checkpoint, save_checkpoint, write_json
@@ -156,18 +157,34 @@ class Trainer:
         self.method = build_method(cfg.method.name, cfg.method.options, self.task).to(self.device)
         if self.channels_last:
             self.method.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.SGD(self.method.trainable_parameters(), lr=cfg.optim.lr,
-                                         momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
-                                         weight_decay=cfg.optim.weight_decay)
-        self.step_module: torch.nn.Module = self.method
+        step_module: torch.nn.Module = self.method
         if self.ddp.world > 1:
-            self.step_module = torch.nn.parallel.DistributedDataParallel(
+            step_module = torch.nn.parallel.DistributedDataParallel(
                 self.method, find_unused_parameters=self.method.ddp_find_unused_parameters,
                 broadcast_buffers=self.method.ddp_broadcast_buffers)
-        if cfg.trainer.compile:
-            self.step_module = torch.compile(self.step_module)
+        mode, compile_mode = self._step_mode()
+        self.step = FastStep(step_module, self.method.trainable_parameters(), lr=cfg.optim.lr,
+                             momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
+                             weight_decay=cfg.optim.weight_decay, device=self.device, autocast=self.autocast,
+                             mode=mode, compile_mode=compile_mode)
+        self.optimizer = self.step.optimizer  # checkpoints save and restore this one
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.history: dict = {"best": {}, "last": {}}
+
+    def _step_mode(self) -> tuple[str, str | None]:
+        """How the training step runs: eager; ``trainer.compile`` compiles it (torch's default mode);
+        ``trainer.fast`` on CUDA compiles it with CUDA graphs ("reduce-overhead") or, with ``trainer.fast_mode:
+        graph``, captures the whole step as one CUDA graph. On CPU there is nothing to capture: fast runs eagerly."""
+        tc = self.config.trainer
+        if tc.fast and self.device.type == "cuda":
+            if tc.fast_mode == "graph":
+                if self.ddp.world > 1:
+                    raise ConfigError("trainer.fast_mode: graph captures one process's step; use compile under DDP")
+                return "graph", None
+            return "compile", "reduce-overhead"
+        if tc.compile:
+            return "compile", None
+        return "eager", None
 
     def autocast(self):
         if self.bf16:
@@ -289,21 +306,11 @@ class Trainer:
         while self.epoch < epochs:
             if self.step_in_epoch == 0:
                 self.method.on_epoch_start(self.epoch, epochs)
-            sums: dict[str, torch.Tensor] = {}
-            bad = torch.zeros((), dtype=torch.bool, device=self.device)
             count, tick = 0, time.perf_counter()
             for batch in self.train_loader.epoch(self.epoch, start_step=self.step_in_epoch):
                 lr = learning_rate(cfg, self.epoch, self.step_in_epoch, steps)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                with self.autocast():
-                    out = self.step_module(batch)
-                self.optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                self.optimizer.step()
-                bad |= ~torch.isfinite(out.loss.detach())
-                for key, value in dict(out.logs, loss=out.loss.detach()).items():
-                    sums[key] = sums.get(key, 0) + value.float()
+                self.step.set_lr(lr)
+                self.step(batch)
                 count += 1
                 self.step_in_epoch += 1
                 self.global_step += 1
@@ -313,20 +320,18 @@ class Trainer:
                     self.on_step(self)
                 at_log = self.step_in_epoch % cfg.trainer.log_every == 0 or self.step_in_epoch == steps
                 if at_log:
-                    self._check_finite(bad)
+                    means = self._drain_logs()
                     elapsed = time.perf_counter() - tick
                     self.log({"kind": "train", "epoch": self.epoch, "step": self.step_in_epoch,
                               "global_step": self.global_step, "lr": lr,
-                              "images_per_s": count * cfg.data.batch_size / max(elapsed, 1e-9),
-                              **{k: float(v) / count for k, v in sums.items()}})
-                    sums, count, tick = {}, 0, time.perf_counter()
+                              "images_per_s": count * cfg.data.batch_size / max(elapsed, 1e-9), **means})
+                    count, tick = 0, time.perf_counter()
                 if (at_log or self.ddp.world == 1) and self._stop_now():
-                    self._check_finite(bad)
+                    self._drain_logs()
                     self.save()
                     raise TrainingInterrupted(
                         f"stopped at epoch {self.epoch + 1}/{epochs}, step {self.step_in_epoch}/{steps}; checkpoint "
                         f"saved: continue with `peerkd train --resume {self.run_dir}`")
-            self._check_finite(bad)
             self.method.eval()
             with torch.no_grad():
                 self.method.on_epoch_end(EpochContext(self.epoch, epochs, self.device, self.heldout_loader,
@@ -345,12 +350,15 @@ class Trainer:
         if progress is not None:
             progress.close()
 
-    def _check_finite(self, bad: torch.Tensor) -> None:
-        if bool(bad):
+    def _drain_logs(self) -> dict[str, float]:
+        """The mean loss parts since the last call (one host sync); stops the run if any loss was not finite."""
+        means, _, bad = self.step.drain_logs()
+        if bad:
             raise NonFiniteLossError(
                 f"the loss became non-finite in epoch {self.epoch + 1} (before step {self.step_in_epoch}); the last "
                 f"good checkpoint ({self.run_dir / CHECKPOINT}, epoch {self.epoch}) is kept. Lower optim.lr, add "
                 "schedule.warmup_epochs, or use trainer.precision=fp32, then resume with --resume")
+        return means
 
     def summary(self) -> dict:
         last = {k: v for k, v in self.history["last"].items() if k not in ("epoch", "diversity")}
