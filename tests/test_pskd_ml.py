@@ -109,12 +109,12 @@ def test_table3_and_table4_ablations():
 
 def test_resume_in_the_middle_of_an_epoch_restores_memory_and_alpha(tmp_path):
     tree = {"name": "pskd_ml", "model": "resnet8", "memory_dtype": "float16"}
-    kwargs = dict(epochs=2, train_size=256, overrides=("trainer.log_every=1",))
+    kwargs = dict(epochs=2, train_size=128, overrides=("trainer.log_every=1", "data.synthetic.test_size=100"))
     straight = Trainer(tiny_config(tree, **kwargs), run_dir=tmp_path / "straight")
     straight.fit()
 
     def stop_mid_epoch(trainer):
-        if trainer.epoch == 1 and trainer.step_in_epoch == 3:
+        if trainer.epoch == 1 and trainer.step_in_epoch == 2:
             trainer.stop_requested = True
 
     with pytest.raises(TrainingInterrupted):
@@ -123,13 +123,14 @@ def test_resume_in_the_middle_of_an_epoch_restores_memory_and_alpha(tmp_path):
     resumed.fit()
     a, b = straight.method.state_dict(), resumed.method.state_dict()
     assert float(b["alpha"]) == pytest.approx(0.8)
-    assert b["memory.written"].all()  # 256 images, 8 full batches of 32 per epoch: every image written
+    assert b["memory.written"].all()  # 128 images, 4 full batches of 32 per epoch: every image written
     for key in ("alpha", "memory.probs", "memory.written", "net.backbone.head.fc.weight"):
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
 
 
 def test_pskd_ml_short_run_beats_chance(tmp_path):
-    summary = short_run({"name": "pskd_ml", "model": "resnet8"}, tmp_path / "run", epochs=3)
+    summary = short_run({"name": "pskd_ml", "model": "resnet8"}, tmp_path / "run", epochs=3, train_size=640,
+                        overrides=("trainer.eval_every=3", "data.synthetic.test_size=200"))
     for key in ("classifier3", "ensemble"):
         assert summary["keys"][key]["last"]["top1"] > 40.0, summary  # chance is 25 % with 4 classes
 
