@@ -72,6 +72,6 @@ def test_byot_rejects_a_deepest_or_missing_distil_block():
 
 
 def test_byot_short_run_beats_chance(tmp_path):
-    summary = short_run({"name": "byot", "model": "resnet8"}, tmp_path / "run", epochs=3, train_size=640,
-                        overrides=("trainer.eval_every=3", "data.synthetic.test_size=200"))
+    summary = short_run({"name": "byot", "model": "resnet8"}, tmp_path / "run", epochs=3,
+                        overrides=("trainer.eval_every=3",))
     assert summary["keys"]["classifier3"]["last"]["top1"] > 40.0, summary  # chance is 25 % with 4 classes

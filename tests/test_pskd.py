@@ -98,6 +98,6 @@ def test_pskd_step_and_options():
 
 
 def test_pskd_short_run_beats_chance(tmp_path):
-    summary = short_run({"name": "pskd", "model": "resnet8"}, tmp_path / "run", epochs=3, train_size=640,
-                        overrides=("trainer.eval_every=3", "data.synthetic.test_size=200"))
+    summary = short_run({"name": "pskd", "model": "resnet8"}, tmp_path / "run", epochs=3,
+                        overrides=("trainer.eval_every=3",))
     assert summary["keys"]["net"]["last"]["top1"] > 40.0, summary  # chance is 25 % with 4 classes

@@ -129,8 +129,8 @@ def test_resume_in_the_middle_of_an_epoch_restores_memory_and_alpha(tmp_path):
 
 
 def test_pskd_ml_short_run_beats_chance(tmp_path):
-    summary = short_run({"name": "pskd_ml", "model": "resnet8"}, tmp_path / "run", epochs=3, train_size=640,
-                        overrides=("trainer.eval_every=3", "data.synthetic.test_size=200"))
+    summary = short_run({"name": "pskd_ml", "model": "resnet8"}, tmp_path / "run", epochs=3,
+                        overrides=("trainer.eval_every=3",))
     for key in ("classifier3", "ensemble"):
         assert summary["keys"][key]["last"]["top1"] > 40.0, summary  # chance is 25 % with 4 classes
 
