@@ -1,5 +1,6 @@
 """Methods: one file per paper; importing this package registers them all."""
 from peerkd.methods import (  # noqa: F401  (each module registers itself)
+    byot,
     cl,
     cskd,
     css,
@@ -11,6 +12,8 @@ from peerkd.methods import (  # noqa: F401  (each module registers itself)
     okddip,
     one,
     pcl,
+    pskd,
+    pskd_ml,
     tfkd,
     vanilla,
 )

@@ -1,6 +1,7 @@
 """Backbones by name (stem / stages / head contract) and the branched trunk + tails wrapper."""
 from peerkd.models import (  # noqa: F401  (each module registers itself)
     cifar_resnet,
+    cifar_resnet4,
     cifar_resnet_one,
     densenet,
     imagenet_resnet,

@@ -1,0 +1,67 @@
+"""BYOT: Zhang, Song, Gao, Chen, Bao, Ma, "Be Your Own Teacher: Improve the Performance of Convolutional Neural
+Networks via Self Distillation", ICCV 2019.
+
+One network cut into its N stages; after every shallow stage i a bottleneck adapter (bringing the map to the deepest
+map's channels and resolution) and a classifier; the deepest classifier is the network's own head. With ``P_i`` the
+softmax of classifier i, ``F_i`` its feature and ``P_N``, ``F_N`` the deepest's (both detached: the deepest teaches):
+
+    L = sum_{i=1..N} (1 - a) CE(P_i, y) + a T^2 KL(P_N^T || P_i^T) + lambda ||F_i - F_N||_2^2
+
+(the KL and hint terms vanish for i = N). ``predict`` gives every classifier (``classifier1`` shallowest ..
+``classifier{N}`` deepest) and ``ensemble``, the mean of their probabilities (BYOT's Table 2 / Chottananurak et al.'s
+Table 2). The deployed network is the plain backbone (the deepest classifier).
+
+Readings where the paper leaves a choice:
+- The adapters: one bottleneck unit (1x1 reduce to a quarter, 3x3 stride 2, 1x1 expand, BN + ReLU after each) per
+  halving of the resolution, channels doubling up to the deepest stage's; the paper only says "bottleneck layer".
+- ``F_i``: the pooled feature vector after the adapter (the input of classifier i), ``F_N`` the pooled last map;
+  the squared norm is summed over channels and averaged over the batch.
+- ``a = 0.3``, ``lambda = 0.03``, ``T = 3``: the values of the authors' released CIFAR recipe as we read it (the
+  paper names them hyper-parameters without values in its text).
+- ``distil_blocks`` restricts the KL and hint terms to some shallow classifiers (all by default); CE stays on all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from peerkd.methods.base import Method, StepOutput
+from peerkd.methods.registry import register_method
+from peerkd.methods.self_distillation import StageClassifierNet, label_distribution, self_kd_terms
+
+
+@register_method("byot")
+class BYOT(Method):
+    """Be Your Own Teacher (Zhang et al. 2019): a classifier after every stage, the deepest one teaching the rest."""
+
+    @dataclass
+    class Options:
+        model: str = "resnet18"  # the backbone cut after each of its stages (4 for the CIFAR ResNet-18/50)
+        model_options: dict = field(default_factory=dict)  # keyword arguments of the backbone's factory
+        kl_weight: float = 0.3  # a: share of the KL to the deepest (1 - a goes to CE), BYOT's CIFAR value
+        hint_weight: float = 0.03  # lambda: weight of the feature hint, per squared feature unit, BYOT's value
+        temperature: float = 3.0  # T softening both sides of the KL (T^2 scaling keeps gradients comparable)
+        distil_blocks: list[int] = field(default_factory=list)  # 1-based shallow classifiers given KL + hint; [] = all
+
+    def __init__(self, options, task):
+        super().__init__(options, task)
+        self.net = StageClassifierNet(options.model, task.num_classes, options.model_options, task.image_size)
+        bad = [b for b in options.distil_blocks if not 1 <= b < self.net.num_classifiers]
+        if bad:
+            from peerkd.config import ConfigError
+            raise ConfigError(f"method.distil_blocks: {bad} are not shallow classifiers "
+                              f"(1..{self.net.num_classifiers - 1})")
+
+    def forward(self, batch) -> StepOutput:
+        logits, features = self.net(batch.view(0))
+        target = label_distribution(batch, self.task.num_classes)
+        o = self.options
+        loss, logs = self_kd_terms(logits, features, target, kl_weight=o.kl_weight, hint_weight=o.hint_weight,
+                                   temperature=o.temperature, distil_blocks=o.distil_blocks, include_deepest=True)
+        return StepOutput(loss, logs)
+
+    def predict(self, x):
+        return self.net.predictions(x)
+
+    def export(self, key=None):
+        return self.net.export(key)
+
