@@ -43,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ls = sub.add_parser("list", help="list methods, models or datasets")
     ls.add_argument("what", choices=["methods", "models", "datasets"])
+    pl = sub.add_parser("plot", help="draw a run's reliability diagram or its branch diversity over training")
+    pl.add_argument("what", choices=["reliability", "diversity"])
+    pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder (diversity: one or more)")
+    pl.add_argument("-o", "--out", help="PNG to write (default: in the run folder / diversity.png)")
+    pl.add_argument("--key", help="reliability: the predict key to draw (default: ensemble, else the first)")
+    pl.add_argument("--group", action="append", help="diversity: the group(s) to draw (default: branches)")
+    pl.add_argument("--data-dir", help="reliability: folder holding the dataset (sets data.root)")
     sub.add_parser("bench", add_help=False, help="time a training step: published-code style vs peerkd's fast path "
                    "(peerkd bench --help)")
     return parser
@@ -60,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             return _list(args.what)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "plot":
+            return _plot(args)
         if args.config is None and args.resume is None:
             return quickstart(args)
         return _train(args)
@@ -119,6 +128,28 @@ def _eval(args) -> int:
     metrics = trainer.evaluate()
     write_json(run_dir / "eval.json", {"epoch": trainer.epoch, "metrics": metrics})
     print(format_metrics(metrics))
+    return 0
+
+
+def _plot(args) -> int:
+    try:
+        if args.what == "reliability":
+            from peerkd.plots import reliability_diagram
+
+            paths = [reliability_diagram(run, out=args.out if len(args.runs) == 1 else None, key=args.key,
+                                         data_dir=args.data_dir) for run in args.runs]
+        else:
+            from peerkd.plot_diversity import plot_diversity
+
+            paths = [plot_diversity(args.runs, args.out or "diversity.png", args.group)]
+    except ImportError as err:
+        print(f"peerkd: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyError as err:
+        print(f"peerkd: {err.args[0]}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for path in paths:
+        print(path)
     return 0
 
 

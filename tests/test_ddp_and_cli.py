@@ -81,3 +81,15 @@ def test_quickstart_runs_from_the_cli(tmp_path):
     for row in ("vanilla resnet8", "DML peer0", "DML peer1", "DML ensemble"):
         assert row in result.stdout
     assert (tmp_path / "qs" / "dml" / "summary.json").is_file()
+
+
+def test_cli_plots_reliability_and_diversity(tmp_path):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    train(tiny_config({"name": "dml", "models": ["resnet8", "resnet8"]}, epochs=2, train_size=128), run_dir=run)
+    for argv in (["plot", "reliability", str(run), "--key", "peer0"],
+                 ["plot", "diversity", str(run), "--group", "peers", "-o", str(tmp_path / "div.png")]):
+        out = subprocess.run([sys.executable, "-m", "peerkd", *argv], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        png = Path(out.stdout.strip().splitlines()[-1])
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
