@@ -1,5 +1,5 @@
 """Methods: one file per paper; importing this package registers them all."""
-from peerkd.methods import dml, kd, vanilla  # noqa: F401  (registration)
+from peerkd.methods import dml, kd, kdcl, vanilla  # noqa: F401  (registration)
 from peerkd.methods.base import DataRequest, EpochContext, Method, StepOutput, TaskInfo
 from peerkd.methods.registry import build_method, method_class, method_descriptions, method_names, register_method
 
