@@ -2,6 +2,7 @@
 from peerkd.data.batch import Batch
 from peerkd.data.datasets import ArrayDataset, DataError, dataset_descriptions, dataset_names, load_dataset
 from peerkd.data.device_loader import DeviceLoader, EvalLoader, Split, make_split
+from peerkd.data import imagenet  # noqa: F401, E402  (registration)
 
 __all__ = ["ArrayDataset", "Batch", "DataError", "DeviceLoader", "EvalLoader", "Split", "dataset_descriptions",
            "dataset_names", "load_dataset", "make_split"]
