@@ -212,8 +212,8 @@ def test_general_on_epoch_end_sets_eq11_weights_that_survive_a_state_dict_round_
 def test_general_short_run_with_icl_beats_chance_and_updates_its_weights(tmp_path):
     from peerkd.run import load_run
 
-    tree = {"name": "kdcl", "models": STUDENTS, "target": "general", "icl": True, "heldout_per_class": 25}
-    summary = short_run(tree, tmp_path / "run", epochs=3, overrides=("data.heldout_per_class=25",))
+    tree = {"name": "kdcl", "models": STUDENTS, "target": "general", "icl": True, "heldout_per_class": 10}
+    summary = short_run(tree, tmp_path / "run", epochs=2, overrides=("data.heldout_per_class=10",))
     for key in ("peer0", "peer1", "ensemble"):
         assert summary["keys"][key]["last"]["top1"] > 40.0, summary  # chance is 25 % with 4 classes
     weights = load_run(tmp_path / "run", device="cpu").method.general_weights
