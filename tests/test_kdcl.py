@@ -17,14 +17,18 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "kdcl"
 STUDENTS = ["resnet8", "wrn16_1"]  # a heterogeneous pair: different depth and block type
 
 
-def ce_by_hand(z: torch.Tensor, y: int) -> float:
+def ce_by_hand(z, y: int) -> float:
     """log sum_k exp(z_k) - z_y for one logit vector, in float64."""
-    z = z.double()
-    return float(torch.log(torch.exp(z).sum()) - z[y])
+    z = np.asarray(z, dtype=np.float64)
+    return float(np.log(np.exp(z).sum()) - z[y])
 
 
-def combined_ce(alpha, logits, labels, sample: int) -> float:
-    return ce_by_hand(sum(a * logits[i, sample] for i, a in enumerate(alpha)), int(labels[sample]))
+def combined_ce(alphas, logits, labels, sample: int) -> np.ndarray:
+    """CE of ``sum_i alpha_i z_i`` for every row of ``alphas`` ``(P, m)`` on one sample, in float64."""
+    z = logits[:, sample].double().numpy()  # (m, K)
+    combined = np.atleast_2d(np.asarray(alphas, dtype=np.float64)) @ z  # (P, K)
+    peak = combined.max(1, keepdims=True)
+    return (np.log(np.exp(combined - peak).sum(1)) + peak[:, 0]) - combined[:, int(labels[sample])]
 
 
 # ------------------------------------------------------------------------------------------------------ the rules
@@ -58,10 +62,11 @@ def test_linear_two_students_matches_a_grid_search():
     z_t, alpha = rules.linear_target(logits, labels)
     assert alpha.shape == (16, 2) and (alpha >= 0).all() and torch.allclose(alpha.sum(1), torch.ones(16))
     grid = np.linspace(0, 1, 2001)
+    grid = np.stack([grid, 1 - grid], 1)
     for n in range(16):
-        ours = combined_ce(alpha[n].tolist(), logits, labels, n)
-        assert ours <= min(combined_ce([1, 0], logits, labels, n), combined_ce([0, 1], logits, labels, n)) + 1e-6
-        best_on_grid = min(combined_ce([a, 1 - a], logits, labels, n) for a in grid)
+        ours = combined_ce(alpha[n].tolist(), logits, labels, n)[0]
+        assert ours <= combined_ce(np.eye(2), logits, labels, n).min() + 1e-6
+        best_on_grid = combined_ce(grid, logits, labels, n).min()
         assert ours <= best_on_grid + 1e-5
         assert ours == pytest.approx(best_on_grid, abs=1e-4)
         assert torch.allclose(z_t[n], alpha[n, 0] * logits[0, n] + alpha[n, 1] * logits[1, n], atol=1e-5)
@@ -75,12 +80,11 @@ def test_linear_three_students_lies_on_the_simplex_and_beats_every_vertex():
     alpha = rules.linear_weights(logits, labels, iterations=60)
     assert (alpha >= 0).all() and torch.allclose(alpha.sum(1), torch.ones(8), atol=1e-5)
     steps = np.linspace(0, 1, 41)
-    simplex = [(a, b, 1 - a - b) for a in steps for b in steps if a + b <= 1 + 1e-9]
+    simplex = np.array([(a, b, max(1 - a - b, 0.0)) for a in steps for b in steps if a + b <= 1 + 1e-9])
     for n in range(8):
-        ours = combined_ce(alpha[n].tolist(), logits, labels, n)
-        vertices = [combined_ce(v, logits, labels, n) for v in ([1, 0, 0], [0, 1, 0], [0, 0, 1])]
-        assert ours <= min(vertices) + 1e-6
-        assert ours <= min(combined_ce(p, logits, labels, n) for p in simplex) + 1e-3
+        ours = combined_ce(alpha[n].tolist(), logits, labels, n)[0]
+        assert ours <= combined_ce(np.eye(3), logits, labels, n).min() + 1e-6  # every vertex
+        assert ours <= combined_ce(simplex, logits, labels, n).min() + 1e-3
 
 
 def test_linear_batch_scope_solves_one_combination_for_the_batch():
@@ -91,9 +95,10 @@ def test_linear_batch_scope_solves_one_combination_for_the_batch():
     assert alpha.shape == (1, 2)
 
     def batch_ce(a):
-        return sum(combined_ce([a, 1 - a], logits, labels, n) for n in range(10)) / 10
-    best_on_grid = min(batch_ce(a) for a in np.linspace(0, 1, 1001))
-    assert batch_ce(float(alpha[0, 0])) == pytest.approx(best_on_grid, abs=1e-4)
+        pairs = np.stack([a, 1 - a], 1)
+        return sum(combined_ce(pairs, logits, labels, n) for n in range(10)) / 10
+    best_on_grid = batch_ce(np.linspace(0, 1, 1001)).min()
+    assert batch_ce(alpha[0, :1].double().numpy())[0] == pytest.approx(best_on_grid, abs=1e-4)
 
 
 def closed_form(c: np.ndarray) -> np.ndarray:

@@ -137,7 +137,8 @@ class KDCL(Method):
 
     def forward(self, batch) -> StepOutput:
         logits = [model(x) for model, x in zip(self.models, self._inputs(batch))]
-        with torch.no_grad():
+        # the rules run in float32 even under bf16 autocast (Linear's solver would otherwise do bf16 matmuls)
+        with torch.no_grad(), torch.autocast(logits[0].device.type, enabled=False):
             target, logs = self.soft_target(torch.stack([z.detach().float() for z in logits]), batch.y)
         total = 0.0
         for i, z in enumerate(logits):

@@ -38,7 +38,7 @@ def _combination_ce(alpha: torch.Tensor, grouped: torch.Tensor, grouped_labels: 
     """Mean cross-entropy of the combined logits ``sum_i alpha_i z_i`` for each group and each candidate.
 
     alpha: ``(S, G, m)`` candidates; grouped: ``(G, N, m, K)``; grouped_labels: ``(G, N)``. Returns ``(S, G)``."""
-    combined = torch.einsum("sgm,gnmk->sgnk", alpha, grouped)
+    combined = (alpha[:, :, None, :, None] * grouped.unsqueeze(0)).sum(3)  # (S, G, N, K); m is small: no matmul
     target = combined.gather(3, grouped_labels.view(1, *grouped_labels.shape, 1).expand(alpha.shape[0], -1, -1, 1))
     return (torch.logsumexp(combined, dim=3) - target[..., 0]).mean(2)
 
@@ -46,9 +46,9 @@ def _combination_ce(alpha: torch.Tensor, grouped: torch.Tensor, grouped_labels: 
 def _combination_grad(alpha: torch.Tensor, grouped: torch.Tensor, grouped_labels: torch.Tensor) -> torch.Tensor:
     """``(G, m)``: the gradient of the group's mean CE with respect to ``alpha`` ``(G, m)``:
     ``d/d alpha_i = mean_n <softmax(s_n) - onehot(y_n), z_{n,i}>`` (written out: no autograd inside the step)."""
-    combined = torch.einsum("gm,gnmk->gnk", alpha, grouped)
+    combined = (alpha[:, None, :, None] * grouped).sum(2)  # (G, N, K)
     residual = torch.softmax(combined, dim=2) - F.one_hot(grouped_labels, combined.shape[2]).to(combined.dtype)
-    return torch.einsum("gnk,gnmk->gm", residual, grouped) / grouped.shape[1]
+    return (residual.unsqueeze(2) * grouped).sum((1, 3)) / grouped.shape[1]
 
 
 def linear_weights(logits: torch.Tensor, labels: torch.Tensor, iterations: int = 30,
