@@ -1,6 +1,5 @@
 """KDCL (paper 002): every soft-target rule checked against formulas written out here, one-step gradients, General's
 held-out weights, a short run, and every config under configs/kdcl/."""
-import itertools
 import math
 from pathlib import Path
 
@@ -9,7 +8,6 @@ import pytest
 import torch
 
 from helpers import assert_one_step, build, random_batch, short_run, tiny_task
-from peerkd.data import Batch
 from peerkd.methods import EpochContext
 from peerkd.methods import kdcl_targets as rules
 
