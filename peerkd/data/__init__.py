@@ -1,9 +1,12 @@
 """Data: datasets by name, the device-resident loader, batched augmentation and the Batch contract."""
+from peerkd.data import (  # noqa: F401  (each module registers its datasets)
+    cinic,
+    finegrained,
+    imagenet,
+)
 from peerkd.data.batch import Batch
 from peerkd.data.datasets import ArrayDataset, DataError, dataset_descriptions, dataset_names, load_dataset
-from peerkd.data import cinic  # noqa: F401,E402  (registers CINIC-10)
 from peerkd.data.device_loader import DeviceLoader, EvalLoader, Split, make_split
-from peerkd.data import finegrained  # noqa: F401,E402  (registration)
 
 __all__ = ["ArrayDataset", "Batch", "DataError", "DeviceLoader", "EvalLoader", "Split", "dataset_descriptions",
            "dataset_names", "load_dataset", "make_split"]

@@ -8,6 +8,7 @@ from peerkd.methods import (  # noqa: F401  (each module registers itself)
     ddgsd,
     dml,
     kd,
+    kdcl,
     mde,
     okddip,
     one,

@@ -4,6 +4,7 @@ from peerkd.models import (  # noqa: F401  (each module registers itself)
     cifar_resnet4,
     cifar_resnet_one,
     densenet,
+    imagenet,
     imagenet_resnet,
     pyramidnet,
     resnext,
