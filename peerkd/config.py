@@ -29,6 +29,8 @@ class SyntheticConfig:
     train_size: int = 5000  # images in the training split
     test_size: int = 2000  # images in the test split
     seed: int = 0  # the generator's seed: the same seed gives the same bytes
+    noise: float = 0.6  # pixel noise std relative to the class pattern's amplitude (0.6: ~70 % for the quickstart)
+    distractor: float = 1.0  # largest amplitude of another class's pattern mixed in (1.0: as strong as the class's)
 
 
 @dataclass

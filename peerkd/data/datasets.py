@@ -145,8 +145,8 @@ def cifar100(config: DataConfig) -> ArrayDataset:
 @register_dataset("synthetic", "generated CIFAR-shaped classes (data.synthetic.*), no download; quickstart, tests")
 def synthetic(config: DataConfig) -> ArrayDataset:
     opts = config.synthetic
-    xtr, ytr = generate(opts.train_size, opts.num_classes, opts.seed, split_seed=1)
-    xte, yte = generate(opts.test_size, opts.num_classes, opts.seed, split_seed=2)
+    xtr, ytr = generate(opts.train_size, opts.num_classes, opts.seed, 1, opts.noise, opts.distractor)
+    xte, yte = generate(opts.test_size, opts.num_classes, opts.seed, 2, opts.noise, opts.distractor)
     mean = tuple(float(m) for m in (xtr.reshape(-1, 3).mean(0) / 255.0))
     std = tuple(float(s) for s in (xtr.reshape(-1, 3).std(0) / 255.0))
     return ArrayDataset("synthetic", xtr, ytr, xte, yte, opts.num_classes, mean, std)

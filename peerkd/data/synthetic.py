@@ -34,9 +34,12 @@ def _grating(recipes, cls, phase, angle_jitter, grid_y, grid_x):
     return 0.5 * (1 + wave) * ca + 0.5 * (1 - wave) * cb
 
 
-def generate(num_images: int, num_classes: int, seed: int, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+def generate(num_images: int, num_classes: int, seed: int, split_seed: int, noise: float = 0.6,
+             distractor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(images uint8 (N, 32, 32, 3), labels int64 (N,))``. The class recipes depend on ``seed`` alone, the
-    images on ``seed`` and ``split_seed`` (so train and test share classes but not images)."""
+    images on ``seed`` and ``split_seed`` (so train and test share classes but not images). ``noise`` is the pixel
+    noise's standard deviation and ``distractor`` the largest amplitude of the other class's grating, both relative
+    to the class grating's full amplitude of 1: lower values make the classes easier to tell apart."""
     recipes = _class_recipes(num_classes, np.random.default_rng(seed))
     rng = np.random.default_rng([seed, split_seed])
     labels = np.arange(num_images) % num_classes
@@ -51,13 +54,13 @@ def generate(num_images: int, num_classes: int, seed: int, split_seed: int) -> t
         contrast = rng.uniform(0.4, 1.0, n)[:, None, None, None]
         main = _grating(recipes, cls, rng.uniform(0, 2 * np.pi, n), rng.normal(0, 0.15, n), grid_y, grid_x)
         other = (cls + rng.integers(1, num_classes, n)) % num_classes if num_classes > 1 else cls
-        distractor = _grating(recipes, other, rng.uniform(0, 2 * np.pi, n), rng.normal(0, 0.15, n), grid_y, grid_x)
+        distracting = _grating(recipes, other, rng.uniform(0, 2 * np.pi, n), rng.normal(0, 0.15, n), grid_y, grid_x)
         center = recipes["blob_center"][cls] + rng.uniform(-5, 5, (n, 2))
         dist2 = (grid_y[None] - center[:, 0, None, None]) ** 2 + (grid_x[None] - center[:, 1, None, None]) ** 2
         blob = np.exp(-dist2 / (2 * 4.0 ** 2))[..., None] * recipes["blob_color"][cls][:, None, None, :]
         background = rng.uniform(-0.5, 0.5, (n, 1, 1, 3))
-        noise = rng.normal(0, 0.6, (n, IMAGE_SIZE, IMAGE_SIZE, 3))
-        x = contrast * main + rng.uniform(0.6, 1.0, n)[:, None, None, None] * distractor + 0.6 * blob
-        x = x + background + noise
+        pixel_noise = rng.normal(0, noise, (n, IMAGE_SIZE, IMAGE_SIZE, 3))
+        x = contrast * main + rng.uniform(0.6 * distractor, distractor, n)[:, None, None, None] * distracting + 0.6 * blob
+        x = x + background + pixel_noise
         images[start:start + n] = np.clip(127.5 + 60.0 * x, 0, 255).astype(np.uint8)
     return images, labels.astype(np.int64)
