@@ -6,7 +6,7 @@ from peerkd.models import branched, build_model
 
 CASES = [("resnext29_2x64d", 32, [256, 512, 1024]), ("pyramidnet110_a84", 32, [44, 72, 100]),
          ("se_resnet110", 32, [16, 32, 64]), ("wrn20_8", 32, [128, 256, 512]),
-         ("resnet50_imagenet", 64, [256, 512, 1024, 2048])]
+         ("tv_resnet50", 64, [256, 512, 1024, 2048])]
 
 
 @pytest.mark.parametrize("name,size,channels", CASES)
@@ -36,7 +36,7 @@ def test_resnext_groups_and_se_units():
     assert sum(1 for _ in se.modules() if type(_).__name__ == "SqueezeExcitation") == 54
 
 
-@pytest.mark.parametrize("name,size", [("pyramidnet8_a12", 32), ("se_resnet8", 32), ("resnet50_imagenet", 64)])
+@pytest.mark.parametrize("name,size", [("pyramidnet8_a12", 32), ("se_resnet8", 32), ("tv_resnet50", 64)])
 def test_branched_and_export(name, size):
     net = branched(name, 5, split_at=2, branches=2).eval()
     x = torch.randn(2, 3, size, size)

@@ -5,7 +5,6 @@ from peerkd.models import (  # noqa: F401  (each module registers itself)
     cifar_resnet_one,
     densenet,
     imagenet,
-    imagenet_resnet,
     pyramidnet,
     resnext,
     se_resnet,
