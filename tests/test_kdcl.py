@@ -43,6 +43,19 @@ def test_naive_picks_the_student_with_the_lowest_ce_per_sample():
     assert torch.equal(z_t, torch.stack([logits[0, 0], logits[1, 1]]))
 
 
+def test_naive_batch_scope_picks_one_student_by_the_batch_mean_ce():
+    logits = torch.tensor([[[3.0, 0.0, 0.0], [0.0, 0.5, 0.0]],     # student 0: sample 0 very good, sample 1 poor
+                           [[1.0, 0.0, 0.0], [0.0, 4.0, 0.0]]])    # student 1: sample 0 fair, sample 1 very good
+    labels = torch.tensor([0, 1])
+    means = [(ce_by_hand(logits[i, 0], 0) + ce_by_hand(logits[i, 1], 1)) / 2 for i in range(2)]
+    assert means[1] < means[0]  # (0.55 + 0.04) / 2 against (0.09 + 0.79) / 2: student 1 wins on the batch
+    z_t, chosen = rules.naive_target(logits, labels, "batch")
+    assert chosen.tolist() == [1, 1]
+    assert torch.equal(z_t, logits[1])
+    with pytest.raises(ValueError, match="naive scope"):
+        rules.naive_target(logits, labels, "epoch")
+
+
 def test_minlogit_matches_eq7():
     z1 = torch.tensor([[2.0, 1.0, 0.0], [2.0, 1.0, 0.0]])
     z2 = torch.tensor([[0.0, 3.0, -1.0], [0.0, 3.0, -1.0]])
@@ -226,7 +239,7 @@ def test_general_short_run_with_icl_beats_chance_and_updates_its_weights(tmp_pat
 def test_bad_options_are_config_errors():
     from peerkd.config import ConfigError
 
-    for bad in ({"models": ["resnet8"]}, {"target": "mean"}, {"linear_scope": "epoch"},
+    for bad in ({"models": ["resnet8"]}, {"target": "mean"}, {"linear_scope": "epoch"}, {"naive_scope": "epoch"},
                 {"general_constraint": "box"}, {"cutout": -1}):
         with pytest.raises(ConfigError):
             build({"name": "kdcl", "models": STUDENTS, **bad}, tiny_task())

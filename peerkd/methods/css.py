@@ -28,7 +28,9 @@ Readings where the paper is ambiguous:
   joint classifier is; ``kl_space: class`` distils only the K logits of the branch's own transform.
 - The split point is not given ("the low-level feature map"): ``split_at: -1`` shares all stages but the last, the
   ONE/OKDDip branch layout the paper compares with. The masks apply at test time too (the transforms are known).
-- The trunk output is masked after its final activation (the masked map is what the branch receives).
+- The trunk's output is masked as the backbone's last trunk stage leaves it (post-activation for post-activation
+  ResNets, the raw residual sum for pre-activation ones such as WRN / PyramidNet): the masked map is exactly what
+  the branch receives.
 - With one network (Table 5 cases A/B, 1 x 4) there is nothing to distil from: the loss is the CE terms alone.
 - Without TD each branch has K outputs trained on y and the aggregate is still the mean of the branch logits.
 - ``predict``: ``net{n}`` (eq. 3-4 aggregate: Table 1 "Ours"), ``net{n}_branch{j}`` (branch j's K logits of transform

@@ -6,7 +6,8 @@ together; a soft target built from all of them supervises each (eq. 2):
     L = sum_i [ CE(z_i, y) + lambda * T^2 * KL(p_t || softmax(z_i / T)) ],   T = 2, lambda = 1
 
 The soft target ``p_t`` (``target`` option; the rules are pure functions in :mod:`peerkd.methods.kdcl_targets`):
-  naive     eq. 4: per sample, the logits of the student with the lowest CE; ``p_t = softmax(z_t / T)``.
+  naive     eq. 4: per sample, the logits of the student with the lowest CE; ``p_t = softmax(z_t / T)``
+            (``naive_scope: batch``: one student, the lowest batch-mean CE, for the whole batch).
   linear    eq. 5: the convex combination of the students' logits with the lowest CE, solved every step on the
             device (m = 2: bisection on the derivative, exact to float precision; m > 2: exponentiated-gradient
             descent on the simplex with a per-step ladder of step sizes; both a fixed number of iterations).
@@ -27,8 +28,9 @@ Readings where the paper is ambiguous:
   * The target carries no gradient (it is a teacher); every student's CE and KL train that student only.
   * The rules select / combine at temperature 1 on the hard labels (eq. 4-11 use the plain CE and probability);
     the chosen logits (or, for General, the weighted probabilities) are then softened by T for the KL.
-  * Linear solves one convex combination per sample (eq. 5 is written for one logit matrix Z and label y, as eq. 4,
-    whose selection is per sample); ``linear_scope: batch`` solves one for the whole batch instead.
+  * Naive and Linear work per sample: eq. 4 and eq. 5 are written for one logit vector per student and one label y
+    (eq. 4's y is "the one-hot label"). ``naive_scope: batch`` / ``linear_scope: batch`` pick one student / solve
+    one combination for the whole batch instead (the batch-mean CE), the reading where Z and y are the batch's.
   * General: the text requires ``w_i in [0, 1]`` but eq. 11 does not enforce it. ``general_constraint: simplex``
     (default) uses eq. 11 whenever it lies in [0, 1] and otherwise the exact minimiser of ``w^T C w`` on the simplex;
     ``none`` is eq. 11 as written. A singular C is regularised by a ridge of 1e-6 of its mean diagonal (identical
@@ -68,6 +70,7 @@ class KDCL(Method):
         temperature: float = 2.0  # T of the KL, dimensionless (the paper's T = 2, section 4.2)
         kd_weight: float = 1.0  # lambda of eq. 2, dimensionless (the paper's 1; Table 9 sweeps 0.1-10)
         icl: bool = True  # invariant collaborative learning: one augmented view per student (the best rows, Tab. 7)
+        naive_scope: str = "sample"  # Naive: the lowest-CE student per "sample" (eq. 4, one label y) or per "batch"
         linear_scope: str = "sample"  # Linear: one combination per "sample" (eq. 5 as eq. 4) or per "batch"
         linear_iterations: int = 30  # Linear solver iterations (m = 2: halvings of [0, 1], 2^-30; m > 2: EG steps)
         heldout_per_class: int = 50  # General: training images per class held out (50 on CIFAR-100, 20 on ImageNet)
@@ -82,6 +85,8 @@ class KDCL(Method):
             raise ConfigError("method.models: KDCL needs at least two students")
         if options.target not in TARGET_RULES:
             raise ConfigError(f"method.target: '{options.target}' is not one of {', '.join(TARGET_RULES)}")
+        if options.naive_scope not in ("sample", "batch"):
+            raise ConfigError(f"method.naive_scope: '{options.naive_scope}' is not 'sample' or 'batch'")
         if options.linear_scope not in ("sample", "batch"):
             raise ConfigError(f"method.linear_scope: '{options.linear_scope}' is not 'sample' or 'batch'")
         if options.general_constraint not in ("simplex", "none"):
@@ -124,7 +129,7 @@ class KDCL(Method):
                 logs[f"weight{i}"] = w.detach()
             return rules.general_target(logits, self.general_weights, t), logs
         if opts.target == "naive":
-            z_t, chosen = rules.naive_target(logits, labels)
+            z_t, chosen = rules.naive_target(logits, labels, opts.naive_scope)
             for i in range(logits.shape[0]):
                 logs[f"picked{i}"] = (chosen == i).float().mean()
         elif opts.target == "linear":

@@ -19,10 +19,20 @@ def per_student_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(m * b, k).float(), labels.repeat(m), reduction="none").view(m, b)
 
 
-def naive_target(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 4: per sample, the logits of the student with the lowest cross-entropy. Returns ``(z_t (B, K),
-    chosen (B,))``, ``chosen`` the index of the student picked for each sample."""
-    chosen = per_student_ce(logits, labels).argmin(0)  # (B,)
+def naive_target(logits: torch.Tensor, labels: torch.Tensor,
+                 scope: str = "sample") -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 4: the logits of the student with the lowest cross-entropy. Returns ``(z_t (B, K), chosen (B,))``,
+    ``chosen`` the index of the student picked for each sample.
+
+    scope: ``"sample"`` picks per sample (eq. 4 with ``y`` one label); ``"batch"`` picks one student for the whole
+    batch, the one with the lowest batch-mean CE (eq. 4 with ``y`` the batch's labels)."""
+    ce = per_student_ce(logits, labels)  # (m, B)
+    if scope == "sample":
+        chosen = ce.argmin(0)  # (B,)
+    elif scope == "batch":
+        chosen = ce.mean(1).argmin().expand(labels.shape[0])
+    else:
+        raise ValueError(f"naive scope must be 'sample' or 'batch', got '{scope}'")
     z_t = logits.gather(0, chosen.view(1, -1, 1).expand(1, *logits.shape[1:]))[0]
     return z_t, chosen
 
