@@ -32,8 +32,10 @@ Readings where the paper is ambiguous:
   side, and is placed uniformly among the positions where it lies wholly inside the image. No box is clipped, so
   every peer's real box area is the same number of pixels, and ``Batch.lam`` (1 minus that area fraction, exact) is
   each peer's label weight: the peers' labels agree exactly and each matches its own box (see peerkd.data.mixing).
-- Ablation (its Table 2): ``use_mmd`` and ``use_peer_teacher`` drop L_MMD / L_PT (and g); ``mixing: cutmix`` gives
-  the Fig. 1 setting (one shared box for every peer), ``mixing: none`` asks for none (``data.mixing`` decides).
+- Ablation (its Table 2): ``use_mmd`` and ``use_peer_teacher`` drop L_MMD / L_PT (and g); ``mixing: cutmix`` with
+  ``separate_views: false`` gives the Fig. 1 setting (DML on the very same CutMix batch for every peer; with separate
+  views the peers share the box but not the crops and flips), ``mixing: none`` asks for none (``data.mixing``
+  decides).
 
 Predict keys: ``peer{j}``, ``ensemble`` (mean of the peers' probabilities) and ``peer_teacher`` (g on the peers'
 features).
