@@ -86,7 +86,8 @@ def _by_hand_parts(method, batch, tau=3.0):
 
     def ce(z):
         per = -lsm(z, -1)
-        return (batch.lam * per.gather(1, batch.y[:, None]) + (1 - batch.lam) * per.gather(1, batch.y_b[:, None])).mean()
+        own, other = per.gather(1, batch.y[:, None]), per.gather(1, batch.y_b[:, None])
+        return (batch.lam * own + (1 - batch.lam) * other).mean()
 
     z_pt = method.peer_teacher(torch.cat([f.detach() for f in feats], 1))
     parts = {"ce_teacher": ce(z_pt)}
@@ -125,3 +126,13 @@ def test_dml_tau_squared_switch():
     a, b = with_t2(batch).logs, without(batch).logs
     assert float(a["dml0"]) == pytest.approx(9.0 * float(b["dml0"]), rel=1e-5)  # tau = 3
     assert float(a["pt0"]) == pytest.approx(float(b["pt0"]), rel=1e-6)  # eq. 10 keeps its own tau^2
+
+
+def test_backbone_features_and_logits_is_one_forward_pass():
+    from peerkd.models import build_model
+
+    net = build_model("resnet8", 5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    features, logits = net.features_and_logits(x)
+    assert torch.allclose(logits, net(x), atol=1e-6)
+    assert torch.allclose(features, net.head.features(net.forward_stages(x)[-1]))
