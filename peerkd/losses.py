@@ -38,6 +38,12 @@ def mean_probs_logits(logits: list[torch.Tensor]) -> torch.Tensor:
     return probs.clamp_min(1e-30).log()
 
 
+def mean_feature_mmd(features: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+    """Linear-kernel MMD between two feature batches: ``|| mean_i f_i - mean_i g_i ||_2^2`` for ``(n, d)`` and
+    ``(m, d)`` batches (CutⁿMix eq. 9, DDGSD's feature consistency). Detach ``others`` where it must not learn."""
+    return (features.float().mean(0) - others.float().mean(0)).pow(2).sum()
+
+
 def hard_ce(logits: torch.Tensor, batch) -> torch.Tensor:
     """Cross-entropy with the batch's labels; for a mixed batch (``batch.y_b`` set) the mixture
     ``lam * CE(y) + (1 - lam) * CE(y_b)`` of Zhang et al. (Mixup) and Yun et al. (CutMix)."""

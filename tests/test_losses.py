@@ -4,7 +4,7 @@ import math
 import torch
 
 from peerkd.data import Batch
-from peerkd.losses import hard_ce, kd_kl, kd_kl_probs, mean_probs_logits, soft_ce
+from peerkd.losses import hard_ce, kd_kl, kd_kl_probs, mean_feature_mmd, mean_probs_logits, soft_ce
 
 
 def softmax(values):
@@ -62,3 +62,10 @@ def test_ensemble_logits_are_log_mean_probabilities():
     mean = [(x + y) / 2 for x, y in zip(pa, pb)]
     got = mean_probs_logits([torch.tensor([a]), torch.tensor([b])])
     assert torch.allclose(got.exp(), torch.tensor([mean]), atol=1e-6)
+
+
+def test_mean_feature_mmd_of_tiny_features_by_hand():
+    f = torch.tensor([[1.0, 2.0], [3.0, 0.0]])  # mean (2, 1)
+    g = torch.tensor([[0.0, 1.0], [0.0, 3.0], [3.0, 2.0]])  # mean (1, 2): batches of different sizes
+    assert abs(float(mean_feature_mmd(f, g)) - ((2 - 1) ** 2 + (1 - 2) ** 2)) < 1e-6
+    assert float(mean_feature_mmd(f, f)) == 0.0

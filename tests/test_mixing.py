@@ -124,3 +124,11 @@ def test_dml_with_cutmix_short_run_beats_chance(tmp_path):
     summary = short_run({"name": "dml", "models": ["resnet8", "resnet8"]}, tmp_path / "run", epochs=2, train_size=480,
                         overrides=("data.mixing=cutmix", "data.synthetic.test_size=200"))
     assert summary["keys"]["ensemble"]["last"]["top1"] > 30.0, summary  # chance is 25 % with 4 classes
+
+
+def test_cutnmix_lam_follows_beta_1_1():
+    """lam (1 - the shared box's area) is Uniform(0, 1) up to the box's rounding to whole pixels."""
+    rng = np.random.default_rng(11)
+    lams = np.array([mixing.sample_step(MixingSpec("cutnmix"), rng, 4, 2, 32, 32).lam for _ in range(4000)])
+    assert abs(lams.mean() - 0.5) < 0.02 and abs(lams.var() - 1 / 12) < 0.01
+    assert (lams >= 0).all() and (lams <= 1).all()

@@ -22,7 +22,8 @@ def test_virtual_teacher_distribution_by_hand():
 
 def test_reg_step_and_loss_by_hand():
     task = tiny_task()
-    method = build({"name": "tfkd", "model": "resnet8", "correct_prob": 0.9, "temperature": 2.0, "alpha": 0.3}, task)
+    method = build({"name": "tfkd", "model": "resnet8", "correct_prob": 0.9, "temperature": 2.0, "alpha": 0.3,
+                    "soften_student": False}, task)  # the released implementation's unsoftened student
     batch = random_batch(task)
     assert_one_step(method, batch)
     method.eval()
@@ -48,3 +49,21 @@ def test_tfkd_reg_short_run_beats_chance(tmp_path):
     summary = short_run({"name": "tfkd", "model": "resnet8"}, tmp_path / "run", epochs=2, train_size=480,
                         overrides=("data.synthetic.test_size=200",))
     assert summary["keys"]["net"]["last"]["top1"] > 30.0, summary  # chance is 25 % with 4 classes
+
+
+def test_reg_default_softens_the_student_as_eq_9():
+    """Eq. 9: D_KL(p^d_T || p_T) with the student's logits divided by T too (the default)."""
+    task = tiny_task()
+    method = build({"name": "tfkd", "model": "resnet8", "correct_prob": 0.9, "temperature": 2.0, "alpha": 0.3}, task)
+    method.eval()
+    batch = random_batch(task)
+    z = method.models[0](batch.x)
+    k, other = task.num_classes, (1 - 0.9) / (task.num_classes - 1)
+    rows = []
+    for label in batch.y.tolist():  # the virtual teacher written out: softmax(p^d / T), p^d = a on y, rest uniform
+        e = [math.exp((0.9 if c == label else other) / 2.0) for c in range(k)]
+        rows.append([v / sum(e) for v in e])
+    q = torch.tensor(rows)
+    kl = (q * (q.log() - torch.log_softmax(z / 2.0, -1))).sum(-1).mean()
+    expected = 0.7 * torch.nn.functional.cross_entropy(z, batch.y) + 0.3 * kl
+    assert float(method(batch).loss) == pytest.approx(float(expected), rel=1e-5)

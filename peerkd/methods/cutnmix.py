@@ -24,13 +24,18 @@ Readings where the paper is ambiguous:
   by eq. 8" and then "the peer teacher" separately), so no teacher gradient reaches the peers except through
   L_PT's target, which is detached too. ``teacher_trains_peers: true`` lets g's CE reach the peers' features
   instead (PCL's peer-ensemble reading).
-- tau^2 multiplies L_DML (eq. 4 of its preliminaries) and L_PT (eq. 10); the MMD is the linear-kernel MMD of eq. 9.
+- tau^2 multiplies L_PT (eq. 10 writes it) and L_DML: eq. 4 writes the DML objective as ``alpha * tau^2 * L_DML``
+  with L_DML the bare KL, and eq. 8 re-uses "L_DML in eq. 4" with alpha alone; we keep eq. 4's tau^2 (Hinton's
+  gradient scaling, the same as L_PT's); ``dml_tau_squared: false`` is the literal eq. 8 (a 1/9 smaller DML term at
+  tau = 3). The MMD is the linear-kernel MMD of eq. 9 (``peerkd.losses.mean_feature_mmd``), no tau.
 - "Same lambda" with a per-peer box (eq. 7): every peer's box has the same size, round(sqrt(1 - lam) * side) on each
   side, and is placed uniformly among the positions where it lies wholly inside the image. No box is clipped, so
   every peer's real box area is the same number of pixels, and ``Batch.lam`` (1 minus that area fraction, exact) is
   each peer's label weight: the peers' labels agree exactly and each matches its own box (see peerkd.data.mixing).
-- Ablation (its Table 2): ``use_mmd`` and ``use_peer_teacher`` drop L_MMD / L_PT (and g); ``mixing: cutmix`` gives
-  the Fig. 1 setting (one shared box for every peer), ``mixing: none`` asks for none (``data.mixing`` decides).
+- Ablation (its Table 2): ``use_mmd`` and ``use_peer_teacher`` drop L_MMD / L_PT (and g); ``mixing: cutmix`` with
+  ``separate_views: false`` gives the Fig. 1 setting (DML on the very same CutMix batch for every peer; with separate
+  views the peers share the box but not the crops and flips), ``mixing: none`` asks for none (``data.mixing``
+  decides).
 
 Predict keys: ``peer{j}``, ``ensemble`` (mean of the peers' probabilities) and ``peer_teacher`` (g on the peers'
 features).
@@ -42,21 +47,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from peerkd.losses import hard_ce, kd_kl
+from peerkd.losses import hard_ce, kd_kl, mean_feature_mmd
 from peerkd.methods.base import DataRequest, Method, StepOutput
 from peerkd.methods.cohort import build_cohort, cohort_predictions, export_member, peer_keys
 from peerkd.methods.registry import register_method
-
-
-def mean_feature_mmd(features: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
-    """Linear-kernel MMD of eq. 9: ``|| mean_i f_i - mean_i g_i ||_2^2`` for ``(n, d)`` feature batches."""
-    return (features.float().mean(0) - others.float().mean(0)).pow(2).sum()
-
-
-def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A backbone's pooled penultimate vector and its logits, from one forward pass."""
-    features = model.head.features(model.forward_stages(x)[-1])
-    return features, model.head.fc(features)
 
 
 @register_method("cutnmix")
@@ -77,6 +71,7 @@ class CutnMix(Method):
         separate_views: bool = True  # each peer its own augmentation (section 2.2); False: one view for all peers
         detach_targets: bool = True  # targets of L_DML, L_MMD and L_PT carry no gradient (each L^j trains peer j)
         teacher_trains_peers: bool = False  # True: the peer teacher's CE also reaches the peers' features
+        dml_tau_squared: bool = True  # L_DML carries tau^2 (eq. 4's objective); False: eq. 8's bare KL of eq. 4
 
     def __init__(self, options, task):
         super().__init__(options, task)
@@ -104,7 +99,7 @@ class CutnMix(Method):
 
     def forward(self, batch) -> StepOutput:
         opts, n = self.options, len(self.models)
-        outputs = [features_and_logits(model, batch.view(j if opts.separate_views else 0))
+        outputs = [model.features_and_logits(batch.view(j if opts.separate_views else 0))
                    for j, model in enumerate(self.models)]
         features = [f for f, _ in outputs]
         logits = [z for _, z in outputs]
@@ -120,6 +115,8 @@ class CutnMix(Method):
         for j in range(n):
             ce = hard_ce(logits[j], batch)
             dml = sum(kd_kl(logits[j], self._target(logits[k]), opts.temperature) for k in range(n) if k != j) / (n - 1)
+            if not opts.dml_tau_squared:
+                dml = dml / (opts.temperature * opts.temperature)  # kd_kl carries tau^2; eq. 8 read literally has none
             loss_j = ce + opts.dml_weight * dml
             logs[f"ce{j}"], logs[f"dml{j}"] = ce.detach(), dml.detach()
             if opts.use_mmd:
@@ -135,7 +132,7 @@ class CutnMix(Method):
         return StepOutput(total, logs)
 
     def predict(self, x):
-        outputs = [features_and_logits(model, x) for model in self.models]
+        outputs = [model.features_and_logits(x) for model in self.models]
         out = cohort_predictions([z for _, z in outputs])
         if self.peer_teacher is not None:
             out["peer_teacher"] = self.peer_teacher(torch.cat([f for f, _ in outputs], dim=1))

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peerkd.losses import hard_ce, kd_kl
+from peerkd.losses import hard_ce, kd_kl, mean_feature_mmd
 from peerkd.methods.base import DataRequest, Method, StepOutput
 from peerkd.methods.cohort import build_cohort, export_member
-from peerkd.methods.cutnmix import features_and_logits, mean_feature_mmd
 from peerkd.methods.registry import register_method
 
 
@@ -50,7 +49,7 @@ class DDGSD(Method):
     def forward(self, batch) -> StepOutput:
         opts = self.options
         model = self.models[0]
-        (f1, z1), (f2, z2) = features_and_logits(model, batch.view(0)), features_and_logits(model, batch.view(1))
+        (f1, z1), (f2, z2) = model.features_and_logits(batch.view(0)), model.features_and_logits(batch.view(1))
         target = (lambda t: t.detach()) if opts.detach_targets else (lambda t: t)
         ce = hard_ce(z1, batch) + hard_ce(z2, batch)
         kl = kd_kl(z1, target(z2), opts.temperature) + kd_kl(z2, target(z1), opts.temperature)

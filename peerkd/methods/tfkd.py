@@ -14,10 +14,13 @@ reg (Tf-KD_reg, eq. 8-9): a hand-made "virtual teacher" that puts probability ``
 
 Readings: "softened" p^d is read as the softmax of the probabilities divided by T (``virtual_softening:
 softmax``), as in the authors' released implementation; ``power`` gives the alternative (p^d)^(1/T) renormalised.
-The student side is not softened (T_s = 1, ``soften_student: false``) in the released implementation, which is the
-default here; the equation's p_T (T_s = T) is ``soften_student: true``. KL is averaged over the batch (summed over
-classes); ``multiplier`` rescales it (the released CIFAR-100 setting's multiplier 100 with an element-mean KL equals
-1 with this batch-mean KL for K = 100). With a mixed batch the virtual teacher is the lam-weighted mixture of the
+The student side is softened by the same T (T_s = T, ``soften_student: true``), as the paper's eq. 9 writes it
+(``D_KL(p^d_T, p_T)``); the authors' released implementation compares with the unsoftened student (T_s = 1), which is
+``soften_student: false``. The values of a, T, alpha and the multiplier for a given dataset come from the authors'
+released settings as recorded by the previous developer; they could not be checked against the paper text here.
+KL is averaged over the batch (summed over classes); ``multiplier`` rescales it (the released CIFAR-100 setting's
+multiplier 100 with an element-mean KL equals 1 with this batch-mean KL for K = 100; for K = 10 the same released
+value would be 10 here, so the CIFAR-10 config's 1 is an unverified choice). With a mixed batch the virtual teacher is the lam-weighted mixture of the
 two labels' virtual teachers. The self teacher stays in eval mode and receives no gradient; its weights are part of
 this method's state (``teacher_model`` records its architecture), as in ``kd``.
 """
@@ -60,12 +63,12 @@ class TfKD(Method):
         variant: str = "reg"  # "reg" (virtual teacher, needs nothing) or "self" (teacher = an earlier run of the net)
         model: str = "resnet32"  # the network trained
         model_options: dict = field(default_factory=dict)  # keyword arguments for its factory
-        alpha: float = 0.1  # weight of the teacher term; 0.1 is the paper's CIFAR-100 Tf-KD_reg setting
-        temperature: float = 20.0  # T; 20 is the paper's CIFAR-100 Tf-KD_reg setting (self: ~6, set it per config)
+        alpha: float = 0.1  # weight of the teacher term; 0.1: the released CIFAR-100 Tf-KD_reg setting (unverified)
+        temperature: float = 20.0  # T; 20: the released CIFAR-100 reg setting (unverified; self: ~6, set per config)
         correct_prob: float = 0.99  # a: the virtual teacher's probability of the true class (paper: 0.9 or above)
         multiplier: float = 1.0  # scale of the reg KL (batch-mean); see the docstring for the released code's 100
         virtual_softening: str = "softmax"  # how T softens p^d: "softmax" (released code) or "power"
-        soften_student: bool = False  # reg: divide the student's logits by T too (the equation's p_T)
+        soften_student: bool = True  # reg: divide the student's logits by T too (eq. 9's p_T); false: released code
         teacher_run: str = ""  # self: run folder of the trained network (as kd's teacher_run)
         teacher_key: str = ""  # self: predict key of that run to export ("" = its default)
         teacher_model: str = ""  # self: filled in from the teacher run: its registered architecture

@@ -47,5 +47,11 @@ class Backbone(nn.Module):
             outs.append(x)
         return outs
 
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pooled penultimate vector (``head.features``) and the logits, from one forward pass. The logits are
+        the head's own output on that map, so a head with more than pool + fc (dropout) keeps its behaviour."""
+        last = self.forward_stages(x)[-1]
+        return self.head.features(last), self.head(last)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_stages(x)[-1])
