@@ -61,3 +61,39 @@ def test_one_short_run_beats_chance(tmp_path):
     for key in ("branch0", "ensemble"):
         assert summary["keys"][key]["last"]["top1"] > 40.0, summary  # chance is 25 % with 4 classes
     assert "branches_agreement" in summary["diversity"]
+
+
+def _grads(method, loss):
+    params = [p for p in method.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+    return {n: (g if g is not None else torch.zeros_like(p))
+            for (n, p), g in zip([(n, p) for n, p in method.named_parameters() if p.requires_grad], grads)}
+
+
+def test_one_teacher_is_detached_in_the_kl_as_in_the_published_code():
+    # ONE's KLLoss: target = softmax(z_e / T).data (requires_grad=False). So the gradient of the loss equals that of
+    # sum_i CE(z_i) + CE(z_e) + T^2 sum_i KL(stop_grad(p_e) || p_i), and the gate learns from CE(z_e) alone.
+    task = tiny_task()
+    method = build({"name": "one", "model": "resnet8", "branches": 3}, task).eval()
+    batch = random_batch(task)
+    loss = method(batch).loss
+    out = method.group(batch.x)
+    z = out.logits
+    g = method.gate.weights(out, [0, 1, 2])
+    ensemble = sum(g[:, i:i + 1] * z[i] for i in range(3))
+    t = 3.0
+    p_teacher = F.softmax(ensemble / t, -1).detach()
+    kl = sum((p_teacher * (p_teacher.log() - F.log_softmax(zi / t, -1))).sum(-1).mean() * t * t for zi in z)
+    expected = sum(F.cross_entropy(zi, batch.y) for zi in z) + F.cross_entropy(ensemble, batch.y) + kl
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    got, want = _grads(method, loss), _grads(method, expected)
+    for name in got:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
+    # the gate's gradient is that of the ensemble CE alone
+    gate_only = _grads(method, F.cross_entropy(ensemble, batch.y))
+    torch.testing.assert_close(got["gate.fc.weight"], gate_only["gate.fc.weight"], rtol=1e-4, atol=1e-7)
+    # the alternative: nothing detached -- the gate then also receives the KL's gradient
+    full = build({"name": "one", "model": "resnet8", "branches": 3, "target_gradient": "full"}, task).eval()
+    full.load_state_dict(method.state_dict())
+    full_grads = _grads(full, full(batch).loss)
+    assert not torch.allclose(full_grads["gate.fc.weight"], gate_only["gate.fc.weight"], rtol=1e-3, atol=1e-7)
