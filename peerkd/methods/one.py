@@ -12,7 +12,9 @@ has BN and ReLU between FC and softmax as in ONE's code (``gate_bn_relu``); the 
 (``target_gradient: none``): ONE's published ``KLLoss`` takes ``softmax(z_e / T).data`` with ``requires_grad=False``,
 so the gate learns from the ensemble CE alone and no branch is pulled towards the students through the teacher.
 ``target_gradient: weights`` detaches only the branch logits inside ``z_e`` (the gate also learns from the KL),
-``full`` detaches nothing (OKDDip's attention targets); no ramp-up by default (``rampup_epochs``).
+``full`` detaches nothing (OKDDip's attention targets). The KL weight ramps up as ``w(e) = exp(-5 (1 - e/80)^2)``
+over the first 80 epochs, as ONE's published ``cifar_one.py`` does (``consistency_rampup = 80``; the paper's loss
+does not show it); ``rampup_epochs: 0`` gives the paper's constant weight 1.
 
 ``predict`` keys: ``branch0 .. branch{m-1}`` and ``ensemble`` (the gated teacher's logits). ONE deploys one branch
 (its tables report their mean); ``export(key)`` gives branch ``key`` (default ``branch0``) as a plain model.
@@ -46,7 +48,7 @@ class ONE(Method):
         kl_weight: float = 1.0  # weight of the KL term relative to CE (1 in ONE)
         ensemble_ce: bool = True  # CE on the gated ensemble too (trains the gate); ONE's loss has it
         target_gradient: str = "none"  # "none": teacher detached in the KL (ONE's code); "weights"; "full" (see above)
-        rampup_epochs: float = 0.0  # epochs of a sigmoid ramp-up of the KL weight; 0: none (ONE has none)
+        rampup_epochs: float = 80.0  # epochs of the sigmoid ramp-up of the KL weight (ONE's code: 80); 0: none
 
     def __init__(self, options, task):
         super().__init__(options, task)
