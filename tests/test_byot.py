@@ -39,6 +39,22 @@ def test_byot_loss_matches_the_formula(distil_blocks):
     assert ("kl1" in out.logs) == (1 in blocks) and "kl2" in out.logs and "kl3" not in out.logs
 
 
+def test_deepest_full_ce_switch_gives_the_deepest_plain_cross_entropy():
+    # BYOT's released code: CE(z_N, y) with weight 1 on the deepest, (1 - a) CE + a KL + lam hint on the shallow ones
+    task = tiny_task()
+    method = build({"name": "byot", "model": "resnet8", "deepest_full_ce": True}, task)
+    method.train()
+    batch = random_batch(task)
+    with torch.no_grad():
+        logits, features = method.net(batch.x)
+    a, lam, t = 0.3, 0.03, 3.0
+    expected = F.cross_entropy(logits[2], batch.y)
+    for i in (0, 1):
+        expected = expected + (1 - a) * F.cross_entropy(logits[i], batch.y) + a * _kl(logits[2], logits[i], t)
+        expected = expected + lam * ((features[i] - features[2]) ** 2).sum(1).mean()
+    assert float(method(batch).loss) == pytest.approx(float(expected), rel=1e-5)
+
+
 def test_the_deepest_classifier_is_a_detached_teacher():
     # with a = 1 and no hint the CE terms vanish: only the KL to the deepest remains, which must not train its head
     task = tiny_task()

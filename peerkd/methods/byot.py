@@ -18,6 +18,9 @@ Readings where the paper leaves a choice:
   the squared norm is summed over channels and averaged over the batch.
 - ``a = 0.3``, ``lambda = 0.03``, ``T = 3``: the values of the authors' released CIFAR recipe as we read it (the
   paper names them hyper-parameters without values in its text).
+- The deepest classifier's CE weight: eq. (the sum over all i) gives it ``1 - a`` like every classifier; the
+  training code published with BYOT's lineage gives it a plain ``CE(P_N, y)`` (weight 1) and ``(1 - a)`` only to the
+  shallow ones. The paper is followed; ``deepest_full_ce: true`` switches to the code's weight 1.
 - ``distil_blocks`` restricts the KL and hint terms to some shallow classifiers (all by default); CE stays on all.
 """
 from __future__ import annotations
@@ -41,6 +44,7 @@ class BYOT(Method):
         hint_weight: float = 0.03  # lambda: weight of the feature hint, per squared feature unit, BYOT's value
         temperature: float = 3.0  # T softening both sides of the KL (T^2 scaling keeps gradients comparable)
         distil_blocks: list[int] = field(default_factory=list)  # 1-based shallow classifiers given KL + hint; [] = all
+        deepest_full_ce: bool = False  # False: (1 - a) CE on the deepest (the paper's sum); True: weight 1 (their code)
 
     def __init__(self, options, task):
         super().__init__(options, task)
@@ -56,7 +60,8 @@ class BYOT(Method):
         target = label_distribution(batch, self.task.num_classes)
         o = self.options
         loss, logs = self_kd_terms(logits, features, target, kl_weight=o.kl_weight, hint_weight=o.hint_weight,
-                                   temperature=o.temperature, distil_blocks=o.distil_blocks, include_deepest=True)
+                                   temperature=o.temperature, distil_blocks=o.distil_blocks, include_deepest=True,
+                                   deepest_ce_weight=1.0 if o.deepest_full_ce else None)
         return StepOutput(loss, logs)
 
     def predict(self, x):

@@ -8,9 +8,13 @@ ensemble teacher:
     L   = sum_i CE(z_i, y) + CE(z_e, y) + w(e) * sum_i T^2 KL(softmax(z_e/T) || softmax(z_i/T)),   T = 3
 
 Readings: the branches own the last stage and the classifier (``split_at`` unset), as ONE's CIFAR ResNets; the gate
-has BN and ReLU between FC and softmax as in ONE's code (``gate_bn_relu``); the teacher ``z_e`` is not detached in the
-KL (the code lineage of ONE / OKDDip does not), ``target_gradient: weights`` detaches the branch logits inside it
-(the gate still learns from the KL and from the ensemble CE); no ramp-up by default (``rampup_epochs``).
+has BN and ReLU between FC and softmax as in ONE's code (``gate_bn_relu``); the teacher ``z_e`` is detached in the KL
+(``target_gradient: none``): ONE's published ``KLLoss`` takes ``softmax(z_e / T).data`` with ``requires_grad=False``,
+so the gate learns from the ensemble CE alone and no branch is pulled towards the students through the teacher.
+``target_gradient: weights`` detaches only the branch logits inside ``z_e`` (the gate also learns from the KL),
+``full`` detaches nothing (OKDDip's attention targets). The KL weight ramps up as ``w(e) = exp(-5 (1 - e/80)^2)``
+over the first 80 epochs, as ONE's published ``cifar_one.py`` does (``consistency_rampup = 80``; the paper's loss
+does not show it); ``rampup_epochs: 0`` gives the paper's constant weight 1.
 
 ``predict`` keys: ``branch0 .. branch{m-1}`` and ``ensemble`` (the gated teacher's logits). ONE deploys one branch
 (its tables report their mean); ``export(key)`` gives branch ``key`` (default ``branch0``) as a plain model.
@@ -24,6 +28,8 @@ import torch
 from peerkd.losses import hard_ce, kd_kl
 from peerkd.methods.base import Method, StepOutput
 from peerkd.methods.multibranch import TARGET_GRADIENTS, BranchGroup, GateTarget, choose, peer_targets, sigmoid_rampup
+
+ONE_TARGET_GRADIENTS = ("none", *TARGET_GRADIENTS)
 from peerkd.methods.registry import register_method
 
 
@@ -41,12 +47,12 @@ class ONE(Method):
         temperature: float = 3.0  # T of the KL (ONE uses 3)
         kl_weight: float = 1.0  # weight of the KL term relative to CE (1 in ONE)
         ensemble_ce: bool = True  # CE on the gated ensemble too (trains the gate); ONE's loss has it
-        target_gradient: str = "full"  # "full": teacher not detached (ONE/OKDDip code); "weights": logits detached
-        rampup_epochs: float = 0.0  # epochs of a sigmoid ramp-up of the KL weight; 0: none (ONE has none)
+        target_gradient: str = "none"  # "none": teacher detached in the KL (ONE's code); "weights"; "full" (see above)
+        rampup_epochs: float = 80.0  # epochs of the sigmoid ramp-up of the KL weight (ONE's code: 80); 0: none
 
     def __init__(self, options, task):
         super().__init__(options, task)
-        choose("method.target_gradient", options.target_gradient, TARGET_GRADIENTS)
+        choose("method.target_gradient", options.target_gradient, ONE_TARGET_GRADIENTS)
         self.group = BranchGroup(options.model, task.num_classes, options.branches, options.split_at,
                                  model_options=options.model_options)
         self.gate = GateTarget(self.group.trunk_channels, options.branches, options.gate_bn_relu)
@@ -62,7 +68,12 @@ class ONE(Method):
         weights = self.gate.weights(out, self.branch_ids).unsqueeze(-1)  # (B, m, 1)
         logits = torch.stack([z.float() for z in out.logits], 1)  # (B, m, C)
         ensemble = (weights * logits).sum(1)
-        teacher = (weights * logits.detach()).sum(1) if opts.target_gradient == "weights" else ensemble
+        if opts.target_gradient == "none":
+            teacher = ensemble.detach()
+        elif opts.target_gradient == "weights":
+            teacher = (weights * logits.detach()).sum(1)
+        else:
+            teacher = ensemble
         ce = torch.stack([hard_ce(z, batch) for z in out.logits]).sum()
         kl = torch.stack([kd_kl(z, teacher, opts.temperature) for z in out.logits]).sum()
         loss = ce + self.distill_scale * opts.kl_weight * kl

@@ -238,13 +238,15 @@ def hint_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 
 def self_kd_terms(logits: list[torch.Tensor], features: list[torch.Tensor], target: torch.Tensor, *,
                   kl_weight: float, hint_weight: float, temperature: float, distil_blocks: list[int],
-                  include_deepest: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  include_deepest: bool, deepest_ce_weight: float | None = None
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """BYOT's loss over the classifiers (1-based ``i``, ``N`` the deepest; the deepest's outputs detached):
 
         sum_i (1 - a) CE(P_i, target) + a T^2 KL(P_N^T || P_i^T) + lambda ||F_i - F_N||^2
 
     The KL and hint terms only for ``i`` in ``distil_blocks`` (all shallow ones when empty; they vanish for
-    ``i = N``); the deepest's ``(1 - a) CE`` term only with ``include_deepest``.
+    ``i = N``); the deepest's ``(1 - a) CE`` term only with ``include_deepest``, weighted ``deepest_ce_weight``
+    instead of ``1 - a`` when that is given.
     """
     n = len(logits)
     blocks = set(distil_blocks) if distil_blocks else set(range(1, n))
@@ -256,7 +258,8 @@ def self_kd_terms(logits: list[torch.Tensor], features: list[torch.Tensor], targ
         if i == n:
             if include_deepest:
                 ce = soft_target_ce(z, target)
-                total = total + (1 - kl_weight) * ce
+                weight = (1 - kl_weight) if deepest_ce_weight is None else deepest_ce_weight
+                total = total + weight * ce
                 logs[f"ce{i}"] = ce.detach()
             continue
         ce = soft_target_ce(z, target)
