@@ -133,4 +133,6 @@ def test_every_css_config_loads():
     assert len(files) >= 25
     for path in files:
         config = peerkd.load_config(path)
-        assert config.method.name in ("css", "pcl") and config.schedule.milestones == [150, 225]
+        # CSS and PCL rows, and the baseline / DML / ONE / OKDDip / CL rows the CSS tables compare against
+        assert config.method.name in ("css", "pcl", "vanilla", "dml", "one", "okddip", "cl"), path
+        assert config.schedule.milestones == [150, 225], path
