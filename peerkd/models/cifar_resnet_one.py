@@ -15,29 +15,16 @@ from torch import nn
 from peerkd.models.base import Backbone, ClassifierHead
 from peerkd.models.cifar_resnet import init_weights
 from peerkd.models.registry import register_model
+from peerkd.models.resnext import ResNeXtBottleneck
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResNeXtBottleneck):
+    """1x1 -> 3x3 -> 1x1 bottleneck with expansion 4: a ResNeXt bottleneck of cardinality 1."""
+
     expansion = 4
 
     def __init__(self, in_ch: int, planes: int, stride: int = 1):
-        super().__init__()
-        out_ch = planes * self.expansion
-        self.conv1 = nn.Conv2d(in_ch, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out_ch, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_ch)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
+        super().__init__(in_ch, planes, planes * self.expansion, cardinality=1, stride=stride)
 
 
 class CifarBottleneckResNet(Backbone):
