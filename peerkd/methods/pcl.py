@@ -52,10 +52,14 @@ def sigmoid_rampup(epoch: float, length: float) -> float:
 
 
 @torch.no_grad()
-def ema_update(mean_model: nn.Module, model: nn.Module, decay: float) -> None:
-    """``p' <- decay * p' + (1 - decay) * p`` for every parameter (buffers are left to each model)."""
+def ema_update(mean_model: nn.Module, model: nn.Module, decay: float | torch.Tensor) -> None:
+    """``p' <- decay * p' + (1 - decay) * p`` for every parameter (buffers are left to each model). ``decay`` may be
+    a device tensor, so the update needs no host synchronisation."""
+    weight = 1.0 - decay
+    if not isinstance(weight, torch.Tensor):
+        weight = torch.tensor(weight)
     for p_mean, p in zip(mean_model.parameters(), model.parameters()):
-        p_mean.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
+        p_mean.lerp_(p.detach(), weight.to(p_mean))  # p' + (1 - decay) (p - p') = decay p' + (1 - decay) p
 
 
 @register_method("pcl")
@@ -101,8 +105,9 @@ class PCL(Method):
     @torch.no_grad()
     def update_mean_teacher(self) -> None:
         """One EMA step with the warm-up decay ``min(beta, 1 - 1/(t + 1))``, t the number of earlier updates."""
-        t = int(self.ema_steps)
-        ema_update(self.mean_net, self.net, min(self.options.ema_decay, 1.0 - 1.0 / (t + 1)))
+        t = self.ema_steps.float()  # on the device: no host sync inside the training step
+        decay = torch.clamp(1.0 - 1.0 / (t + 1.0), max=self.options.ema_decay)
+        ema_update(self.mean_net, self.net, decay)
         self.ema_steps += 1
 
     def peer_outputs(self, net, views: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
