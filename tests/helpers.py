@@ -38,7 +38,7 @@ def assert_one_step(method, batch: Batch, frozen: tuple[str, ...] = ()) -> torch
     of ``frozen``) receives a finite, not-all-zero gradient."""
     method.train()
     out = method(batch)
-    assert out.loss.dim() == 0 and math.isfinite(float(out.loss)), out.loss
+    assert out.loss.dim() == 0 and math.isfinite(float(out.loss.detach())), out.loss
     for name, value in out.logs.items():
         assert not value.requires_grad, f"log '{name}' must be detached"
     method.zero_grad(set_to_none=True)
