@@ -75,7 +75,8 @@ class FastStep:
         self.steps_since_drain = torch.zeros((), dtype=torch.float32, device=self.device)
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         self.warmup_steps = warmup_steps
-        self._compiled = torch.compile(self._train_step, mode=compile_mode, backend=compile_backend) if mode == "compile" else None
+        self._compiled = (torch.compile(self._train_step, mode=compile_mode, backend=compile_backend)
+                          if mode == "compile" else None)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static: dict[str, torch.Tensor | None] = {}
         self._calls = 0

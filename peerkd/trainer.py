@@ -130,7 +130,8 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir else Path(config.trainer.out) / config.name
         on_cuda = self.device.type == "cuda"
         self.bf16 = config.trainer.precision == "bf16" or (config.trainer.precision == "auto" and on_cuda)
-        self.channels_last = config.trainer.channels_last == "on" or (config.trainer.channels_last == "auto" and on_cuda)
+        self.channels_last = config.trainer.channels_last == "on" or (
+            config.trainer.channels_last == "auto" and on_cuda)
         self._check_run_dir()
         self._build()
 

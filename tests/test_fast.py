@@ -58,7 +58,8 @@ def test_compiled_fast_step_agrees_with_eager():
     method = build({"name": "vanilla", "models": ["resnet8"]}, task)
     twin = copy.deepcopy(method)
     config = tiny_config({"name": "vanilla"})
-    eager, compiled = _fast_step(method, config), _fast_step(twin, config, mode="compile", compile_backend=COMPILE_BACKEND)
+    eager = _fast_step(method, config)
+    compiled = _fast_step(twin, config, mode="compile", compile_backend=COMPILE_BACKEND)
     try:
         for step in range(3):
             batch = random_batch(task, batch_size=4, seed=step)

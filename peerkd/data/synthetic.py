@@ -60,7 +60,8 @@ def generate(num_images: int, num_classes: int, seed: int, split_seed: int, nois
         blob = np.exp(-dist2 / (2 * 4.0 ** 2))[..., None] * recipes["blob_color"][cls][:, None, None, :]
         background = rng.uniform(-0.5, 0.5, (n, 1, 1, 3))
         pixel_noise = rng.normal(0, noise, (n, IMAGE_SIZE, IMAGE_SIZE, 3))
-        x = contrast * main + rng.uniform(0.6 * distractor, distractor, n)[:, None, None, None] * distracting + 0.6 * blob
+        distractor_amplitude = rng.uniform(0.6 * distractor, distractor, n)[:, None, None, None]
+        x = contrast * main + distractor_amplitude * distracting + 0.6 * blob
         x = x + background + pixel_noise
         images[start:start + n] = np.clip(127.5 + 60.0 * x, 0, 255).astype(np.uint8)
     return images, labels.astype(np.int64)

@@ -20,9 +20,9 @@ The student side is softened by the same T (T_s = T, ``soften_student: true``), 
 released settings as recorded by the previous developer; they could not be checked against the paper text here.
 KL is averaged over the batch (summed over classes); ``multiplier`` rescales it (the released CIFAR-100 setting's
 multiplier 100 with an element-mean KL equals 1 with this batch-mean KL for K = 100; for K = 10 the same released
-value would be 10 here, so the CIFAR-10 config's 1 is an unverified choice). With a mixed batch the virtual teacher is the lam-weighted mixture of the
-two labels' virtual teachers. The self teacher stays in eval mode and receives no gradient; its weights are part of
-this method's state (``teacher_model`` records its architecture), as in ``kd``.
+value would be 10 here, so the CIFAR-10 config's 1 is an unverified choice). With a mixed batch the virtual teacher
+is the lam-weighted mixture of the two labels' virtual teachers. The self teacher stays in eval mode and receives no
+gradient; its weights are part of this method's state (``teacher_model`` records its architecture), as in ``kd``.
 """
 from __future__ import annotations
 
