@@ -43,10 +43,13 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(Backbone):
-    def __init__(self, depth: int, num_classes: int, widths=(16, 32, 64), shortcut: str = "B"):
+    """``block(in_ch, out_ch, stride)`` builds each block; the default is :class:`BasicBlock` with ``shortcut``."""
+
+    def __init__(self, depth: int, num_classes: int, widths=(16, 32, 64), shortcut: str = "B", block=None):
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        block = block or (lambda in_ch, out_ch, stride: BasicBlock(in_ch, out_ch, stride, shortcut=shortcut))
         n = (depth - 2) // 6
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
                                   nn.ReLU(inplace=True))
@@ -54,7 +57,7 @@ class CifarResNet(Backbone):
         for i, width in enumerate(widths):
             blocks = []
             for b in range(n):
-                blocks.append(BasicBlock(in_ch, width, stride=2 if (i > 0 and b == 0) else 1, shortcut=shortcut))
+                blocks.append(block(in_ch, width, 2 if (i > 0 and b == 0) else 1))
                 in_ch = width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)

@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peerkd.models.base import Backbone, ClassifierHead
-from peerkd.models.cifar_resnet import BasicBlock, init_weights
+from peerkd.models.cifar_resnet import BasicBlock, CifarResNet
 from peerkd.models.registry import register_model
 
 
@@ -39,25 +38,10 @@ class SEBasicBlock(BasicBlock):
         return F.relu(out + self.shortcut(x))
 
 
-class CifarSEResNet(Backbone):
+class CifarSEResNet(CifarResNet):
     def __init__(self, depth: int, num_classes: int, reduction: int = 16, widths=(16, 32, 64)):
-        super().__init__()
-        if (depth - 2) % 6:
-            raise ValueError(f"CIFAR SE-ResNet depth must be 6n+2, got {depth}")
-        n = (depth - 2) // 6
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
-                                  nn.ReLU(inplace=True))
-        stages, in_ch = [], widths[0]
-        for i, width in enumerate(widths):
-            blocks = []
-            for b in range(n):
-                blocks.append(SEBasicBlock(in_ch, width, 2 if (i > 0 and b == 0) else 1, reduction))
-                in_ch = width
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.ModuleList(stages)
-        self.stage_channels = list(widths)
-        self.head = ClassifierHead(widths[-1], num_classes)
-        init_weights(self)
+        super().__init__(depth, num_classes, widths,
+                         block=lambda in_ch, out_ch, stride: SEBasicBlock(in_ch, out_ch, stride, reduction))
 
 
 def _register(depth: int):
