@@ -174,3 +174,31 @@ def test_export_matches_inside_the_method(tmp_path):
         assert torch.allclose(run.export(key)(x), preds[key])
     with pytest.raises(KeyError, match="exportable"):
         run.export("peer7")
+
+
+def test_kd_loss_weights_by_hand(tmp_path):
+    """(1 - alpha) CE + alpha T^2 KL by default; ce_weight replaces 1 - alpha (KDCL eq. 2: CE + lambda T^2 KL)."""
+    import math
+
+    from helpers import random_batch, tiny_task
+    from peerkd.config import build_config
+    from peerkd.methods import build_method
+
+    teacher_run = tmp_path / "teacher"
+    train(tiny_config({"name": "vanilla", "models": ["resnet8"]}, epochs=1, train_size=128), run_dir=teacher_run)
+    task = tiny_task(num_classes=4)
+    batch = random_batch(task)
+    for extra, ce_w, kl_w in (({"alpha": 0.3}, 0.7, 0.3), ({"alpha": 1.0, "ce_weight": 1.0}, 1.0, 1.0)):
+        options = build_config({"method": {"name": "kd", "student": "resnet8", "teacher_run": str(teacher_run),
+                                           "temperature": 2.0, **extra}}).method.options
+        method = build_method("kd", options, task).eval()
+        with torch.no_grad():
+            loss = float(method(batch).loss)
+            s, t = method.student[0](batch.x), method.teacher(batch.x)
+        ce = -sum(math.log(torch.softmax(s[i], 0)[batch.y[i]].item()) for i in range(len(batch.y))) / len(batch.y)
+        kl = 0.0
+        for i in range(len(batch.y)):
+            p, q = torch.softmax(t[i] / 2, 0).tolist(), torch.softmax(s[i] / 2, 0).tolist()
+            kl += sum(pk * math.log(pk / qk) for pk, qk in zip(p, q))
+        kl = kl / len(batch.y) * 4.0  # T^2
+        assert loss == pytest.approx(ce_w * ce + kl_w * kl, rel=1e-5)

@@ -5,6 +5,9 @@ run folder, ``teacher_key`` the ``predict`` key to export from it, e.g. ``peer0`
 
     L = (1 - alpha) * CE(z_s, y) + alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T))
 
+(``ce_weight`` replaces the ``1 - alpha``: ``ce_weight: 1, alpha: lambda`` is the ``CE + lambda T^2 KL`` form of KDCL's
+eq. 2.)
+
 Readings: the teacher stays in eval mode (BatchNorm uses its running statistics) and receives no gradient; its
 weights are part of this method's state, so a checkpoint holds them and a KD run can be evaluated or resumed after
 the teacher's run folder is gone (``teacher_model`` records the teacher's architecture for that).
@@ -36,6 +39,7 @@ class KD(Method):
         teacher_key: str = ""  # predict key of that run to export as the teacher ("" = its default)
         temperature: float = 4.0  # T; 4 is the common CIFAR choice (Hinton's paper leaves it to the task)
         alpha: float = 0.9  # weight of the distillation term; 0.9 as in the CIFAR KD benchmarks (Tian et al. 2020)
+        ce_weight: float | None = None  # weight of CE; None: 1 - alpha (Hinton's convex mix). KDCL eq. 2: 1 with alpha = 1
         teacher_model: str = ""  # filled in from the teacher run: its registered architecture
         teacher_model_options: dict = field(default_factory=dict)  # filled in likewise
 
@@ -87,7 +91,8 @@ class KD(Method):
         student_logits = self.student[0](x)
         ce = hard_ce(student_logits, batch)
         kl = kd_kl(student_logits, teacher_logits, self.options.temperature)
-        loss = (1 - self.options.alpha) * ce + self.options.alpha * kl
+        ce_weight = 1 - self.options.alpha if self.options.ce_weight is None else self.options.ce_weight
+        loss = ce_weight * ce + self.options.alpha * kl
         return StepOutput(loss, {"ce": ce.detach(), "kl": kl.detach()})
 
     def predict(self, x):
