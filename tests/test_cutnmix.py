@@ -107,7 +107,7 @@ def test_every_loss_term_and_the_gradients_match_eq_8_by_hand():
     out = method(batch)
     parts = _by_hand_parts(method, batch)
     for name, value in parts.items():
-        assert float(out.logs[name]) == pytest.approx(float(value), rel=1e-5, abs=1e-7), name
+        assert float(out.logs[name]) == pytest.approx(float(torch.as_tensor(value).detach()), rel=1e-5, abs=1e-7), name
     # peer j is trained by L^j alone (targets detached), g by its own CE alone
     loss_by_hand = parts["ce_teacher"] + sum(parts[f"ce{j}"] + 0.6 * parts[f"dml{j}"] + 0.3 * parts[f"mmd{j}"]
                                              + 0.1 * parts[f"pt{j}"] for j in range(2))
