@@ -287,11 +287,14 @@ def build_config(tree: dict | None = None, overrides: typing.Sequence[str] = ())
     return config
 
 
-def _check_values(config: Config) -> None:
-    def choose(key, value, allowed):
-        if value not in allowed:
-            raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
+def check_choice(key: str, value: str, allowed) -> None:
+    """Raise ConfigError unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
 
+
+def _check_values(config: Config) -> None:
+    choose = check_choice
     choose("schedule.kind", config.schedule.kind, ["multistep", "cosine"])
     choose("trainer.precision", config.trainer.precision, ["auto", "bf16", "fp32"])
     choose("trainer.channels_last", config.trainer.channels_last, ["auto", "on", "off"])

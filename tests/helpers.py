@@ -73,3 +73,21 @@ def tiny_config(method_tree: dict, *, epochs: int = 3, train_size: int = 1200, n
 def short_run(method_tree: dict, run_dir, **kwargs) -> dict:
     """Train a tiny run and return its summary."""
     return train(tiny_config(method_tree, **kwargs), run_dir=run_dir)
+
+
+def torchrun_train(config, run_dir, processes: int = 2):
+    """``peerkd train`` of ``config`` under ``torchrun --nproc_per_node processes`` on CPU (gloo), one thread each;
+    returns the finished subprocess."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    tree = config.to_dict()
+    tree["trainer"]["threads"] = 1
+    path = Path(run_dir).parent / f"{Path(run_dir).name}.yaml"
+    path.write_text(json.dumps(tree))  # JSON is YAML
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                           str(processes), "-m", "peerkd", "train", "-c", str(path), "--out", str(run_dir)],
+                          capture_output=True, text=True, timeout=300, env=env)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import SHARED_CIFAR100, tiny_config
+from helpers import SHARED_CIFAR100, tiny_config, torchrun_train
 from peerkd.config import build_config
 from peerkd.trainer import train
 
@@ -16,15 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_two_process_ddp_run_under_torchrun(tmp_path):
-    config = tmp_path / "c.yaml"
-    tree = tiny_config({"name": "dml", "models": ["resnet8", "resnet8"]}, epochs=2, train_size=512).to_dict()
-    tree["trainer"]["threads"] = 1
-    config.write_text(json.dumps(tree))  # JSON is YAML
     run = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "-m", "peerkd", "train", "-c", str(config), "--out", str(run)],
-                            capture_output=True, text=True, timeout=300, env=env)
+    result = torchrun_train(tiny_config({"name": "dml", "models": ["resnet8", "resnet8"]}, epochs=2, train_size=512),
+                            run)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs"] == 2

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from helpers import tiny_config
-from peerkd.config import DataConfig, build_config
+from peerkd.config import DataConfig
 from peerkd.data import DataError, load_dataset
 from peerkd.data.folder import FolderLoader, build_transform, imagefolder_samples
 from peerkd.data.pipeline import build_loaders
@@ -61,7 +61,7 @@ def test_folder_loader_is_deterministic_across_workers_and_resumable(tmp_path):
 def test_training_on_an_image_folder_beats_chance(tmp_path):
     root = write_image_folder(tmp_path / "data", per_class=32)
     config = tiny_config({"name": "vanilla", "models": ["resnet8"]}, epochs=3,
-                         overrides=(f"data.dataset=imagefolder", f"data.root={root}", "data.image_size=32",
+                         overrides=("data.dataset=imagefolder", f"data.root={root}", "data.image_size=32",
                                     "data.resize=36", "data.workers=0", "data.batch_size=16",
                                     "data.train_transform=resize_crop"))
     summary = train(config, run_dir=tmp_path / "run")

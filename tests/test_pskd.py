@@ -107,24 +107,12 @@ def test_memory_under_two_process_torchrun_holds_every_rank_writes(tmp_path):
     """A 2-process DDP run (gloo, CPU): each rank trains on its half of every epoch, and the all-gathered writes must
     leave rank 0's checkpointed memory with a prediction for every training image -- a softmax row (sums to 1, not the
     one-hot initialisation) -- not only for the images rank 0 saw itself."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from helpers import tiny_config
+    from helpers import tiny_config, torchrun_train
     from peerkd.run import CHECKPOINT, load_checkpoint
 
     train_size = 256
-    tree = tiny_config({"name": "pskd", "model": "resnet8"}, epochs=1, train_size=train_size).to_dict()
-    tree["trainer"]["threads"] = 1
-    config = tmp_path / "c.yaml"
-    config.write_text(json.dumps(tree))  # JSON is YAML
     run = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "-m", "peerkd", "train", "-c", str(config), "--out", str(run)],
-                            capture_output=True, text=True, timeout=300, env=env)
+    result = torchrun_train(tiny_config({"name": "pskd", "model": "resnet8"}, epochs=1, train_size=train_size), run)
     assert result.returncode == 0, result.stderr[-3000:]
     state = load_checkpoint(run / CHECKPOINT)["method"]
     written, probs = state["memory.written"], state["memory.probs"].float()

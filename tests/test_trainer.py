@@ -1,6 +1,5 @@
 """The training loop: run folder, exact resume, SIGTERM, non-finite loss, corrupt checkpoints, KD from a run."""
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -26,7 +26,8 @@ from torch import nn
 
 from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
 from peerkd.methods.base import Method, StepOutput
-from peerkd.methods.multibranch import config_error, scale_gradient
+from peerkd.config import ConfigError
+from peerkd.methods.multibranch import scale_gradient
 from peerkd.methods.registry import register_method
 from peerkd.models import build_model
 
@@ -42,18 +43,18 @@ class HeadTree(nn.Module):
                  rescale_gradient: bool = True):
         super().__init__()
         if len(split_stages) != len(fanouts) or not split_stages:
-            raise config_error("method.split_stages / method.fanouts: give one fanout per split stage (at least one)")
+            raise ConfigError("method.split_stages / method.fanouts: give one fanout per split stage (at least one)")
         heads = math.prod(fanouts)
         try:
             backbones = [build_model(name, num_classes, **model_options) for _ in range(heads)]
         except KeyError as err:
-            raise config_error(f"method.model: {err.args[0]}") from None
+            raise ConfigError(f"method.model: {err.args[0]}") from None
         depth = len(backbones[0].stages)
         if sorted(set(split_stages)) != list(split_stages) or split_stages[0] < 1 or split_stages[-1] > depth:
-            raise config_error(f"method.split_stages: increasing stage indices in 1..{depth} for {name}, "
+            raise ConfigError(f"method.split_stages: increasing stage indices in 1..{depth} for {name}, "
                                f"got {split_stages}")
         if any(f < 1 for f in fanouts) or heads < 2:
-            raise config_error(f"method.fanouts: positive, with at least 2 heads in all, got {fanouts}")
+            raise ConfigError(f"method.fanouts: positive, with at least 2 heads in all, got {fanouts}")
         self.name, self.num_classes, self.model_kwargs = name, num_classes, dict(model_options)
         self.fanouts, self.heads, self.rescale = list(fanouts), heads, rescale_gradient
         self.bounds = [0, *split_stages, depth]  # level l covers stages[bounds[l]:bounds[l+1]]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 
 from peerkd.losses import hard_ce, kd_kl
 from peerkd.methods.base import DataRequest, Method, StepOutput

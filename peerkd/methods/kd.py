@@ -39,7 +39,7 @@ class KD(Method):
         teacher_key: str = ""  # predict key of that run to export as the teacher ("" = its default)
         temperature: float = 4.0  # T; 4 is the common CIFAR choice (Hinton's paper leaves it to the task)
         alpha: float = 0.9  # weight of the distillation term; 0.9 as in the CIFAR KD benchmarks (Tian et al. 2020)
-        ce_weight: float | None = None  # weight of CE; None: 1 - alpha (Hinton's convex mix). KDCL eq. 2: 1 with alpha = 1
+        ce_weight: float | None = None  # weight of CE; None: 1 - alpha (Hinton). KDCL eq. 2: 1, with alpha = lambda
         teacher_model: str = ""  # filled in from the teacher run: its registered architecture
         teacher_model_options: dict = field(default_factory=dict)  # filled in likewise
 

@@ -18,28 +18,20 @@ A *target builder* turns the branches' outputs into one soft target per peer, gi
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peerkd.models import branched, build_model
+from peerkd.config import ConfigError
+from peerkd.config import check_choice as choose  # noqa: F401  (ONE, OKDDip import it from here)
+from peerkd.methods.rampup import sigmoid_rampup  # noqa: F401  (re-exported for ONE / OKDDip)
+from peerkd.methods.branching import build_branched
+from peerkd.models import build_model
 
 TARGET_BUILDERS = ("gate", "attention", "ffm", "mean")
 TARGET_GRADIENTS = ("full", "weights")
-
-
-def config_error(message: str):
-    from peerkd.config import ConfigError
-
-    return ConfigError(message)
-
-
-def choose(key: str, value: str, allowed) -> None:
-    if value not in allowed:
-        raise config_error(f"{key}: '{value}' is not one of {', '.join(allowed)}")
 
 
 # ----------------------------------------------------------------------------------------------- gradient rescaling
@@ -59,15 +51,6 @@ class _ScaleGradient(torch.autograd.Function):
 
 def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
     return _ScaleGradient.apply(x, scale) if scale != 1.0 else x
-
-
-def sigmoid_rampup(epoch: int, length: float) -> float:
-    """``exp(-5 (1 - min(epoch, L) / L)^2)`` (Laine & Aila 2017), 1 when ``L == 0``: OKDDip's code ramps the
-    distillation weight with it over the first 80 epochs."""
-    if length <= 0:
-        return 1.0
-    phase = 1.0 - min(max(float(epoch), 0.0), length) / length
-    return math.exp(-5.0 * phase * phase)
 
 
 # ----------------------------------------------------------------------------------------------- the branch group
@@ -90,12 +73,11 @@ class BranchGroup(nn.Module):
         super().__init__()
         model_options = dict(model_options or {})
         if branches < 2:
-            raise config_error(f"method.branches: needs at least 2 branches, got {branches}")
+            raise ConfigError(f"method.branches: needs at least 2 branches, got {branches}")
         try:
             probe = build_model(model, num_classes, **model_options)
         except KeyError as err:
-            raise config_error(f"method.model: {err.args[0]}") from None
-        depth = len(probe.stages)
+            raise ConfigError(f"method.model: {err.args[0]}") from None
         self.network_based = network_based
         self.count = branches
         self.map_channels = probe.stage_channels[-1]
@@ -105,11 +87,8 @@ class BranchGroup(nn.Module):
                                                  for _ in range(branches - 1)])
             self.trunk_channels = 3
         else:
-            split_at = depth - 1 if split_at is None else split_at
-            if not 1 <= split_at <= depth:
-                raise config_error(f"method.split_at: must be in 1..{depth} for {model} ({depth} stages), "
-                                   f"got {split_at}")
-            self.net = branched(model, num_classes, split_at=split_at, branches=branches, **model_options)
+            self.net = build_branched(model, num_classes, -1 if split_at is None else split_at, branches,
+                                      model_options)
             self.trunk_channels = self.net.trunk_channels
 
     def forward(self, x: torch.Tensor, trunk_gradient_scale: float = 1.0) -> GroupOutput:
@@ -215,7 +194,7 @@ def build_target_builder(kind: str, group: BranchGroup, peers: int, *, gate_bn_r
     choose("method.target", kind, TARGET_BUILDERS)
     if kind == "gate":
         if group.network_based:
-            raise config_error("method.target: the ONE gate reads the shared trunk; the network-based setting has "
+            raise ConfigError("method.target: the ONE gate reads the shared trunk; the network-based setting has "
                                "none (use attention, ffm or mean)")
         return GateTarget(group.trunk_channels, peers, gate_bn_relu)
     if kind == "attention":

@@ -34,10 +34,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from peerkd.config import ConfigError
 from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
 from peerkd.methods.base import Method, StepOutput
 from peerkd.methods.multibranch import (TARGET_GRADIENTS, BranchGroup, build_target_builder, choose,
-                                        classifier_diversification, config_error, peer_targets, sigmoid_rampup)
+                                        classifier_diversification, peer_targets, sigmoid_rampup)
 from peerkd.methods.registry import register_method
 
 
@@ -68,7 +69,7 @@ class OKDDip(Method):
     def __init__(self, options, task):
         super().__init__(options, task)
         if options.branches < 3:
-            raise config_error("method.branches: two-level distillation needs at least 2 peers and a leader (>= 3)")
+            raise ConfigError("method.branches: two-level distillation needs at least 2 peers and a leader (>= 3)")
         choose("method.target_gradient", options.target_gradient, TARGET_GRADIENTS)
         choose("method.cd_product", options.cd_product, ("feature", "class"))
         self.group = BranchGroup(options.model, task.num_classes, options.branches, options.split_at,

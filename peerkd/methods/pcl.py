@@ -31,7 +31,6 @@ Readings chosen:
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -40,15 +39,8 @@ from torch import nn
 from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
 from peerkd.methods.base import DataRequest, Method, StepOutput
 from peerkd.methods.branching import build_branched
+from peerkd.methods.rampup import sigmoid_rampup
 from peerkd.methods.registry import register_method
-
-
-def sigmoid_rampup(epoch: float, length: float) -> float:
-    """``exp(-5 (1 - t)^2)`` with ``t = min(epoch, length) / length``; 1 when ``length <= 0``."""
-    if length <= 0:
-        return 1.0
-    t = min(max(epoch, 0.0), length) / length
-    return math.exp(-5.0 * (1.0 - t) ** 2)
 
 
 @torch.no_grad()

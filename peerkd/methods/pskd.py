@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from peerkd.losses import soft_ce
 from peerkd.methods.base import Method, StepOutput
 from peerkd.methods.registry import register_method
-from peerkd.methods.self_distillation import (PredictionMemory, label_distribution, progressive_alpha,
-                                              soft_target_ce)
+from peerkd.methods.self_distillation import PredictionMemory, label_distribution, progressive_alpha
 from peerkd.models import build_model
 
 
@@ -62,7 +62,7 @@ class PSKD(Method):
         logits = self.model(batch.view(0))
         labels = label_distribution(batch, self.task.num_classes)
         target = (1 - self.alpha) * labels + self.alpha * self.memory.read(batch.index, labels)
-        loss = soft_target_ce(logits, target)
+        loss = soft_ce(logits, target)
         self.memory.write(batch.index, F.softmax(logits.detach().float(), dim=-1))
         return StepOutput(loss, {"ce_soft": loss.detach(), "alpha": self.alpha.clone()})
 

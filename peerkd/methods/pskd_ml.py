@@ -41,10 +41,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from peerkd.losses import soft_ce
 from peerkd.methods.base import Method, StepOutput
 from peerkd.methods.registry import register_method
 from peerkd.methods.self_distillation import (PredictionMemory, StageClassifierNet, dmfl_loss, label_distribution,
-                                              progressive_alpha, self_kd_terms, soft_target_ce)
+                                              progressive_alpha, self_kd_terms)
 
 
 @register_method("pskd_ml")
@@ -97,7 +98,7 @@ class PSKDMutualLearning(Method):
         target = labels
         if o.pskd:
             target = (1 - self.alpha) * labels + self.alpha * self.memory.read(batch.index, labels)
-        main = soft_target_ce(logits[-1], target)
+        main = soft_ce(logits[-1], target)
         loss, logs = main, {"ce_main": main.detach()}
         if o.byot:
             self_kd, parts = self_kd_terms(logits, features, target, kl_weight=o.kl_weight,

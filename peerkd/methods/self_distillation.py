@@ -17,16 +17,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from peerkd.losses import kd_kl, mean_probs_logits
+from peerkd.config import ConfigError
+from peerkd.losses import kd_kl, mean_probs_logits, soft_ce
 from peerkd.models import build_model
 
 MEMORY_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _config_error(message: str):
-    from peerkd.config import ConfigError
-
-    return ConfigError(message)
 
 
 # ------------------------------------------------------------------------------------------------ architecture
@@ -80,10 +75,10 @@ class StageClassifierNet(nn.Module):
         try:
             self.backbone = build_model(model, num_classes, **model_options)
         except KeyError as err:
-            raise _config_error(f"method.model: {err.args[0]}") from None
+            raise ConfigError(f"method.model: {err.args[0]}") from None
         stages = len(self.backbone.stages)
         if adapters and stages < 2:
-            raise _config_error(f"method.model: {model} has {stages} stage; self-distillation needs 2 or more")
+            raise ConfigError(f"method.model: {model} has {stages} stage; self-distillation needs 2 or more")
         self.num_classifiers = stages
         self.adapters = nn.ModuleList()
         self.heads = nn.ModuleList()
@@ -161,11 +156,11 @@ class PredictionMemory(nn.Module):
     def __init__(self, num_items: int, num_classes: int, dtype: str = "float32", topk: int = 0):
         super().__init__()
         if num_items <= 0:
-            raise _config_error("PS-KD needs the training-set size (TaskInfo.num_train) for its per-sample memory")
+            raise ConfigError("PS-KD needs the training-set size (TaskInfo.num_train) for its per-sample memory")
         if dtype not in MEMORY_DTYPES:
-            raise _config_error(f"method.memory_dtype: '{dtype}' is not one of {', '.join(MEMORY_DTYPES)}")
+            raise ConfigError(f"method.memory_dtype: '{dtype}' is not one of {', '.join(MEMORY_DTYPES)}")
         if topk < 0:
-            raise _config_error(f"method.memory_topk: must be 0 (dense) or positive, got {topk}")
+            raise ConfigError(f"method.memory_topk: must be 0 (dense) or positive, got {topk}")
         self.num_classes = num_classes
         self.topk = topk if 0 < topk < num_classes else 0
         store = MEMORY_DTYPES[dtype]
@@ -226,11 +221,6 @@ def label_distribution(batch, num_classes: int) -> torch.Tensor:
     return lam * one_hot + (1 - lam) * F.one_hot(batch.y_b, num_classes).float()
 
 
-def soft_target_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``-sum_k target_k log softmax(logits)_k``, batch mean."""
-    return -(target * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
-
-
 def hint_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """``||F_i - F_N||_2^2``: squared Euclidean distance of the pooled feature vectors, batch mean."""
     return (student.float() - teacher.float()).pow(2).sum(-1).mean()
@@ -257,12 +247,12 @@ def self_kd_terms(logits: list[torch.Tensor], features: list[torch.Tensor], targ
         z = logits[i - 1]
         if i == n:
             if include_deepest:
-                ce = soft_target_ce(z, target)
+                ce = soft_ce(z, target)
                 weight = (1 - kl_weight) if deepest_ce_weight is None else deepest_ce_weight
                 total = total + weight * ce
                 logs[f"ce{i}"] = ce.detach()
             continue
-        ce = soft_target_ce(z, target)
+        ce = soft_ce(z, target)
         part = (1 - kl_weight) * ce
         logs[f"ce{i}"] = ce.detach()
         if i in blocks:

@@ -1,4 +1,4 @@
-"""A shared trunk with several branch tails: ``branched(name, split_at=k, branches=m)``.
+"""A shared trunk with several branch tails: ``branched(name, split_at=k, branches=m)``; ``k <= 0`` counts from the end.
 
 The trunk is ``stem + stages[:k]`` of one backbone, each branch is ``stages[k:] + head`` of its own backbone built
 by the same factory (so every branch starts from its own random initialisation). ``export_branch(j)`` gives a plain
@@ -37,8 +37,11 @@ class BranchedNet(nn.Module):
         super().__init__()
         backbones = [build_model(name, num_classes, **model_kwargs) for _ in range(branches)]
         depth = len(backbones[0].stages)
+        if split_at <= 0:  # counted from the end: -1 shares every stage but the last (the ONE / OKDDip / CSS split)
+            split_at += depth
         if not 0 < split_at < depth + 1:
-            raise ValueError(f"split_at must be in 1..{depth} for {name} ({depth} stages), got {split_at}")
+            raise ValueError(f"split_at must be in 1..{depth} (or -{depth - 1}..0 from the end) for {name} "
+                             f"({depth} stages), got {split_at}")
         self.name, self.num_classes, self.split_at, self.model_kwargs = name, num_classes, split_at, model_kwargs
         first = backbones[0]
         self.stem = first.stem

@@ -8,8 +8,6 @@ Registered as ``resnet110_one`` (n = 12) and ``resnet56_one`` (n = 6).
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from peerkd.models.base import Backbone, ClassifierHead
