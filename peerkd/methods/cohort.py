@@ -15,7 +15,9 @@ from torch import nn
 
 from peerkd.losses import mean_probs_logits
 from peerkd.models import build_model
+from peerkd.methods.execution import resolved
 from peerkd.models.fused import FusedCohort, FusionError, fuse, same_architecture
+from peerkd.models.streams import StreamedModels
 
 
 class FusedModels(nn.Module):
@@ -72,9 +74,10 @@ def _member_to_fused_keys(module: FusedModels, state: dict, prefix: str, local_m
         state[f"{prefix}fused.{name}"] = parts[0] if parts[0].dim() == 0 else torch.cat(parts)
 
 
-def build_cohort(names: list[str], num_classes: int, model_options: dict, fuse: bool = False) -> nn.Module:
-    """The members named ``names``: an ``nn.ModuleList``, or with ``fuse`` and identical members a
-    :class:`FusedModels` (a heterogeneous cohort, or one with a module fusion does not know, runs unfused)."""
+def build_cohort(names: list[str], num_classes: int, model_options: dict, fuse: str = "off") -> nn.Module:
+    """The members named ``names``: an ``nn.ModuleList`` (``fuse`` "off"), a :class:`StreamedModels` ("streams") or,
+    with identical members, a :class:`FusedModels` ("on"); a heterogeneous cohort, or one with a module fusion does
+    not know, runs unfused. "auto" is "off" unless the trainer settled it (:mod:`peerkd.methods.execution`)."""
     if not names:
         from peerkd.config import ConfigError
         raise ConfigError("method.models: name at least one model (see `peerkd list models`)")
@@ -83,8 +86,11 @@ def build_cohort(names: list[str], num_classes: int, model_options: dict, fuse: 
     except KeyError as err:
         from peerkd.config import ConfigError
         raise ConfigError(f"method.models: {err.args[0]}") from None
-    if not fuse or len(models) < 2:
+    fuse = resolved(fuse)
+    if fuse == "off" or len(models) < 2:
         return models
+    if fuse == "streams":
+        return StreamedModels(list(models))
     if len(set(names)) > 1 or not same_architecture(list(models)):
         warnings.warn(f"method.fuse: the cohort {names} is not identical; it runs unfused", stacklevel=2)
         return models
@@ -101,6 +107,8 @@ def run_cohort(models: nn.Module, x: torch.Tensor | list[torch.Tensor]) -> list[
     per_member = isinstance(x, (list, tuple)) or x.dim() == 5
     if isinstance(models, FusedModels):
         return list(models(torch.stack(list(x)) if isinstance(x, (list, tuple)) else x).unbind(0))
+    if isinstance(models, StreamedModels):
+        return models.run([x[i] if per_member else x for i in range(len(models))])
     return [model(x[i] if per_member else x) for i, model in enumerate(models)]
 
 

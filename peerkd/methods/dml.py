@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from peerkd.losses import hard_ce, kd_kl
 from peerkd.methods.base import DataRequest, Method, StepOutput
 from peerkd.methods.cohort import build_cohort, cohort_predictions, export_member, peer_keys, run_cohort
+from peerkd.methods.execution import check_fuse
 from peerkd.methods.registry import register_method
 
 
@@ -31,10 +32,11 @@ class DML(Method):
         temperature: float = 3.0  # softening T of both sides of the KL (the CSS/MDE tables' DML setting)
         kl_weight: float = 1.0  # w: weight of the mutual term relative to CE (1 in the paper)
         separate_views: bool = False  # True: each peer sees its own augmentation of the batch (asks N views)
-        fuse: bool = False  # identical peers run as one fused module (grouped convs): same maths, fewer launches
+        fuse: str = "auto"  # identical members: "off", "on" (fused), "streams", "auto" (measured): methods/execution.py
 
     def __init__(self, options, task):
         super().__init__(options, task)
+        check_fuse(options.fuse)
         if len(options.models) < 2:
             from peerkd.config import ConfigError
             raise ConfigError("method.models: DML needs at least two peers")

@@ -13,6 +13,7 @@ import torch
 from peerkd.losses import hard_ce
 from peerkd.methods.base import Method, StepOutput
 from peerkd.methods.cohort import build_cohort, cohort_predictions, export_member, peer_keys, run_cohort
+from peerkd.methods.execution import check_fuse
 from peerkd.methods.registry import register_method
 
 
@@ -24,10 +25,11 @@ class Vanilla(Method):
     class Options:
         models: list[str] = field(default_factory=lambda: ["resnet32"])  # one network, or several independent ones
         model_options: dict = field(default_factory=dict)  # keyword arguments for every model's factory
-        fuse: bool = False  # identical networks run as one fused module (grouped convs): same maths, fewer launches
+        fuse: str = "auto"  # identical members: "off", "on" (fused), "streams", "auto" (measured): methods/execution.py
 
     def __init__(self, options, task):
         super().__init__(options, task)
+        check_fuse(options.fuse)
         self.models = build_cohort(options.models, task.num_classes, options.model_options, fuse=options.fuse)
 
     def forward(self, batch) -> StepOutput:
