@@ -81,7 +81,8 @@ class TrainerConfig:
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16" or "fp32"
     channels_last: str = "auto"  # "auto" (on for CUDA), "on" or "off"
     compile: bool = False  # torch.compile the training step (torch's default mode)
-    fast: bool = False  # CUDA only: graph-captured step, no host sync inside it (peerkd/fast.py); not yet measured
+    fast: str = "auto"  # graph-captured step (peerkd/fast.py): "auto" (on for CUDA, falls back to eager if the
+    # compile/capture fails), "on", "off"; a CPU runs the same step eagerly (nothing to capture)
     fast_mode: str = "compile"  # with fast: "compile" (torch.compile reduce-overhead) or "graph" (one CUDA graph)
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
     log_every: int = 50  # steps between training-log lines (one host sync each)
@@ -300,6 +301,7 @@ def _check_values(config: Config) -> None:
     choose("trainer.channels_last", config.trainer.channels_last, ["auto", "on", "off"])
     choose("trainer.progress", config.trainer.progress, ["auto", "on", "off"])
     choose("trainer.fast_mode", config.trainer.fast_mode, ["compile", "graph"])
+    choose("trainer.fast", config.trainer.fast, ["auto", "on", "off"])
     choose("data.normalize", config.data.normalize, ["dataset", "imagenet", "none"])
     choose("data.mixing", config.data.mixing, ["none", "mixup", "cutmix", "cutnmix"])
     if config.data.mixing_alpha <= 0:

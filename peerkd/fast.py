@@ -18,10 +18,16 @@ Three ways to run the same step function (``mode``):
 - ``"graph"``: capture the whole step (forward, backward, optimiser, log sums) as one CUDA graph after
   ``warmup_steps`` eager steps on a side stream, then replay it with each batch copied into static inputs. CUDA only,
   one process (no DDP), static batch shapes (the device loader drops the last partial batch).
+
+With ``fallback=True`` (the trainer's ``trainer.fast: auto``) a compile or capture that fails on its first use
+warns once and the step goes on eagerly: a run that asked for nothing in particular never dies of the fast path.
+The failed call is repeated eagerly; at worst that step's forward ran twice (BatchNorm's running statistics saw the
+batch twice), nothing else.
 """
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import fields
 from typing import Callable
 
@@ -54,12 +60,14 @@ class FastStep:
         the same graphs without code generation, for quick checks of the capture).
     warmup_steps: eager steps before the capture in ``"graph"`` mode (the optimiser's state and autograd's
         buffers must exist before capture; 3 is what PyTorch's CUDA-graph notes use). They are real training steps.
+    fallback: when the first compiled call or the capture raises, warn and run eagerly from then on (see above).
     """
 
     def __init__(self, module: nn.Module, params: list[nn.Parameter], *, lr: float, momentum: float = 0.9,
                  nesterov: bool = True, weight_decay: float = 5e-4, device: torch.device | str = "cpu",
                  autocast: Callable[[], contextlib.AbstractContextManager] | None = None, mode: str = "eager",
-                 compile_mode: str | None = None, compile_backend: str = "inductor", warmup_steps: int = 3):
+                 compile_mode: str | None = None, compile_backend: str = "inductor", warmup_steps: int = 3,
+                 fallback: bool = False):
         if mode not in ("eager", "compile", "graph"):
             raise ValueError(f"FastStep mode must be 'eager', 'compile' or 'graph', got '{mode}'")
         self.device = torch.device(device)
@@ -75,6 +83,8 @@ class FastStep:
         self.steps_since_drain = torch.zeros((), dtype=torch.float32, device=self.device)
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         self.warmup_steps = warmup_steps
+        self.fallback = fallback
+        self._proven = False  # True once a compiled call or a replay succeeded: later errors are real errors
         self._compiled = (torch.compile(self._train_step, mode=compile_mode, backend=compile_backend)
                           if mode == "compile" else None)
         self._graph: torch.cuda.CUDAGraph | None = None
@@ -123,13 +133,34 @@ class FastStep:
             return
         if self.mode == "eager":
             self._accumulate(*self._train_step(batch))
-        elif self.mode == "compile":
-            self._accumulate(*self._compiled(batch))
-        elif self._calls <= self.warmup_steps:
+        elif self.mode == "graph" and self._calls <= self.warmup_steps:
             with self._side_stream():
                 self._accumulate(*self._train_step(batch))
+        elif self._proven or not self.fallback:
+            self._fast_call(batch)
+            self._proven = True
+        else:
+            try:
+                self._fast_call(batch)
+                self._proven = True
+            except Exception as err:  # noqa: BLE001  (any compiler or capture failure: the eager step still works)
+                self._fall_back(err)
+                self._accumulate(*self._train_step(batch))
+
+    def _fast_call(self, batch: Batch) -> None:
+        if self.mode == "compile":
+            self._accumulate(*self._compiled(batch))
         else:
             self._replay(batch)
+
+    def _fall_back(self, err: Exception) -> None:
+        warnings.warn(f"trainer.fast: the {self.mode} step failed ({type(err).__name__}: {str(err)[:200]}); "
+                      "training goes on with the eager step (set trainer.fast=off to skip the attempt, or report "
+                      "this)", RuntimeWarning, stacklevel=3)
+        if self.mode == "graph":
+            self._graph, self._static = None, {}
+            torch.cuda.synchronize(self.device)
+        self.mode, self._compiled = "eager", None
 
     # -- CUDA graph -------------------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from peerkd.autofuse import choose_execution, should_measure
 from peerkd.config import Config, ConfigError
 from peerkd.data.pipeline import build_loaders
 from peerkd.fast import FastStep
@@ -155,9 +156,10 @@ class Trainer:
         self.train_loader, self.test_loader, self.heldout_loader = loaders.train, loaders.test, loaders.heldout
         self.task = TaskInfo(num_classes=loaders.num_classes, image_size=loaders.image_size,
                              num_train=loaders.num_train, restoring=self.resume)
-        self.method = build_method(cfg.method.name, cfg.method.options, self.task).to(self.device)
-        if self.channels_last:
-            self.method.to(memory_format=torch.channels_last)
+        self.method = self._place(build_method(cfg.method.name, cfg.method.options, self.task))
+        self.execution = None  # method.fuse: auto on CUDA -> the measured choice (peerkd/autofuse.py)
+        if should_measure(cfg.method.options, self.device):
+            self._settle_execution()
         step_module: torch.nn.Module = self.method
         if self.ddp.world > 1:
             step_module = torch.nn.parallel.DistributedDataParallel(
@@ -167,17 +169,48 @@ class Trainer:
         self.step = FastStep(step_module, self.method.trainable_parameters(), lr=cfg.optim.lr,
                              momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
                              weight_decay=cfg.optim.weight_decay, device=self.device, autocast=self.autocast,
-                             mode=mode, compile_mode=compile_mode)
+                             mode=mode, compile_mode=compile_mode, fallback=cfg.trainer.fast == "auto")
         self.optimizer = self.step.optimizer  # checkpoints save and restore this one
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.history: dict = {"best": {}, "last": {}}
 
+    def _place(self, method: torch.nn.Module) -> torch.nn.Module:
+        """``method`` on the run's device, in channels_last when the run uses it."""
+        method = method.to(self.device)
+        return method.to(memory_format=torch.channels_last) if self.channels_last else method
+
+    def _settle_execution(self) -> None:
+        """Measure the method's member executions (off / on / streams) on the first batch; keep the fastest."""
+        cfg = self.config
+        build = lambda options: build_method(cfg.method.name, options, self.task)  # noqa: E731
+        first_batch = next(iter(self.train_loader.epoch(0)))
+        reduce = None
+        if self.ddp.world > 1:
+            def reduce(times: torch.Tensor) -> torch.Tensor:
+                dist.all_reduce(times)
+                return times
+
+        def prepare(candidate: torch.nn.Module) -> torch.nn.Module:
+            candidate = self._place(candidate)
+            candidate.on_epoch_start(0, cfg.schedule.epochs)
+            return candidate
+
+        graph = self._step_mode()[0] == "graph"
+        self.execution = choose_execution(build, cfg.method.options, self.method, first_batch, device=self.device,
+                                          autocast=self.autocast, mode="graph" if graph else "eager",
+                                          lr=cfg.optim.lr, prepare=prepare, reduce=reduce)
+        if self.execution.choice != "off":
+            chosen = self._place(build(dataclasses.replace(cfg.method.options, fuse=self.execution.choice)))
+            chosen.load_state_dict(self.method.state_dict())
+            self.method = chosen
+
     def _step_mode(self) -> tuple[str, str | None]:
         """How the training step runs: eager; ``trainer.compile`` compiles it (torch's default mode);
-        ``trainer.fast`` on CUDA compiles it with CUDA graphs ("reduce-overhead") or, with ``trainer.fast_mode:
-        graph``, captures the whole step as one CUDA graph. On CPU there is nothing to capture: fast runs eagerly."""
+        ``trainer.fast`` (on, or auto on CUDA) compiles it with CUDA graphs ("reduce-overhead") or, with
+        ``trainer.fast_mode: graph``, captures the whole step as one CUDA graph. On CPU there is nothing to capture:
+        fast runs eagerly."""
         tc = self.config.trainer
-        if tc.fast and self.device.type == "cuda":
+        if tc.fast != "off" and self.device.type == "cuda":
             if tc.fast_mode == "graph":
                 if self.ddp.world > 1:
                     raise ConfigError("trainer.fast_mode: graph captures one process's step; use compile under DDP")
@@ -226,6 +259,11 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(self.run_dir))
+        if self.execution is not None:
+            self.log(self.execution.as_record())
+            times = ", ".join(f"{k} {'-' if v is None else f'{v:.1f}'}" for k, v in self.execution.ms_per_step.items())
+            print(f"method.fuse auto: '{self.execution.choice}' (ms per step timed {self.execution.mode}: {times})",
+                  flush=True)
 
     def log(self, record: dict) -> None:
         if not self.ddp.is_main:
@@ -239,7 +277,9 @@ class Trainer:
             elif isinstance(value, dict):
                 for sub, metrics in value.items():
                     for name, number in (metrics.items() if isinstance(metrics, dict) else [("", metrics)]):
-                        self.writer.add_scalar(f"{prefix}/{key}/{sub}/{name}".rstrip("/"), number, self.global_step)
+                        if isinstance(number, (int, float)):  # None: an execution autofuse could not measure
+                            tag = f"{prefix}/{key}/{sub}/{name}".rstrip("/")
+                            self.writer.add_scalar(tag, number, self.global_step)
 
     def _close_logs(self) -> None:
         if self.writer is not None:
