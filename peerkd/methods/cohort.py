@@ -1,7 +1,8 @@
 """Helpers for methods whose members are whole networks (vanilla cohorts, KD students, DML peers, KDCL).
 
-A method builds its members with ``build_cohort(..., fuse=...)`` and runs them with ``run_cohort(models, x)``; it
-never needs to know whether they run as separate modules or as one fused module (:mod:`peerkd.models.fused`). A
+A method builds its members with ``build_cohort(..., fuse=...)`` and runs them with ``run_cohort(models, x)`` (the
+logits) or ``run_cohort_features(models, x)`` (pooled penultimate features and logits); it never needs to know whether
+they run as separate modules, on CUDA streams or as one fused module (:mod:`peerkd.models.fused`). A
 fused cohort (:class:`FusedModels`) keeps the state_dict keys of the plain ``nn.ModuleList`` (``{i}.<name>``), so
 checkpoints load into a method built with or without fusion, and ``export_member`` returns plain models either way.
 """
@@ -39,6 +40,15 @@ class FusedModels(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(P, B, K)`` from one shared input ``(B, C, H, W)`` or one per member ``(P, B, C, H, W)``."""
         return self.fused(x)
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled penultimate features ``(P, B, D)`` and logits ``(P, B, K)``; ``x`` as in :meth:`forward`."""
+        return self.fused.features_and_logits(x)
+
+    @property
+    def feature_width(self) -> int:
+        """D: the width of one member's pooled penultimate vector (its classifier's input)."""
+        return self.fused.head.in_features
 
     def export(self, member: int) -> nn.Module:
         return self.fused.export(member)
@@ -101,15 +111,47 @@ def build_cohort(names: list[str], num_classes: int, model_options: dict, fuse: 
         return models
 
 
+def _fused_input(x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """``x`` as a fused cohort takes it: one shared ``(B, C, H, W)`` or the members' inputs stacked ``(P, B, ...)``."""
+    return torch.stack(list(x)) if isinstance(x, (list, tuple)) else x
+
+
+def _member_inputs(x: torch.Tensor | list[torch.Tensor], count: int) -> list[torch.Tensor]:
+    """Member ``i``'s input for each of ``count`` separate members (``x[i]`` when ``x`` has one per member)."""
+    per_member = isinstance(x, (list, tuple)) or x.dim() == 5
+    return [x[i] if per_member else x for i in range(count)]
+
+
 def run_cohort(models: nn.Module, x: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
     """Every member's logits: ``x`` is one input for all (``(B, C, H, W)``) or one per member (a list, or a tensor
     ``(P, B, C, H, W)``); fused or not, the result is the same list of ``(B, K)`` logits."""
-    per_member = isinstance(x, (list, tuple)) or x.dim() == 5
     if isinstance(models, FusedModels):
-        return list(models(torch.stack(list(x)) if isinstance(x, (list, tuple)) else x).unbind(0))
+        return list(models(_fused_input(x)).unbind(0))
+    inputs = _member_inputs(x, len(models))
     if isinstance(models, StreamedModels):
-        return models.run([x[i] if per_member else x for i in range(len(models))])
-    return [model(x[i] if per_member else x) for i, model in enumerate(models)]
+        return models.run(inputs)
+    return [model(member_x) for model, member_x in zip(models, inputs)]
+
+
+def run_cohort_features(models: nn.Module, x: torch.Tensor | list[torch.Tensor]
+                        ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every member's ``(features, logits)``: its pooled penultimate vector ``(B, D)`` (``head.features``) and its
+    logits ``(B, K)`` from one forward pass (``Backbone.features_and_logits``); ``x`` as in :func:`run_cohort`.
+    For methods that need the features a classifier sees (feature MMD, a classifier over the peers' features)."""
+    if isinstance(models, FusedModels):
+        features, logits = models.features_and_logits(_fused_input(x))
+        return list(zip(features.unbind(0), logits.unbind(0)))
+    inputs = _member_inputs(x, len(models))
+    if isinstance(models, StreamedModels):
+        return models.run(inputs, call=lambda model, member_x: model.features_and_logits(member_x))
+    return [model.features_and_logits(member_x) for model, member_x in zip(models, inputs)]
+
+
+def feature_widths(models: nn.Module) -> list[int]:
+    """Each member's pooled penultimate width D (its ``head.in_features``), fused or not."""
+    if isinstance(models, FusedModels):
+        return [models.feature_width] * len(models)
+    return [model.head.in_features for model in models]
 
 
 def peer_keys(count: int) -> list[str]:

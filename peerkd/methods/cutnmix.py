@@ -38,7 +38,8 @@ Readings where the paper is ambiguous:
   decides).
 
 Predict keys: ``peer{j}``, ``ensemble`` (mean of the peers' probabilities) and ``peer_teacher`` (g on the peers'
-features).
+features). Identical peers may run fused or on CUDA streams (``fuse``, :mod:`peerkd.methods.execution`); the maths,
+checkpoints and exports are those of separate peers.
 """
 from __future__ import annotations
 
@@ -49,7 +50,9 @@ from torch import nn
 
 from peerkd.losses import hard_ce, kd_kl, mean_feature_mmd
 from peerkd.methods.base import DataRequest, Method, StepOutput
-from peerkd.methods.cohort import build_cohort, cohort_predictions, export_member, peer_keys
+from peerkd.methods.cohort import (build_cohort, cohort_predictions, export_member, feature_widths, peer_keys,
+                                   run_cohort_features)
+from peerkd.methods.execution import check_fuse
 from peerkd.methods.registry import register_method
 
 
@@ -72,21 +75,23 @@ class CutnMix(Method):
         detach_targets: bool = True  # targets of L_DML, L_MMD and L_PT carry no gradient (each L^j trains peer j)
         teacher_trains_peers: bool = False  # True: the peer teacher's CE also reaches the peers' features
         dml_tau_squared: bool = True  # L_DML carries tau^2 (eq. 4's objective); False: eq. 8's bare KL of eq. 4
+        fuse: str = "auto"  # identical peers: "off", "on" (fused), "streams", "auto" (measured); execution.py
 
     def __init__(self, options, task):
         super().__init__(options, task)
         from peerkd.config import ConfigError
 
+        check_fuse(options.fuse)
         if len(options.models) < 2:
             raise ConfigError("method.models: CutnMix needs at least two peers")
         if options.mixing not in ("cutnmix", "cutmix", "none"):
             raise ConfigError(f"method.mixing: '{options.mixing}' is not one of cutnmix, cutmix, none")
         if options.mixing == "cutnmix" and not options.separate_views:
             raise ConfigError("method.mixing: cutnmix places one box per peer view; it needs separate_views: true")
-        self.models = build_cohort(options.models, task.num_classes, options.model_options)
+        self.models = build_cohort(options.models, task.num_classes, options.model_options, fuse=options.fuse)
         self.peer_teacher = None
         if options.use_peer_teacher:
-            width = sum(model.head.in_features for model in self.models)
+            width = sum(feature_widths(self.models))
             self.peer_teacher = nn.Linear(width, task.num_classes)  # g over the concatenated peer features
 
     @classmethod
@@ -99,8 +104,8 @@ class CutnMix(Method):
 
     def forward(self, batch) -> StepOutput:
         opts, n = self.options, len(self.models)
-        outputs = [model.features_and_logits(batch.view(j if opts.separate_views else 0))
-                   for j, model in enumerate(self.models)]
+        inputs = [batch.view(j) for j in range(n)] if opts.separate_views else batch.view(0)
+        outputs = run_cohort_features(self.models, inputs)
         features = [f for f, _ in outputs]
         logits = [z for _, z in outputs]
         logs: dict[str, torch.Tensor] = {}
@@ -132,7 +137,7 @@ class CutnMix(Method):
         return StepOutput(total, logs)
 
     def predict(self, x):
-        outputs = [model.features_and_logits(x) for model in self.models]
+        outputs = run_cohort_features(self.models, x)
         out = cohort_predictions([z for _, z in outputs])
         if self.peer_teacher is not None:
             out["peer_teacher"] = self.peer_teacher(torch.cat([f for f, _ in outputs], dim=1))

@@ -22,7 +22,8 @@ Invariant collaborative learning (``icl``, section 3.2): the loader gives m inde
 images and student i sees view i. The rule is then applied to the m students' logits, each on its own view, giving a
 single target shared by every student: the target fuses the students' outputs across the distortions (one forward
 pass per student, as in the paper's Fig. 2 where each network receives its own distorted image ``h(x, eps_i)``).
-Without ``icl`` every student sees the same augmented image (view 0).
+Without ``icl`` every student sees the same augmented image (view 0). Identical students may run fused or on CUDA
+streams (``fuse``, :mod:`peerkd.methods.execution`); the maths, checkpoints and exports are those of separate ones.
 
 Readings where the paper is ambiguous:
   * The target carries no gradient (it is a teacher); every student's CE and KL train that student only.
@@ -51,7 +52,8 @@ from peerkd.data.augment import cutout
 from peerkd.losses import hard_ce, kd_kl_probs
 from peerkd.methods import kdcl_targets as rules
 from peerkd.methods.base import DataRequest, EpochContext, Method, StepOutput
-from peerkd.methods.cohort import build_cohort, cohort_predictions, export_member, peer_keys
+from peerkd.methods.cohort import build_cohort, cohort_predictions, export_member, peer_keys, run_cohort
+from peerkd.methods.execution import check_fuse
 from peerkd.methods.registry import register_method
 
 TARGET_RULES = ("naive", "linear", "minlogit", "general")
@@ -76,11 +78,13 @@ class KDCL(Method):
         heldout_per_class: int = 50  # General: training images per class held out (50 on CIFAR-100, 20 on ImageNet)
         general_constraint: str = "simplex"  # General: "simplex" (w in [0, 1], the text) or "none" (eq. 11 as is)
         cutout: int = 0  # side in pixels of a Cutout square per training image, 0 = off (Table 10 uses 8 on CIFAR)
+        fuse: str = "auto"  # identical students: "off", "on" (fused), "streams", "auto" (measured); execution.py
 
     def __init__(self, options, task):
         super().__init__(options, task)
         from peerkd.config import ConfigError
 
+        check_fuse(options.fuse)
         if len(options.models) < 2:
             raise ConfigError("method.models: KDCL needs at least two students")
         if options.target not in TARGET_RULES:
@@ -95,7 +99,7 @@ class KDCL(Method):
             raise ConfigError("method.heldout_per_class: KDCL-General needs a held-out split (at least 1 per class)")
         if options.cutout < 0:
             raise ConfigError(f"method.cutout: must be 0 (off) or a side in pixels, got {options.cutout}")
-        self.models = build_cohort(options.models, task.num_classes, options.model_options)
+        self.models = build_cohort(options.models, task.num_classes, options.model_options, fuse=options.fuse)
         count = len(options.models)
         self.register_buffer("general_weights", torch.full((count,), 1.0 / count))  # eq. 11's w; equal at start
 
@@ -105,13 +109,14 @@ class KDCL(Method):
                            heldout_per_class=options.heldout_per_class if options.target == "general" else 0)
 
     # -- training ---------------------------------------------------------------------------------------------
-    def _inputs(self, batch) -> list[torch.Tensor]:
-        """The image tensor each student trains on (its own view under ICL), with Cutout applied when asked."""
+    def _inputs(self, batch) -> torch.Tensor | list[torch.Tensor]:
+        """The images the students train on, with Cutout applied when asked: one view per student under ICL (a
+        list), else the one view every student shares (a tensor, as :func:`run_cohort` takes it)."""
         count, side = len(self.models), self.options.cutout
         views = [batch.view(i) for i in range(count)] if self.options.icl else [batch.view(0)]
         if side:
             views = [cutout(x, self._cutout_centres(x), side) for x in views]
-        return views if self.options.icl else views * count
+        return views if self.options.icl else views[0]
 
     @staticmethod
     def _cutout_centres(x: torch.Tensor) -> torch.Tensor:
@@ -141,7 +146,7 @@ class KDCL(Method):
         return torch.softmax(z_t.float() / t, dim=1), logs
 
     def forward(self, batch) -> StepOutput:
-        logits = [model(x) for model, x in zip(self.models, self._inputs(batch))]
+        logits = run_cohort(self.models, self._inputs(batch))
         # the rules run in float32 even under bf16 autocast (Linear's solver would otherwise do bf16 matmuls)
         with torch.no_grad(), torch.autocast(logits[0].device.type, enabled=False):
             target, logs = self.soft_target(torch.stack([z.detach().float() for z in logits]), batch.y)
@@ -173,7 +178,7 @@ class KDCL(Method):
         seen = 0
         for batch in loader:
             with (autocast() if autocast is not None else contextlib.nullcontext()):
-                logits = torch.stack([model(batch.x).float() for model in self.models])
+                logits = torch.stack(run_cohort(self.models, batch.x)).float()
             errors = rules.target_class_errors(logits, batch.y).double()  # (B, m)
             total += errors.t() @ errors
             seen += batch.y.shape[0]
@@ -182,7 +187,7 @@ class KDCL(Method):
 
     # -- evaluation and deployment ------------------------------------------------------------------------------
     def predict(self, x):
-        return cohort_predictions([model(x) for model in self.models])
+        return cohort_predictions(run_cohort(self.models, x))
 
     def diversity_groups(self):
         return {"peers": peer_keys(len(self.models))}

@@ -331,6 +331,16 @@ class FusedCohort(_FusedMembers):
         logits = self.head(self._stacked_stages(x)[-1])  # (B, P*K)
         return logits.view(logits.shape[0], self.copies, -1).transpose(0, 1)
 
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every member's pooled penultimate vector ``(P, B, D)`` and logits ``(P, B, K)`` from one forward pass,
+        as :meth:`Backbone.features_and_logits` per member: the fused head pools the stacked last map into
+        ``(B, P*D)`` (peer-major, so it is the members' vectors concatenated) and its batched classifier gives
+        ``(B, P*K)``; both are returned as per-member views."""
+        last = self._stacked_stages(x)[-1]
+        features, logits = self.head.features(last), self.head(last)
+        return (features.view(features.shape[0], self.copies, -1).transpose(0, 1),
+                logits.view(logits.shape[0], self.copies, -1).transpose(0, 1))
+
     def export(self, member: int) -> Backbone:
         """Member ``member`` as a plain backbone with its trained weights and BatchNorm statistics."""
         if not 0 <= member < self.copies:

@@ -14,6 +14,8 @@ is done with it. On a CPU (or for one member) :meth:`run` calls the members one 
 """
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 from torch import nn
 
@@ -33,24 +35,27 @@ class StreamedModels(nn.ModuleList):
             self._side_streams[device] = streams
         return streams
 
-    def run(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Member ``i`` on ``inputs[i]``; the outputs are ready on the caller's stream when this returns."""
+    def run(self, inputs: list[torch.Tensor], call: Callable[[nn.Module, torch.Tensor], Any] | None = None) -> list:
+        """``call(member i, inputs[i])`` for every member (default: the member's forward); the outputs (a tensor or a
+        tuple of tensors per member) are ready on the caller's stream when this returns."""
         if len(inputs) != len(self):
             raise ValueError(f"StreamedModels.run: {len(self)} members, {len(inputs)} inputs")
+        call = call or (lambda member, x: member(x))
         device = inputs[0].device
         if device.type != "cuda" or len(self) < 2:
-            return [member(x) for member, x in zip(self, inputs)]
+            return [call(member, x) for member, x in zip(self, inputs)]
         caller = torch.cuda.current_stream(device)
         streams = self.side_streams(device)
         outputs = []
         for member, x, stream in zip(self, inputs, streams):
             stream.wait_stream(caller)  # the input (and everything before it) is ready on the side stream
             with torch.cuda.stream(stream):
-                outputs.append(member(x))
+                outputs.append(call(member, x))
             x.record_stream(stream)
         for out, stream in zip(outputs, streams):
             caller.wait_stream(stream)
-            out.record_stream(caller)
+            for tensor in (out if isinstance(out, (tuple, list)) else (out,)):
+                tensor.record_stream(caller)
         return outputs
 
     def forward(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
