@@ -350,7 +350,7 @@ def time_reference(config: Config, task: TaskInfo, data, spec: DataSpec, args, d
     try:
         return measure(step, batches, device, args.warmup, args.steps)
     finally:
-        batches.close()  # ends the epoch iterator and with it the persistent workers
+        batches.close()  # drops the epoch iterator; the loader and its workers go with this frame (release())
 
 
 def fast_step(method, config: Config, device: torch.device, fast_mode: str) -> FastStep:
@@ -471,15 +471,15 @@ FAST_LABELS = ("fast", "fast_fuse_off", "fast_fuse_streams")
 
 def format_row(record: dict) -> str:
     """The printed lines of a row: every column on CUDA; ratios only on CPU; the reason or error where there is one."""
-    name = f"{record['shape']:<24}"
+    name = f"{record['shape']:<24} "
     if "skipped" in record:
-        return f"{name} skipped: {record['skipped']}"
+        return f"{name}skipped: {record['skipped']}"
     if "error" in record:
-        return f"{name} error: {record['error']}"
+        return f"{name}error: {record['error']}"
     paths = [label for label in ("reference", *FAST_LABELS) if label in record]
     if record["device"] == "cpu":
         return name + _cpu_cells(record, paths[1:])
-    header = name + (f" ratio {record['ratio']:.2f}x" if record["ratio"] else " ratio n/a")
+    header = name + (f"ratio {record['ratio']:.2f}x" if record["ratio"] else "ratio n/a")
     return "\n".join([header, *(_cuda_line(record, label) for label in paths)])
 
 
@@ -551,7 +551,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="tiny settings for a CPU smoke run (ResNet-8/14 and an 8-wide ResNet-18, few steps)")
     p.add_argument("--steps", type=int, help="timed steps per path (default 50; 3 with --quick)")
-    p.add_argument("--warmup", type=int, help="untimed first steps per path (default 10: compile, capture; 1 quick)")
+    p.add_argument("--warmup", type=int, help="untimed first steps per path (default 10: compile, capture; 1 quick; "
+                                              "--fast-mode graph captures after 3 eager steps: keep it >= 4)")
     p.add_argument("--batch-size", type=int, help="images per step for every row (default 128, the CIFAR recipe; "
                                                   "16 quick)")
     p.add_argument("--images", type=int, help="synthetic training images (default 50000, CIFAR's; 256 quick)")
