@@ -66,12 +66,14 @@ QUICK_MODELS = {  # --quick: each row's backbone -> (a tiny one of the same fami
 @dataclass(frozen=True)
 class BenchRow:
     """One method to time: ``config`` (a path under ``configs/``) gives its ``method`` section, ``options``
-    replace some of it (e.g. a ResNet-32 backbone for a ResNet-110 config); ``skip`` says why it is not timed."""
+    replace some of it (e.g. a ResNet-32 backbone for a ResNet-110 config); ``skip`` says why it is not timed and
+    ``method`` names the registered method a skipped row stands for."""
 
     name: str
     config: str = ""
     options: dict = field(default_factory=dict)
     skip: str = ""
+    method: str = ""
 
 
 ROWS = (
@@ -79,7 +81,7 @@ ROWS = (
     BenchRow("DML 2xR32", "cifar100/dml_resnet32.yaml"),
     BenchRow("DML 2xR110", "cifar100/dml_resnet110.yaml"),
     BenchRow("KD", skip="needs a trained teacher run (method.teacher_run); its student's step is vanilla's plus "
-                        "one teacher forward"),
+                        "one teacher forward", method="kd"),
     BenchRow("ONE R32x4", "mde/table2/one_resnet32.yaml"),
     BenchRow("CL R32x4", "css/table2/cl_resnet110_4.yaml", {"model": "resnet32"}),
     BenchRow("OKDDip R32x4", "mde/table2/okddip_resnet32.yaml"),
@@ -90,7 +92,7 @@ ROWS = (
     BenchRow("CutnMix-OD 2xR32", "cutnmix/table1/cifar100_cutnmix_resnet32.yaml"),
     BenchRow("CS-KD R32", "cutnmix/table1/cifar100_cskd_resnet32.yaml"),
     BenchRow("Tf-KD reg R32", "cutnmix/tfkd/cifar100_tfkd_reg_resnet32.yaml"),
-    BenchRow("Tf-KD self", skip="needs a trained run of the same network (method.teacher_run)"),
+    BenchRow("Tf-KD self", skip="needs a trained run of the same network (method.teacher_run)", method="tfkd"),
     BenchRow("DDGSD R32", "cutnmix/table1/cifar100_ddgsd_resnet32.yaml"),
     BenchRow("BYOT R18", "pskd/baselines/byot_resnet18.yaml"),
     BenchRow("PS-KD R18", "pskd/baselines/pskd_resnet18.yaml"),
@@ -104,11 +106,11 @@ def select_rows(rows, only: str | None) -> list[BenchRow]:
 
 
 def unbenched_methods(rows) -> list[str]:
-    """Registered methods no row times (new methods appear here until a row is added for them)."""
-    covered = {"kd", "tfkd"}  # skipped rows: their method needs a trained run
+    """Registered methods no row times or skips (new methods appear here until a row is added for them)."""
+    covered = {row.method for row in rows if row.method}
     for row in rows:
         if row.config and (CONFIGS / row.config).is_file():
-            covered.add(str(load_yaml(CONFIGS / row.config).get("method", {}).get("name", "vanilla")))
+            covered.add(str((load_yaml(CONFIGS / row.config).get("method") or {}).get("name", "vanilla")))
     return [name for name in method_names() if name not in covered]
 
 
@@ -126,25 +128,25 @@ def row_config(row: BenchRow, configs: Path, quick: bool) -> Config:
 
 
 def quick_options(options):
-    """``options`` with every backbone named in QUICK_MODELS swapped (``model``, ``models``, ``student``)."""
-    changes, extra = {}, {}
-    for key in ("model", "models", "student"):
+    """``options`` with every backbone named in QUICK_MODELS (in ``model`` or ``models``) swapped for its tiny one,
+    the tiny one's factory keywords added to ``model_options``."""
+    changes, keywords = {}, {}
+    for key in ("model", "models"):
         value = getattr(options, key, None)
-        names = value if isinstance(value, list) else [value]
-        swaps = [QUICK_MODELS.get(name, (name, {})) for name in names if isinstance(name, str)]
-        if not swaps or not isinstance(value, (list, str)):
-            continue
-        changes[key] = [s[0] for s in swaps] if isinstance(value, list) else swaps[0][0]
-        for _, keywords in swaps:
-            extra.update(keywords)
-    if extra and hasattr(options, "model_options"):
-        changes["model_options"] = {**options.model_options, **extra}
+        names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        swaps = [QUICK_MODELS.get(name, (name, {})) for name in names]
+        for _, extra in swaps:
+            keywords.update(extra)
+        if swaps:
+            changes[key] = swaps[0][0] if isinstance(value, str) else [name for name, _ in swaps]
+    if keywords:
+        changes["model_options"] = {**options.model_options, **keywords}
     return dataclasses.replace(options, **changes)
 
 
 def backbones(options) -> list[str]:
     """The backbone names a method's options hold (for the row's record)."""
-    for key in ("models", "model", "student"):
+    for key in ("models", "model"):
         value = getattr(options, key, None)
         if value:
             return list(value) if isinstance(value, list) else [value]
@@ -434,26 +436,31 @@ def time_row(row: BenchRow, data, args, device: torch.device) -> dict:
               "batch_size": args.batch_size}
     if row.skip:
         return dict(record, skipped=row.skip)
-    config, error = attempt(lambda: row_config(row, Path(args.configs), args.quick), device)
+    prepared, error = attempt(lambda: prepare(row, args), device)
     if error:
         return dict(record, error=error)
-    options = config.method.options
+    config, spec = prepared
     task = TaskInfo(num_classes=NUM_CLASSES, image_size=IMAGE_SIZE, num_train=len(data[1]))
-    spec = data_spec(config)
-    record.update(method=config.method.name, models=backbones(options), views=spec.views, mixing=spec.mixing.kind,
-                  class_pairs=spec.class_pairs)
+    record.update(method=config.method.name, models=backbones(config.method.options), views=spec.views,
+                  mixing=spec.mixing.kind, class_pairs=spec.class_pairs)
     flops, error = attempt(lambda: count_step_flops(config, task, data, spec, args.batch_size, device), device)
     record["flops_per_step"] = flops
     if error:
         record["flops_error"] = error
     reference, error = attempt(lambda: time_reference(config, task, data, spec, args, device), device)
     record["reference"] = path_summary(reference, flops, args) if reference else {"error": error}
-    for label, fuse in fast_variants(options, args.fuse_compare):
+    for label, fuse in fast_variants(config.method.options, args.fuse_compare):
         result, error = attempt(lambda fuse=fuse: time_fast(config, task, data, spec, args, device, fuse), device)
         record[label] = dict(path_summary(result[0], flops, args), fuse=fuse, notes=result[1]) if result else {
             "error": error, "fuse": fuse}
     record["ratio"] = ratio(record, "fast")
     return record
+
+
+def prepare(row: BenchRow, args) -> tuple[Config, DataSpec]:
+    """The row's validated config and what its loaders must produce (raises what a broken config raises)."""
+    config = row_config(row, Path(args.configs), args.quick)
+    return config, data_spec(config)
 
 
 def ratio(record: dict, label: str) -> float | None:

@@ -26,14 +26,18 @@ def row(name: str) -> BenchRow:
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
     """One tiny run of three real rows (a fusable cohort, views + CutⁿMix mixing, class pairs) after a row that
-    cannot build and a skipped one; returns the records, the JSON file's rows and the printed text."""
+    cannot build, a skipped one and one whose config is missing; returns the records, the JSON file's rows and the printed text."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     rows = [BenchRow("broken", "cifar100/vanilla_resnet32.yaml", {"models": ["no_such_model"]}),
-            BenchRow("skipped", skip="needs something"),
+            BenchRow("skipped", skip="needs something"), BenchRow("missing", "no/such_config.yaml"),
             row("vanilla R32"), row("CutnMix-OD 2xR32"), row("CS-KD R32")]
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        records = bench.run(bench.parse_args([*TINY, "--fuse-compare", "--out", str(out)]), rows=rows)
+    printed, threads = io.StringIO(), torch.get_num_threads()
+    try:  # one thread: two threads on a busy 2-core machine wait on each other (10x slower steps)
+        with contextlib.redirect_stdout(printed):
+            records = bench.run(bench.parse_args([*TINY, "--fuse-compare", "--threads", "1", "--out", str(out)]),
+                                rows=rows)
+    finally:
+        torch.set_num_threads(threads)  # --threads set it for the whole process
     return {r["shape"]: r for r in records}, json.loads(out.read_text()), printed.getvalue()
 
 
@@ -62,7 +66,7 @@ def test_fuse_compare_times_off_and_streams_for_methods_with_the_option(bench_ru
 def test_json_holds_the_printed_rows(bench_run):
     records, from_json, printed = bench_run
     assert [r["shape"] for r in from_json] == list(records)
-    assert from_json[2]["reference"]["ms_per_step"] == records["vanilla R32"]["reference"]["ms_per_step"]
+    assert from_json[3]["reference"]["ms_per_step"] == records["vanilla R32"]["reference"]["ms_per_step"]
     assert "ratios only" in printed and "fuse streams" in printed
 
 
@@ -72,9 +76,11 @@ def test_a_failing_row_is_reported_and_the_run_goes_on(bench_run):
     assert "no_such_model" in broken["reference"]["error"] and "no_such_model" in broken["fast"]["error"]
     assert broken["ratio"] is None and broken["flops_per_step"] is None
     assert records["skipped"]["skipped"] == "needs something"
+    assert "does not exist" in records["missing"]["error"]
     lines = printed.splitlines()
     assert any(line.startswith("broken") and "reference failed" in line for line in lines)
     assert any(line.startswith("skipped") and "skipped: needs something" in line for line in lines)
+    assert any(line.startswith("missing") and "error: ConfigError" in line for line in lines)
     assert records["CS-KD R32"]["ratio"] > 0  # rows after the failure are still timed
 
 
@@ -107,7 +113,8 @@ def test_every_row_config_validates_and_quick_swaps_backbones():
     byot = bench.row_config(row("BYOT R18"), bench.CONFIGS, quick=True).method.options
     assert byot.model == "resnet18" and byot.model_options["width"] == 8
     assert bench.row_config(row("CL R32x4"), bench.CONFIGS, quick=False).method.options.model == "resnet32"
-    assert bench.unbenched_methods(bench.ROWS) == []  # every registered method has a row (timed or skipped)
+    missing = bench.unbenched_methods(bench.ROWS)
+    assert not missing, f"add a row to peerkd.bench.ROWS for {missing} (timed, or skipped with the reason)"
 
 
 @pytest.mark.parametrize("name", ["CutnMix-OD 2xR32", "CS-KD R32", "PCL R32x3"])
