@@ -1,135 +1,304 @@
-"""``peerkd bench``: the speed of a training step, published-code style against peerkd's fast path, side by side.
+"""``peerkd bench``: the speed of every method's training step, published-code style against peerkd's fast path.
 
-For each cohort shape (vanilla ResNet-32, DML 2 x ResNet-32, DML 2 x ResNet-110, a CSS-shaped pair of ResNet-110s
-with 3 branches each) one process measures:
+Each row is a real method of the registry (``peerkd.methods``) with the options of one of the papers' configs under
+``configs/`` (the row names the file). One process measures, per row:
 
-(a) reference: separate models, eager fp32, a torchvision DataLoader whose CPU workers crop and flip each image
-    (``RandomCrop(32, 4)``, ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize``) from synthetic uint8 data of
-    CIFAR's shape, ``torch.optim.SGD`` with default settings;
-(b) fast: the device loader, identical peers and branch tails fused, and on CUDA bf16 autocast, channels_last and
-    the compiled (or graph-captured) :class:`peerkd.fast.FastStep`; on CPU the fused step, eager fp32.
+(a) reference: the method with ``fuse: "off"`` (separate members), eager fp32, a torchvision DataLoader whose CPU
+    workers crop and flip each image (``RandomCrop(32, 4)``, ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize``)
+    from synthetic uint8 data of CIFAR's shape and yield the Batch fields the method asks for (V independently
+    augmented views, the sample index, a same-class partner image for CS-KD, batch mixing with peerkd's own mixing
+    code), and a plain ``torch.optim.SGD`` step (zero_grad, forward, backward, step);
+(b) fast: the method with ``fuse: "on"`` where its Options has ``fuse``, the device loader, and on CUDA bf16
+    autocast, channels_last and :class:`peerkd.fast.FastStep` compiled (or graph-captured, or eager:
+    ``--fast-mode``); on CPU the same FastStep, eager fp32.
 
-It prints ms per step, seconds per CIFAR epoch (390 steps of 128), images/s, the compile warm-up, peak device memory,
-the ratio (a / b) and the fraction of the device's peak FLOP rate reached (FLOPs counted with
-``torch.utils.flop_counter.FlopCounterMode``; the peak is ``--peak-tflops``). On CPU only the ratio is printed:
-absolute CPU timings say nothing about the GPU runs this harness is for.
+Both paths run what the trainer runs around a step: ``on_epoch_start`` before the timed steps (at a mid-training
+epoch, so ramp-ups and PS-KD's memory are in use), the learning rate set every step, and for the fast path the log
+drain every ``trainer.log_every`` steps. ``on_epoch_end`` (KDCL-General's held-out pass) is per epoch and not timed;
+no images are held out.
+
+It prints ms per step, seconds per CIFAR epoch (50,000 images), images/s, the warm-up (first steps: compilation,
+capture, worker start), peak device memory, the ratio (a / b) and the fraction of the device's peak FLOP rate reached
+(FLOPs of one forward and backward of the method, counted with ``torch.utils.flop_counter.FlopCounterMode``; the
+peak is ``--peak-tflops``). On CPU only the ratio is printed: absolute CPU timings say nothing about the GPU runs this
+harness is for. A row that fails to build or step in one path prints its error and the run goes on.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gc
 import json
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from torch import nn
 
+from peerkd.config import Config, TrainerConfig, build_config, load_yaml
+from peerkd.data import augment
 from peerkd.data.batch import Batch
 from peerkd.data.device_loader import DeviceLoader
+from peerkd.data.mixing import MixingSpec, apply_mixing, sample_step, step_generator
+from peerkd.data.pipeline import mixing_spec, normalization
 from peerkd.fast import FastStep
-from peerkd.losses import hard_ce, kd_kl
-from peerkd.methods.base import StepOutput
-from peerkd.models import branched, build_model
-from peerkd.models.fused import fuse, fuse_branches
+from peerkd.methods import TaskInfo, build_method, method_class, method_names
+from peerkd.methods.execution import has_fuse_option
 
-CIFAR_STEPS_PER_EPOCH = 390  # 50,000 training images in batches of 128, last partial batch dropped
-CIFAR_MEAN, CIFAR_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)  # CIFAR-100's channel statistics
-NUM_CLASSES = 100  # CIFAR-100
-TEMPERATURE = 3.0  # the KL's softening, as in the DML/CSS recipes
+CIFAR_TRAIN_IMAGES = 50_000  # images in a CIFAR training split: an epoch is CIFAR_TRAIN_IMAGES // batch steps
+NUM_CLASSES = 100  # CIFAR-100, the dataset of every row's config
+IMAGE_SIZE = 32  # CIFAR's side, pixels
+LOG_EVERY = TrainerConfig().log_every  # steps between the trainer's log drains (one host sync each)
+ERROR_CHARS = 300  # longest error message kept in a row (characters)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the papers' configs of a source checkout
+QUICK_MODELS = {  # --quick: each row's backbone -> (a tiny one of the same family, factory keywords)
+    "resnet32": ("resnet8", {}),
+    "resnet110": ("resnet14", {}),
+    "resnet18": ("resnet18", {"width": 8}),  # 4-stage CIFAR ResNet-18 with 8-16-32-64 planes instead of 64-512
+}
 
 
-@dataclass
-class Shape:
-    """A cohort to time: ``peers`` networks named ``model``, each with ``branches`` tails (0: a plain network)."""
+# --------------------------------------------------------------------------------------------------------- rows
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One method to time: ``config`` (a path under ``configs/``) gives its ``method`` section, ``options``
+    replace some of it (e.g. a ResNet-32 backbone for a ResNet-110 config); ``skip`` says why it is not timed and
+    ``method`` names the registered method a skipped row stands for."""
 
     name: str
-    model: str
-    peers: int
-    branches: int = 0
-    split_at: int = 2  # branched networks share stem + stages[:split_at] (CSS branches the last stage)
+    config: str = ""
+    options: dict = field(default_factory=dict)
+    skip: str = ""
+    method: str = ""
 
 
-def shapes(quick: bool) -> list[Shape]:
-    """The four shapes of issue 3; ``quick`` swaps in the smallest CIFAR ResNets so a CPU test takes seconds."""
-    small, large = ("resnet8", "resnet14") if quick else ("resnet32", "resnet110")
-    return [Shape(f"vanilla {small}", small, 1), Shape(f"dml 2x{small}", small, 2),
-            Shape(f"dml 2x{large}", large, 2), Shape(f"css-like 2x{large}x3", large, 2, branches=3)]
+ROWS = (
+    BenchRow("vanilla R32", "cifar100/vanilla_resnet32.yaml"),
+    BenchRow("DML 2xR32", "cifar100/dml_resnet32.yaml"),
+    BenchRow("DML 2xR110", "cifar100/dml_resnet110.yaml"),
+    BenchRow("KD", skip="needs a trained teacher run (method.teacher_run); its student's step is vanilla's plus "
+                        "one teacher forward", method="kd"),
+    BenchRow("ONE R32x4", "mde/table2/one_resnet32.yaml"),
+    BenchRow("CL R32x4", "css/table2/cl_resnet110_4.yaml", {"model": "resnet32"}),
+    BenchRow("OKDDip R32x4", "mde/table2/okddip_resnet32.yaml"),
+    BenchRow("MDE R32x4", "mde/table2/mde_resnet32.yaml"),
+    BenchRow("CSS 2xR110x3", "css/table1/css_resnet110.yaml"),
+    BenchRow("PCL R32x3", "css/table1/pcl_resnet110.yaml", {"model": "resnet32"}),
+    BenchRow("KDCL 2xR32 general+ICL", "cutnmix/table1/cifar100_kdcl_resnet32.yaml"),
+    BenchRow("CutnMix-OD 2xR32", "cutnmix/table1/cifar100_cutnmix_resnet32.yaml"),
+    BenchRow("CS-KD R32", "cutnmix/table1/cifar100_cskd_resnet32.yaml"),
+    BenchRow("Tf-KD reg R32", "cutnmix/tfkd/cifar100_tfkd_reg_resnet32.yaml"),
+    BenchRow("Tf-KD self", skip="needs a trained run of the same network (method.teacher_run)", method="tfkd"),
+    BenchRow("DDGSD R32", "cutnmix/table1/cifar100_ddgsd_resnet32.yaml"),
+    BenchRow("BYOT R18", "pskd/baselines/byot_resnet18.yaml"),
+    BenchRow("PS-KD R18", "pskd/baselines/pskd_resnet18.yaml"),
+    BenchRow("PS-KD+BYOT+DMFL R18", "pskd/table1/resnet18_pskd_byot_dmfl.yaml"),
+)
 
 
-class CohortStep(nn.Module):
-    """The step's loss for a cohort of networks: CE on every output plus, for two or more outputs, each output's
-    KL to the detached mean of all outputs' logits (the launch pattern of DML / CSS; not either paper's loss)."""
-
-    def __init__(self, networks: nn.ModuleList, fused: bool):
-        super().__init__()
-        self.networks, self.fused = networks, fused
-
-    def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
-        logits = []
-        for net in self.networks:
-            out = net(x)
-            logits.extend(out.unbind(0) if isinstance(out, torch.Tensor) and out.dim() == 3 else
-                          (out if isinstance(out, list) else [out]))
-        return logits
-
-    def forward(self, batch: Batch) -> StepOutput:
-        logits = self.outputs(batch.x)
-        loss = sum(hard_ce(z, batch) for z in logits)
-        if len(logits) > 1:
-            target = torch.stack(logits).mean(0).detach()
-            loss = loss + sum(kd_kl(z, target, TEMPERATURE) for z in logits) / len(logits)
-        return StepOutput(loss)
+def select_rows(rows, only: str | None) -> list[BenchRow]:
+    """The rows whose name contains ``only`` (case-insensitive); all rows without it."""
+    return [row for row in rows if not only or only.lower() in row.name.lower()]
 
 
-def build_networks(shape: Shape, fused: bool) -> nn.ModuleList:
-    """Separate networks (``fused=False``) or peerkd's fused form: peers in one FusedCohort, branch tails fused."""
-    if shape.branches:
-        nets = [branched(shape.model, NUM_CLASSES, split_at=shape.split_at, branches=shape.branches)
-                for _ in range(shape.peers)]
-        return nn.ModuleList([fuse_branches(n) for n in nets] if fused else nets)
-    models = [build_model(shape.model, NUM_CLASSES) for _ in range(shape.peers)]
-    return nn.ModuleList([fuse(models)] if fused and shape.peers > 1 else models)
+def unbenched_methods(rows) -> list[str]:
+    """Registered methods no row times or skips (new methods appear here until a row is added for them)."""
+    covered = {row.method for row in rows if row.method}
+    for row in rows:
+        if row.config and (CONFIGS / row.config).is_file():
+            covered.add(str((load_yaml(CONFIGS / row.config).get("method") or {}).get("name", "vanilla")))
+    return [name for name in method_names() if name not in covered]
 
 
-# ------------------------------------------------------------------------------------------------------- data
+# ----------------------------------------------------------------------------------------------------- building
 
-class _UInt8Images(torch.utils.data.Dataset):
-    """CIFAR's storage: uint8 HWC arrays turned into PIL images per item, as torchvision's CIFAR datasets do."""
+def row_config(row: BenchRow, configs: Path, quick: bool) -> Config:
+    """The row's config file with the row's option replacements, validated like ``peerkd train`` does; with
+    ``quick`` its backbones swapped for tiny ones (QUICK_MODELS)."""
+    tree = load_yaml(configs / row.config)
+    tree["method"] = {**(tree.get("method") or {}), **row.options}
+    config = build_config(tree)
+    if quick:
+        config.method.options = quick_options(config.method.options)
+    return config
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
+
+def quick_options(options):
+    """``options`` with every backbone named in QUICK_MODELS (in ``model`` or ``models``) swapped for its tiny one,
+    the tiny one's factory keywords added to ``model_options``."""
+    changes, keywords = {}, {}
+    for key in ("model", "models"):
+        value = getattr(options, key, None)
+        names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        swaps = [QUICK_MODELS.get(name, (name, {})) for name in names]
+        for _, extra in swaps:
+            keywords.update(extra)
+        if swaps:
+            changes[key] = swaps[0][0] if isinstance(value, str) else [name for name, _ in swaps]
+    if keywords:
+        changes["model_options"] = {**options.model_options, **keywords}
+    return dataclasses.replace(options, **changes)
+
+
+def backbones(options) -> list[str]:
+    """The backbone names a method's options hold (for the row's record)."""
+    for key in ("models", "model"):
+        value = getattr(options, key, None)
+        if value:
+            return list(value) if isinstance(value, list) else [value]
+    return []
+
+
+def with_fuse(options, fuse: str):
+    """``options`` with ``fuse`` set where the method has that option (detected, not listed); else unchanged."""
+    return dataclasses.replace(options, fuse=fuse) if has_fuse_option(options) else options
+
+
+def build_for_path(config: Config, options, task: TaskInfo, device: torch.device, channels_last: bool):
+    """The method as the trainer builds it (seeded, on the device, train mode), and the warnings building raised
+    (e.g. a cohort that cannot fuse and runs unfused)."""
+    torch.manual_seed(config.seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        method = build_method(config.method.name, options, task).to(device)
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+    epochs = config.schedule.epochs
+    method.on_epoch_start(epochs // 2, epochs)  # mid-training: ramp-ups at weight, PS-KD's memory read
+    method.train()
+    return method, [str(w.message) for w in caught]
+
+
+# --------------------------------------------------------------------------------------------------------- data
+
+@dataclass
+class DataSpec:
+    """What both paths' loaders produce for a method: from its DataRequest and its config's data section."""
+
+    views: int
+    class_pairs: bool
+    mixing: MixingSpec
+    mean: tuple
+    std: tuple
+    crop_padding: int
+    flip: bool
+    seed: int
+
+
+def data_spec(config: Config) -> DataSpec:
+    request = method_class(config.method.name).data_request(config.method.options)
+    mean, std = normalization(config.data, augment.CIFAR100_MEAN, augment.CIFAR100_STD)
+    return DataSpec(request.views, request.class_pairs, mixing_spec(config.data, request), tuple(mean), tuple(std),
+                    config.data.crop_padding, config.data.flip, config.seed)
+
+
+def synthetic_cifar(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` random uint8 HWC images of CIFAR's shape and random CIFAR-100 labels (timing needs no content)."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    return images, rng.integers(0, NUM_CLASSES, count).astype(np.int64)
+
+
+class ReferenceImages(torch.utils.data.Dataset):
+    """CIFAR's storage (uint8 HWC arrays made PIL images per item, as torchvision's CIFAR datasets do), with
+    ``views`` independent augmentations per image and, for class pairs, one augmented same-class partner."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform, views: int, class_pairs: bool):
         self.images, self.labels, self.transform = images, labels, transform
+        self.views, self.class_pairs = views, class_pairs
+        self.rows_of_class = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i):
+    def _image(self, i: int):
         from PIL import Image
 
-        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+        return Image.fromarray(self.images[i])
+
+    def partner(self, i: int) -> int:
+        """Another row of ``i``'s class, uniformly (``i`` itself when its class has one row); torch's RNG, which
+        the DataLoader seeds per worker."""
+        rows = self.rows_of_class[self.labels[i]]
+        others = rows[rows != i]
+        return int(others[torch.randint(len(others), ()).item()]) if len(others) else i
+
+    def __getitem__(self, i: int) -> dict:
+        image = self._image(i)
+        sample = {"views": [self.transform(image) for _ in range(self.views)], "y": int(self.labels[i]), "index": i}
+        if self.class_pairs:
+            j = self.partner(i)
+            sample["pair_x"], sample["pair_index"] = self.transform(self._image(j)), j
+        return sample
 
 
-def reference_loader(images, labels, batch_size: int, workers: int, pin_memory: bool):
+def reference_loader(images, labels, spec: DataSpec, batch_size: int, workers: int, pin_memory: bool):
+    """The published-code loader: a shuffled torchvision-transform DataLoader with ``workers`` CPU processes."""
     from torchvision import transforms
 
-    transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                    transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
-    return torch.utils.data.DataLoader(_UInt8Images(images, labels, transform), batch_size=batch_size, shuffle=True,
-                                       num_workers=workers, drop_last=True, pin_memory=pin_memory,
-                                       persistent_workers=workers > 0)
+    steps = [transforms.RandomCrop(IMAGE_SIZE, padding=spec.crop_padding)] if spec.crop_padding else []
+    steps += [transforms.RandomHorizontalFlip()] if spec.flip else []
+    steps += [transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)]
+    dataset = ReferenceImages(images, labels, transforms.Compose(steps), spec.views, spec.class_pairs)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                       drop_last=True, pin_memory=pin_memory, persistent_workers=workers > 0)
 
 
-def _forever(make_iter):
+def to_batch(sample: dict, device: torch.device) -> Batch:
+    """A collated reference sample as the Batch the device loader would give (views stacked ``(V, B, C, H, W)``)."""
+    move = (lambda t: t.to(device, non_blocking=True))
+    views = [move(v) for v in sample["views"]]
+    batch = Batch(x=views[0] if len(views) == 1 else torch.stack(views), y=move(sample["y"]),
+                  index=move(sample["index"]))
+    if "pair_x" in sample:
+        batch.pair_x, batch.pair_index = move(sample["pair_x"]), move(sample["pair_index"])
+    return batch
+
+
+def mix_batch(batch: Batch, spec: MixingSpec, seed: int, step: int) -> Batch:
+    """Batch mixing with peerkd's own numbers and tensor ops (what the device loader does per step)."""
+    size, views = batch.y.shape[0], batch.views
+    draw = sample_step(spec, step_generator(seed, 0, step), size, views, IMAGE_SIZE, IMAGE_SIZE)
+    device = batch.x.device
+    partner = torch.as_tensor(draw.partner, dtype=torch.int64).to(device)
+    lam = torch.tensor(draw.lam, dtype=torch.float32).to(device)
+    boxes = torch.as_tensor(draw.boxes, dtype=torch.int64).to(device)
+    batch.x, batch.y_b, batch.lam = apply_mixing(spec.kind, batch.x, batch.y, partner, lam, boxes)
+    return batch
+
+
+def reference_batches(loader, spec: DataSpec, device: torch.device) -> Iterator[Batch]:
+    """Endless batches of the reference loader on the device, epoch after epoch, mixed where the method asks."""
+    step = 0
     while True:
-        yield from make_iter()
+        for sample in loader:
+            batch = to_batch(sample, device)
+            yield mix_batch(batch, spec.mixing, spec.seed, step) if spec.mixing.active else batch
+            step += 1
 
 
-# ---------------------------------------------------------------------------------------------------- timing
+def device_batches(images, labels, spec: DataSpec, batch_size: int, device: torch.device,
+                   channels_last: bool) -> Iterator[Batch]:
+    """Endless batches of peerkd's device loader (data on the device, batched crop/flip/mixing/pairs)."""
+    loader = DeviceLoader(images, labels, batch_size=batch_size, mean=spec.mean, std=spec.std, device=device,
+                          seed=spec.seed, views=spec.views, crop_padding=spec.crop_padding, flip=spec.flip,
+                          channels_last=channels_last, mixing=spec.mixing, class_pairs=spec.class_pairs)
+    epoch = 0
+    while True:
+        yield from loader.epoch(epoch)
+        epoch += 1
+
+
+# ------------------------------------------------------------------------------------------------------- timing
 
 @dataclass
 class Timing:
     ms_per_step: float
-    warmup_s: float  # the first steps (compilation, graph capture, cuDNN autotuning), not in ms_per_step
+    warmup_s: float  # the first steps (compilation, graph capture, cuDNN autotuning, worker start): not in ms_per_step
     peak_memory_mb: float | None
 
 
@@ -138,7 +307,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _measure(step, batches, device: torch.device, warmup: int, steps: int) -> Timing:
+def release(device: torch.device) -> None:
+    """Free what the last path left (its models, optimiser state, compiled graphs) before the next one."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def measure(step: Callable[[Batch], None], batches: Iterator[Batch], device: torch.device, warmup: int,
+            steps: int) -> Timing:
+    """Run ``warmup`` untimed then ``steps`` timed calls of ``step`` on the next batches (data time included)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     tick = time.perf_counter()
@@ -155,113 +333,254 @@ def _measure(step, batches, device: torch.device, warmup: int, steps: int) -> Ti
     return Timing(1000 * elapsed / steps, warm, peak)
 
 
-def time_reference(shape: Shape, images, labels, args, device: torch.device) -> Timing:
-    module = CohortStep(build_networks(shape, fused=False), fused=False).to(device).train()
-    optimizer = torch.optim.SGD(module.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    loader = reference_loader(images, labels, args.batch_size, args.workers, device.type == "cuda")
+def time_reference(config: Config, task: TaskInfo, data, spec: DataSpec, args, device: torch.device) -> Timing:
+    """Path (a): separate members, eager fp32, the DataLoader of published code, plain ``torch.optim.SGD``."""
+    method, _ = build_for_path(config, with_fuse(config.method.options, "off"), task, device, channels_last=False)
+    optim = config.optim
+    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=optim.lr, momentum=optim.momentum,
+                                nesterov=optim.nesterov, weight_decay=optim.weight_decay)
+    loader = reference_loader(*data, spec, args.batch_size, args.workers, pin_memory=device.type == "cuda")
 
-    def step(item):
-        x, y = item
-        batch = Batch(x=x.to(device, non_blocking=True), y=y.to(device, non_blocking=True), index=y)
-        out = module(batch)
+    def step(batch: Batch) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = optim.lr  # the trainer sets the scheduled rate every step
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        method(batch).loss.backward()
         optimizer.step()
 
-    return _measure(step, _forever(lambda: iter(loader)), device, args.warmup, args.steps)
+    batches = reference_batches(loader, spec, device)
+    try:
+        return measure(step, batches, device, args.warmup, args.steps)
+    finally:
+        batches.close()  # drops the epoch iterator; the loader and its workers go with this frame (release())
 
 
-def time_fast(shape: Shape, images, labels, args, device: torch.device) -> Timing:
+def fast_step(method, config: Config, device: torch.device, fast_mode: str) -> FastStep:
+    """The trainer's FastStep for ``method``: bf16 autocast and ``fast_mode`` on CUDA, eager fp32 elsewhere."""
     on_cuda = device.type == "cuda"
-    module = CohortStep(build_networks(shape, fused=True), fused=True).to(device).train()
-    if on_cuda:
-        module.to(memory_format=torch.channels_last)
-    loader = DeviceLoader(images, labels, batch_size=args.batch_size, mean=CIFAR_MEAN, std=CIFAR_STD, device=device,
-                          channels_last=on_cuda)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda else None
-    mode = args.fast_mode if on_cuda else "eager"
-    fast = FastStep(module, list(module.parameters()), lr=0.1, device=device, autocast=autocast, mode=mode,
-                    compile_mode="reduce-overhead" if mode == "compile" else None)
-    epochs = iter(range(10**9))
-    return _measure(fast, _forever(lambda: loader.epoch(next(epochs))), device, args.warmup, args.steps)
+    mode = fast_mode if on_cuda else "eager"
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if on_cuda else None
+    if mode == "compile":
+        torch._dynamo.reset()  # every FastStep compiles the same function: a fresh cache per row, no recompile limit
+    optim = config.optim
+    return FastStep(method, method.trainable_parameters(), lr=optim.lr, momentum=optim.momentum,
+                    nesterov=optim.nesterov, weight_decay=optim.weight_decay, device=device, autocast=autocast,
+                    mode=mode, compile_mode="reduce-overhead" if mode == "compile" else None)
 
 
-def count_step_flops(shape: Shape, batch_size: int) -> int:
-    """FLOPs of one forward and backward of the cohort (the same for fused and separate networks)."""
+def time_fast(config: Config, task: TaskInfo, data, spec: DataSpec, args, device: torch.device,
+              fuse: str = "on") -> tuple[Timing, list[str]]:
+    """Path (b): the method with ``fuse`` (where it has the option), the device loader, FastStep; returns the timing
+    and the warnings its build raised."""
+    channels_last = device.type == "cuda"
+    options = with_fuse(config.method.options, fuse)
+    method, notes = build_for_path(config, options, task, device, channels_last)
+    step_fn = fast_step(method, config, device, args.fast_mode)
+    calls = iter(range(1, 2**62))
+
+    def step(batch: Batch) -> None:
+        step_fn.set_lr(config.optim.lr)
+        step_fn(batch)
+        if next(calls) % LOG_EVERY == 0:
+            step_fn.drain_logs()  # the trainer's one host sync per log interval
+
+    batches = device_batches(*data, spec, args.batch_size, device, channels_last)
+    return measure(step, batches, device, args.warmup, args.steps), notes
+
+
+def count_step_flops(config: Config, task: TaskInfo, data, spec: DataSpec, batch_size: int,
+                     device: torch.device) -> int:
+    """FLOPs of one forward and backward of the method (separate members, fp32; fusing does not change them)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    module = CohortStep(build_networks(shape, fused=False), fused=False).train()
-    batch = Batch(x=torch.randn(batch_size, 3, 32, 32), y=torch.zeros(batch_size, dtype=torch.int64),
-                  index=torch.zeros(batch_size, dtype=torch.int64))
+    method, _ = build_for_path(config, with_fuse(config.method.options, "off"), task, device, channels_last=False)
+    batch = next(device_batches(*data, spec, batch_size, device, channels_last=False))
     with FlopCounterMode(display=False) as counter:
-        module(batch).loss.backward()
+        method(batch).loss.backward()
     return counter.get_total_flops()
 
 
-# ------------------------------------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------------------------------------- rows
 
-def run(args) -> list[dict]:
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (args.images, 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, NUM_CLASSES, args.images).astype(np.int64)
-    rows = []
-    for shape in shapes(args.quick):
-        if args.only and args.only not in shape.name:
-            continue
-        torch.manual_seed(0)
-        reference = time_reference(shape, images, labels, args, device)
-        fast = time_fast(shape, images, labels, args, device)
-        flops = count_step_flops(shape, args.batch_size)
-        row = {"shape": shape.name, "device": str(device), "batch_size": args.batch_size, "flops_per_step": flops,
-               "ratio": reference.ms_per_step / fast.ms_per_step}
-        for label, timing in (("reference", reference), ("fast", fast)):
-            row[label] = dict(asdict(timing), s_per_epoch=timing.ms_per_step * CIFAR_STEPS_PER_EPOCH / 1000,
-                              images_per_s=1000 * args.batch_size / timing.ms_per_step,
-                              peak_fraction=(flops / (timing.ms_per_step / 1000) / (args.peak_tflops * 1e12)
-                                             if args.peak_tflops else None))
-        rows.append(row)
-        print(format_row(row), flush=True)
+def attempt(fn: Callable, device: torch.device):
+    """``(fn(), None)``, or ``(None, "Type: message")`` when it raises: one path's failure never ends the run."""
+    try:
+        return fn(), None
+    except Exception as err:  # noqa: BLE001  (any failure of a method belongs in its row)
+        return None, f"{type(err).__name__}: {err}"[:ERROR_CHARS]
+    finally:
+        release(device)
+
+
+def path_summary(timing: Timing, flops: int | None, args) -> dict:
+    """A path's timing with the derived columns: s per CIFAR epoch, images/s, fraction of the peak FLOP rate."""
+    seconds = timing.ms_per_step / 1000
+    steps_per_epoch = CIFAR_TRAIN_IMAGES // args.batch_size
+    fraction = flops / seconds / (args.peak_tflops * 1e12) if args.peak_tflops and flops else None
+    return dict(asdict(timing), s_per_epoch=seconds * steps_per_epoch, images_per_s=args.batch_size / seconds,
+                peak_fraction=fraction)
+
+
+def fast_variants(options, fuse_compare: bool) -> list[tuple[str, str]]:
+    """The fast-path runs of a row as ``(label, fuse)``: fused, and with ``--fuse-compare`` also "off" and
+    "streams", for methods with the fuse option."""
+    if not has_fuse_option(options):
+        return [("fast", "n/a")]
+    extra = [("fast_fuse_off", "off"), ("fast_fuse_streams", "streams")] if fuse_compare else []
+    return [("fast", "on"), *extra]
+
+
+def time_row(row: BenchRow, data, args, device: torch.device) -> dict:
+    """Every measurement of one row; failures are recorded as ``error`` entries, never raised."""
+    record = {"shape": row.name, "config": f"configs/{row.config}" if row.config else None, "device": str(device),
+              "batch_size": args.batch_size}
+    if row.skip:
+        return dict(record, skipped=row.skip)
+    prepared, error = attempt(lambda: prepare(row, args), device)
+    if error:
+        return dict(record, error=error)
+    config, spec = prepared
+    task = TaskInfo(num_classes=NUM_CLASSES, image_size=IMAGE_SIZE, num_train=len(data[1]))
+    record.update(method=config.method.name, models=backbones(config.method.options), views=spec.views,
+                  mixing=spec.mixing.kind, class_pairs=spec.class_pairs)
+    flops, error = attempt(lambda: count_step_flops(config, task, data, spec, args.batch_size, device), device)
+    record["flops_per_step"] = flops
+    if error:
+        record["flops_error"] = error
+    reference, error = attempt(lambda: time_reference(config, task, data, spec, args, device), device)
+    record["reference"] = path_summary(reference, flops, args) if reference else {"error": error}
+    for label, fuse in fast_variants(config.method.options, args.fuse_compare):
+        result, error = attempt(lambda fuse=fuse: time_fast(config, task, data, spec, args, device, fuse), device)
+        record[label] = dict(path_summary(result[0], flops, args), fuse=fuse, notes=result[1]) if result else {
+            "error": error, "fuse": fuse}
+    record["ratio"] = ratio(record, "fast")
+    return record
+
+
+def prepare(row: BenchRow, args) -> tuple[Config, DataSpec]:
+    """The row's validated config and what its loaders must produce (raises what a broken config raises)."""
+    config = row_config(row, Path(args.configs), args.quick)
+    return config, data_spec(config)
+
+
+def ratio(record: dict, label: str) -> float | None:
+    """Reference ms/step over the ``label`` path's (> 1: the fast path is faster); None when either failed."""
+    reference, other = record.get("reference", {}), record.get(label, {})
+    if "ms_per_step" not in reference or "ms_per_step" not in other:
+        return None
+    return reference["ms_per_step"] / other["ms_per_step"]
+
+
+# ------------------------------------------------------------------------------------------------------- output
+
+FAST_LABELS = ("fast", "fast_fuse_off", "fast_fuse_streams")
+
+
+def format_row(record: dict) -> str:
+    """The printed lines of a row: every column on CUDA; ratios only on CPU; the reason or error where there is one."""
+    name = f"{record['shape']:<24} "
+    if "skipped" in record:
+        return f"{name}skipped: {record['skipped']}"
+    if "error" in record:
+        return f"{name}error: {record['error']}"
+    paths = [label for label in ("reference", *FAST_LABELS) if label in record]
+    if record["device"] == "cpu":
+        return name + _cpu_cells(record, paths[1:])
+    header = name + (f"ratio {record['ratio']:.2f}x" if record["ratio"] else "ratio n/a")
+    return "\n".join([header, *(_cuda_line(record, label) for label in paths)])
+
+
+def _cpu_cells(record: dict, labels: list[str]) -> str:
+    """CPU: each fast variant's ratio to the reference, or what failed."""
+    if "error" in record["reference"]:
+        return f"reference failed: {record['reference']['error']}"
+    cells = []
+    for label in labels:
+        tag = "fast" if label == "fast" else label.replace("fast_", "").replace("_", " ")
+        path = record[label]
+        cells.append(f"{tag} failed: {path['error']}" if "error" in path else f"{tag} {ratio(record, label):.2f}x")
+    return f"speed-up over the reference: {', '.join(cells)} (CPU: ratios only)"
+
+
+def _cuda_line(record: dict, label: str) -> str:
+    t = record[label]
+    fuse = f" [fuse {t['fuse']}]" if "fuse" in t else ""
+    if "error" in t:
+        return f"  {label:<17} failed{fuse}: {t['error']}"
+    peak = "" if t["peak_fraction"] is None else f", {100 * t['peak_fraction']:.1f}% of peak"
+    memory = "" if t["peak_memory_mb"] is None else f", {t['peak_memory_mb']:.0f} MiB"
+    return (f"  {label:<17} {t['ms_per_step']:7.2f} ms/step  {t['s_per_epoch']:6.1f} s/epoch  "
+            f"{t['images_per_s']:8.0f} img/s  warm-up {t['warmup_s']:.1f} s{memory}{peak}{fuse}")
+
+
+def list_rows(rows) -> str:
+    """The table of rows (``--list``): name, config, option replacements or why it is skipped."""
+    lines = []
+    for row in rows:
+        what = f"skipped: {row.skip}" if row.skip else f"configs/{row.config}" + (
+            f" with {row.options}" if row.options else "")
+        lines.append(f"{row.name:<24} {what}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------- main
+
+def resolve_device(name: str) -> torch.device:
+    return torch.device(name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def run(args, rows=ROWS) -> list[dict]:
+    """Time every selected row, print each as it finishes, write the JSON; returns the records."""
+    selected = select_rows(rows, args.only)
+    if args.list:
+        print(list_rows(selected))
+        return []
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    data = synthetic_cifar(args.images)
+    records = []
+    for row in selected:
+        record = time_row(row, data, args, device)
+        records.append(record)
+        print(format_row(record), flush=True)
+    missing = unbenched_methods(rows) if rows is ROWS and not args.only else []
+    if missing:
+        print(f"registered methods without a bench row: {', '.join(missing)}")
     if args.out:
-        with open(args.out, "w") as file:
-            json.dump(rows, file, indent=2)
-    return rows
-
-
-def format_row(row: dict) -> str:
-    if row["device"] == "cpu":
-        return f"{row['shape']:<24} fast is {row['ratio']:.2f}x the reference (CPU: ratios only)"
-    parts = [f"{row['shape']:<24} ratio {row['ratio']:.2f}x"]
-    for label in ("reference", "fast"):
-        t = row[label]
-        peak = "" if t["peak_fraction"] is None else f", {100 * t['peak_fraction']:.1f}% of peak"
-        memory = "" if t["peak_memory_mb"] is None else f", {t['peak_memory_mb']:.0f} MiB"
-        parts.append(f"  {label:<9} {t['ms_per_step']:7.2f} ms/step  {t['s_per_epoch']:6.1f} s/epoch  "
-                     f"{t['images_per_s']:8.0f} img/s  warm-up {t['warmup_s']:.1f} s{memory}{peak}")
-    return "\n".join(parts)
+        Path(args.out).write_text(json.dumps(records, indent=2))
+    return records
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="peerkd bench", description=__doc__.split("\n")[0])
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if present)")
-    p.add_argument("--quick", action="store_true", help="tiny settings for a CPU smoke run (small models, few steps)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny settings for a CPU smoke run (ResNet-8/14 and an 8-wide ResNet-18, few steps)")
     p.add_argument("--steps", type=int, help="timed steps per path (default 50; 3 with --quick)")
-    p.add_argument("--warmup", type=int, help="untimed first steps per path (default 10: compile, capture; 1 quick)")
-    p.add_argument("--batch-size", type=int, help="images per step (default 128, the CIFAR recipe; 16 quick)")
+    p.add_argument("--warmup", type=int, help="untimed first steps per path (default 10: compile, capture; 1 quick; "
+                                              "--fast-mode graph captures after 3 eager steps: keep it >= 4)")
+    p.add_argument("--batch-size", type=int, help="images per step for every row (default 128, the CIFAR recipe; "
+                                                  "16 quick)")
     p.add_argument("--images", type=int, help="synthetic training images (default 50000, CIFAR's; 256 quick)")
     p.add_argument("--workers", type=int, help="reference DataLoader workers (default 4, as published code; 0 quick)")
     p.add_argument("--fast-mode", default="compile", choices=["compile", "graph", "eager"],
                    help="CUDA fast path: torch.compile reduce-overhead, one captured CUDA graph, or eager")
+    p.add_argument("--fuse-compare", action="store_true",
+                   help="also time the fast path with fuse off and streams (methods with the fuse option)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's peak TFLOP/s for the fraction column (H100 SXM: 989 dense bf16, 67 fp32)")
-    p.add_argument("--only", help="run only shapes whose name contains this text")
+    p.add_argument("--only", help="run only rows whose name contains this text (case-insensitive)")
+    p.add_argument("--list", action="store_true", help="print the rows and their configs, time nothing")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 keeps torch's default)")
+    p.add_argument("--configs", default=str(CONFIGS), help="folder of the papers' configs (default: the checkout's)")
     p.add_argument("--out", help="write the rows as JSON here")
     return p
 
 
 def parse_args(argv: list[str] | None = None):
     args = parser().parse_args(argv)
-    quick_or_full = {"steps": (3, 50), "warmup": (1, 10), "batch_size": (16, 128), "images": (256, 50000),
+    quick_or_full = {"steps": (3, 50), "warmup": (1, 10), "batch_size": (16, 128), "images": (256, CIFAR_TRAIN_IMAGES),
                      "workers": (0, 4)}
     for name, (quick, full) in quick_or_full.items():
         if getattr(args, name) is None:
