@@ -3,7 +3,10 @@
 # Run from the repository root on the GPU machine; results go to $OUT (default /tmp/peerkd_out).
 #
 #   bash benchmarks/gpu_session.sh check                  # CUDA tests (tests/test_cuda.py), device and versions
-#   bash benchmarks/gpu_session.sh bench                  # peerkd bench, every row, with the fuse comparison
+#   bash benchmarks/gpu_session.sh bench [ROWS] [MODE]    # peerkd bench with the fuse comparison; ROWS: a row-name
+#                                                         # substring (every row compiles: all of them overrun one
+#                                                         # 10-minute call, so split: dml, css, one, ...); MODE:
+#                                                         # compile (default) or graph
 #   bash benchmarks/gpu_session.sh accuracy CIFAR100_DIR  # issue 3: 30-epoch DML ResNet-32, fast vs fp32 eager,
 #                                                         # seeds 0 and 1, the four runs side by side on one GPU
 #
@@ -30,7 +33,11 @@ check)
 bench)
     environment | tee "$OUT/environment.txt"
     # H100 SXM: 989 dense bf16 TFLOP/s; the fuse comparison adds the fast path with fuse off and streams
-    "$PYTHON" benchmarks/bench.py --peak-tflops 989 --fuse-compare --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"
+    rows="${2:-}"
+    mode="${3:-compile}"
+    tag="${rows:-all}_$mode"
+    "$PYTHON" benchmarks/bench.py --peak-tflops 989 --fuse-compare --fast-mode "$mode" ${rows:+--only "$rows"} \
+        --out "$OUT/bench_$tag.json" 2>&1 | tee "$OUT/bench_$tag.txt"
     ;;
 accuracy)
     data="${2:?give the folder holding CIFAR-100 train.npz / test.npz}"
@@ -58,7 +65,7 @@ json.dump(rows, open(out, "w"), indent=2)
 EOF
     ;;
 *)
-    sed -n 2,12p "$0"
+    sed -n 2,15p "$0"
     exit 2
     ;;
 esac
