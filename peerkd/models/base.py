@@ -1,7 +1,8 @@
 """The backbone contract: ``stem -> stages[0..S-1] -> head``.
 
 Methods tap features without rewriting a model: ``forward_stages`` returns the map after every stage,
-``head.features`` the pooled vector before the classifier, ``head.fc`` the classifier itself.
+``head.features`` the pooled vector before the classifier, ``head.classify`` the logits from that vector, ``head.fc``
+the classifier itself.
 """
 from __future__ import annotations
 
@@ -21,8 +22,13 @@ class ClassifierHead(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.pool(x), 1)
 
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """The logits from the pooled features (what ``forward`` does after ``features``), so a method that needs
+        both pools once."""
+        return self.fc(features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x))
+        return self.classify(self.features(x))
 
 
 class Backbone(nn.Module):

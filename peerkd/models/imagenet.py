@@ -29,8 +29,8 @@ class DropoutClassifierHead(ClassifierHead):
         self.fc = fc  # keep torchvision's initialisation
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(self.features(x)))
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(features))
 
 
 class TorchvisionResNet(Backbone):
