@@ -1,17 +1,23 @@
-"""Helpers for methods built on shared-trunk multi-branch networks (CSS, PCL)."""
+"""Helpers for methods built on shared-trunk multi-branch networks (CSS, PCL, and the branch group of ONE / OKDDip /
+MDE)."""
 from __future__ import annotations
 
+from peerkd.methods.execution import resolved
 from peerkd.models import branched
 from peerkd.models.branched import BranchedNet
 
 
-def build_branched(name: str, num_classes: int, split_at: int, branches: int, model_options: dict) -> BranchedNet:
+def build_branched(name: str, num_classes: int, split_at: int, branches: int, model_options: dict,
+                   fuse: str = "off") -> BranchedNet:
     """``branched(name, ...)`` with its errors as ConfigErrors naming the config key (``split_at <= 0`` counts from
-    the end: -1 shares every stage but the last, the ONE / OKDDip / PCL / CSS split for CIFAR ResNets)."""
+    the end: -1 shares every stage but the last, the ONE / OKDDip / PCL / CSS split for CIFAR ResNets). ``fuse`` is
+    the method's ``method.fuse``: how the identical tails execute (:mod:`peerkd.methods.execution`)."""
     from peerkd.config import ConfigError
 
+    execution = resolved(fuse)
     try:
-        return branched(name, num_classes, split_at=split_at, branches=branches, **model_options)
+        return branched(name, num_classes, split_at=split_at, branches=branches, execution=execution,
+                        **model_options)
     except KeyError as err:
         raise ConfigError(f"method.models: {err.args[0]}") from None
     except ValueError as err:

@@ -3,6 +3,11 @@
 The trunk is ``stem + stages[:k]`` of one backbone, each branch is ``stages[k:] + head`` of its own backbone built
 by the same factory (so every branch starts from its own random initialisation). ``export_branch(j)`` gives a plain
 registered model with the trunk's and branch ``j``'s weights, for deployment.
+
+The tails are a member group (:mod:`peerkd.models.members`) executing as ``execution`` ("off": one after another,
+"on": fused, "streams": on CUDA side streams); methods reach them only through ``tail_logits``, ``tail_outputs`` and
+``classifier_weights``, so they never depend on the execution, and neither do the state_dict keys
+(``branches.{j}.<name>``) or the exported models.
 """
 from __future__ import annotations
 
@@ -10,9 +15,12 @@ import torch
 from torch import nn
 
 from peerkd.models.base import Backbone
+from peerkd.models.fused import register_channelwise
+from peerkd.models.members import Inputs, MemberOutputs, build_members
 from peerkd.models.registry import build_model
 
 
+@register_channelwise  # its forward runs its stages and head one after another: fusable
 class BranchTail(nn.Module):
     """The part of a backbone after the split: its remaining stages and its head."""
 
@@ -29,11 +37,15 @@ class BranchTail(nn.Module):
         return outs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_stages(x)[-1])
+        stages = self.forward_stages(x)
+        return self.head(stages[-1] if stages else x)  # a split after the last stage leaves the tail a head alone
 
 
 class BranchedNet(nn.Module):
-    def __init__(self, name: str, num_classes: int, split_at: int, branches: int, **model_kwargs):
+    """A shared trunk and ``branches`` tails; ``execution`` says how the identical tails run (see the module)."""
+
+    def __init__(self, name: str, num_classes: int, split_at: int, branches: int, execution: str = "off",
+                 **model_kwargs):
         super().__init__()
         backbones = [build_model(name, num_classes, **model_kwargs) for _ in range(branches)]
         depth = len(backbones[0].stages)
@@ -46,9 +58,10 @@ class BranchedNet(nn.Module):
         first = backbones[0]
         self.stem = first.stem
         self.trunk_stages = nn.ModuleList(list(first.stages[:split_at]))
-        self.branches = nn.ModuleList([BranchTail(b, split_at) for b in backbones])
+        self.branches = build_members([BranchTail(b, split_at) for b in backbones], execution)
         self.trunk_channels = first.stage_channels[split_at - 1]
         self.stage_channels = list(first.stage_channels)
+        self.feature_dim = first.head.in_features  # width of a tail's pooled feature
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -56,22 +69,34 @@ class BranchedNet(nn.Module):
             x = stage(x)
         return x
 
+    def tail_logits(self, inputs: Inputs) -> list[torch.Tensor]:
+        """Every tail's logits; ``inputs`` is the trunk's map (shared) or a list with one map per tail."""
+        return self.branches.run(inputs)
+
+    def tail_outputs(self, inputs: Inputs) -> MemberOutputs:
+        """Every tail's last feature map, pooled feature and logits; ``inputs`` as in :meth:`tail_logits`."""
+        return self.branches.outputs(inputs)
+
+    def classifier_weights(self) -> list[torch.Tensor]:
+        """Every tail's classifier weight ``(classes, feature_dim)`` (the ``nn.Linear`` layout), gradients flowing."""
+        return [self.branches.member_parameter(j, "head.fc.weight") for j in range(len(self.branches))]
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits of every branch."""
-        shared = self.trunk(x)
-        return [branch(shared) for branch in self.branches]
+        return self.tail_logits(self.trunk(x))
 
     def export_branch(self, j: int) -> Backbone:
         model = build_model(self.name, self.num_classes, **self.model_kwargs)
         model.stem.load_state_dict(self.stem.state_dict())
         for i, stage in enumerate(self.trunk_stages):
             model.stages[i].load_state_dict(stage.state_dict())
-        tail = self.branches[j]
+        tail = self.branches.export(j)
         for i, stage in enumerate(tail.stages):
             model.stages[self.split_at + i].load_state_dict(stage.state_dict())
         model.head.load_state_dict(tail.head.state_dict())
         return model.to(next(self.parameters()).device)
 
 
-def branched(name: str, num_classes: int, split_at: int, branches: int, **model_kwargs) -> BranchedNet:
-    return BranchedNet(name, num_classes, split_at, branches, **model_kwargs)
+def branched(name: str, num_classes: int, split_at: int, branches: int, execution: str = "off",
+             **model_kwargs) -> BranchedNet:
+    return BranchedNet(name, num_classes, split_at, branches, execution, **model_kwargs)

@@ -10,27 +10,32 @@ the separate modules; only the launch count changes.
 The translation is module by module (:func:`fuse_module`): ``nn.Conv2d``, ``nn.BatchNorm2d`` and ``nn.Linear`` are
 widened, channel-wise modules (activations, pooling, flatten, dropout, identity) are kept, containers
 (``nn.Sequential``, ``nn.ModuleList``) and the known blocks of this library (CIFAR ``BasicBlock`` with conv or
-identity shortcuts, WRN ``WideBlock`` and ``FinalActivation``, ``ClassifierHead``, ``BranchTail``) are copied with
-their children translated: their ``forward`` only applies channel-wise functions (ReLU, addition, dropout) to
-their children's outputs, so it stays correct on stacked channels. Any other module type is refused with its name;
-:func:`register_channelwise` admits a new block whose forward is channel-wise.
+identity shortcuts, WRN ``WideBlock`` and ``FinalActivation``, ``ClassifierHead``, ``BranchTail``, and any
+``Backbone`` that keeps the base class's forward) are copied with their children translated: their ``forward`` only
+applies channel-wise functions (ReLU, addition, dropout) to their children's outputs, so it stays correct on stacked
+channels. Any other module type is refused with its name; :func:`register_channelwise` admits a new block whose
+forward is channel-wise.
 
 Every fused parameter and buffer is the members' tensors concatenated along dim 0 (conv and linear weights are kept
 as ``(P * out, ...)``), so splitting it back (:meth:`FusedCohort.export`) is one ``chunk`` per tensor; the fused
-state_dict keeps the member's key names.
+state_dict keeps the member's key names. :class:`FusedCohort` fuses whole networks, :class:`FusedBranchedNet` the
+tails of a branched network behind its trunk, :class:`FusedCopies` any translatable members (the body of
+:mod:`peerkd.models.members`).
 """
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
 from peerkd.models.base import Backbone, ClassifierHead
-from peerkd.models.branched import BranchedNet, BranchTail
 from peerkd.models.cifar_resnet import BasicBlock
 from peerkd.models.wrn import FinalActivation, WideBlock
+
+if TYPE_CHECKING:  # branched.py imports this module (through members.py): no runtime import back
+    from peerkd.models.branched import BranchedNet
 
 
 class FusionError(ValueError):
@@ -47,9 +52,11 @@ class FusedConv2d(nn.Conv2d):
         first, copies = convs[0], len(convs)
         if first.padding_mode != "zeros":
             raise FusionError(f"Conv2d with padding_mode='{first.padding_mode}' is not supported (only 'zeros')")
-        fused = cls(first.in_channels * copies, first.out_channels * copies, first.kernel_size, first.stride,
-                    first.padding, first.dilation, first.groups * copies, first.bias is not None,
-                    device=first.weight.device, dtype=first.weight.dtype)
+        # skip_init: no random initialisation (overwritten below), so fusing draws no random numbers and a run
+        # seeded alike initialises every module built after its cohort alike, fused or not
+        fused = nn.utils.skip_init(cls, first.in_channels * copies, first.out_channels * copies, first.kernel_size,
+                                   first.stride, first.padding, first.dilation, first.groups * copies,
+                                   first.bias is not None, device=first.weight.device, dtype=first.weight.dtype)
         with torch.no_grad():
             fused.weight.copy_(torch.cat([c.weight for c in convs]))
             if first.bias is not None:
@@ -147,8 +154,15 @@ def _flatten_start_check(flatten: nn.Flatten) -> None:
 # check of the instance (raising FusionError) for configurations that are not channel-wise
 _CHANNELWISE_COMPOSITES: dict[type, Callable[[nn.Module], None] | None] = {
     nn.Sequential: None, nn.ModuleList: None, BasicBlock: _basic_block_check, WideBlock: None,
-    FinalActivation: None, ClassifierHead: None, BranchTail: None,
+    FinalActivation: None, ClassifierHead: None,  # BranchTail registers itself (peerkd.models.branched)
 }
+
+
+def _plain_backbone(kind: type) -> bool:
+    """A :class:`Backbone` that keeps the base class's ``forward`` / ``forward_stages`` (stem, stages, head one after
+    another) is channel-wise whenever its children are (a subclass that overrides them is refused)."""
+    return (issubclass(kind, Backbone) and kind.forward is Backbone.forward
+            and kind.forward_stages is Backbone.forward_stages)
 
 
 def register_channelwise(cls: type, check: Callable[[nn.Module], None] | None = None) -> type:
@@ -176,12 +190,12 @@ def fuse_module(members: list[nn.Module]) -> nn.Module:
         if kind is nn.Flatten:
             _flatten_start_check(first)
         return copy.deepcopy(first)
-    if kind not in _CHANNELWISE_COMPOSITES:
+    if kind not in _CHANNELWISE_COMPOSITES and not _plain_backbone(kind):
         raise FusionError(f"cannot fuse module type {kind.__module__}.{kind.__name__}: the fusion translator knows "
                           "Conv2d, BatchNorm2d, Linear, channel-wise activations and pooling, Sequential/ModuleList "
                           "and peerkd's blocks; register a channel-wise block with register_channelwise() or run "
                           "the cohort unfused")
-    check = _CHANNELWISE_COMPOSITES[kind]
+    check = _CHANNELWISE_COMPOSITES.get(kind)
     if check is not None:
         for member in members:
             check(member)
@@ -407,6 +421,37 @@ class FusedBranchedNet(_FusedMembers):
         return self.unfuse().export_branch(j)
 
 
+class FusedCopies(_FusedMembers):
+    """P identical modules of any kind :func:`fuse_module` translates (branch tails, stage segments, classifier
+    heads, backbones) as one module ``body`` of the members' type working on peer-major stacked channels: where a
+    member maps ``(B, C, ...)`` to ``(B, K, ...)``, ``body`` maps ``(B, P*C, ...)`` to ``(B, P*K, ...)``, with every
+    method of the member (``forward_stages``, ``head.features``, ...) available on the stacked tensors.
+
+    ``body``'s parameters and buffers carry a member's names (the members' tensors concatenated along dim 0).
+    """
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if len(members) < 1:
+            raise FusionError("FusedCopies needs at least one member")
+        _check_same_state_layout(members, "member")
+        self.copies = len(members)
+        self.body = fuse_module(members)
+        self._set_template(members[0])
+
+    def _fused_parts(self) -> nn.Module:
+        return self.body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def export(self, member: int) -> nn.Module:
+        """Member ``member`` as a plain module of its own type, with its trained weights and statistics."""
+        if not 0 <= member < self.copies:
+            raise IndexError(f"member {member} out of range: there are {self.copies}")
+        return self._export_from_template(member)
+
+
 def fuse(models: list[Backbone]) -> FusedCohort:
     """One :class:`FusedCohort` computing identical ``models`` (weights and BatchNorm statistics copied exactly);
     raises :class:`FusionError` for a heterogeneous cohort or an unsupported module type."""
@@ -429,5 +474,6 @@ def same_architecture(models: list[nn.Module]) -> bool:
     return True
 
 
-__all__ = ["FusedBatchNorm2d", "FusedBranchedNet", "FusedCohort", "FusedConv2d", "FusedLinear", "FusionError",
-           "fuse", "fuse_branches", "fuse_module", "register_channelwise", "same_architecture", "split_member"]
+__all__ = ["FusedBatchNorm2d", "FusedBranchedNet", "FusedCohort", "FusedConv2d", "FusedCopies", "FusedLinear",
+           "FusionError", "fuse", "fuse_branches", "fuse_module", "register_channelwise", "same_architecture",
+           "split_member"]
