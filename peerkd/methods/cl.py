@@ -27,20 +27,24 @@ from torch import nn
 from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
 from peerkd.methods.base import Method, StepOutput
 from peerkd.config import ConfigError
+from peerkd.methods.execution import check_fuse, resolved
 from peerkd.methods.multibranch import scale_gradient
 from peerkd.methods.registry import register_method
 from peerkd.models import build_model
+from peerkd.models.members import build_members
 
 
 class HeadTree(nn.Module):
     """A backbone's stem and stages arranged as a tree with one leaf (head) per classifier.
 
     Level 0 is stem + ``stages[:s_1]``; level l holds ``stages[s_l:s_{l+1}]`` once per group of heads that share it
-    (``prod(fanouts[:l])`` groups); the last level ends with each head's own classifier.
+    (``prod(fanouts[:l])`` groups); the last level ends with each head's own classifier. A level's segments, and the
+    classifiers, are identical member groups (:mod:`peerkd.models.members`) executing as ``execution`` ("off", "on":
+    fused, "streams"), with the state_dict keys of plain ModuleLists either way.
     """
 
     def __init__(self, name: str, num_classes: int, split_stages: list[int], fanouts: list[int], model_options: dict,
-                 rescale_gradient: bool = True):
+                 rescale_gradient: bool = True, execution: str = "off"):
         super().__init__()
         if len(split_stages) != len(fanouts) or not split_stages:
             raise ConfigError("method.split_stages / method.fanouts: give one fanout per split stage (at least one)")
@@ -66,8 +70,10 @@ class HeadTree(nn.Module):
             groups = math.prod(fanouts[:level])
             owners = [g * (heads // groups) for g in range(groups)]  # the first head of each group lends its stages
             lo, hi = self.bounds[level], self.bounds[level + 1]
-            self.levels.append(nn.ModuleList([nn.ModuleList(list(backbones[o].stages[lo:hi])) for o in owners]))
-        self.classifiers = nn.ModuleList([b.head for b in backbones])
+            # a segment is a Sequential of stages: the keys of a ModuleList of them, and one callable to fuse
+            self.levels.append(build_members([nn.Sequential(*backbones[o].stages[lo:hi]) for o in owners],
+                                             execution))
+        self.classifiers = build_members([b.head for b in backbones], execution)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
@@ -76,16 +82,11 @@ class HeadTree(nn.Module):
         current = [x]
         for level, segments in enumerate(self.levels):
             fanout = self.fanouts[level]
-            nxt = []
-            for g, segment in enumerate(segments):
-                h = current[g // fanout]
-                if self.rescale:
-                    h = scale_gradient(h, 1.0 / fanout)
-                for stage in segment:
-                    h = stage(h)
-                nxt.append(h)
-            current = nxt
-        return [head(current[h]) for h, head in enumerate(self.classifiers)]
+            inputs = [current[g // fanout] for g in range(len(segments))]
+            if self.rescale:
+                inputs = [scale_gradient(h, 1.0 / fanout) for h in inputs]
+            current = segments.run(inputs)
+        return self.classifiers.run(current)
 
     def export_head(self, h: int) -> nn.Module:
         model = build_model(self.name, self.num_classes, **self.model_kwargs)
@@ -94,9 +95,9 @@ class HeadTree(nn.Module):
             model.stages[i].load_state_dict(stage.state_dict())
         for level, segments in enumerate(self.levels, start=1):
             group = h // (self.heads // math.prod(self.fanouts[:level]))
-            for k, stage in enumerate(segments[group]):
+            for k, stage in enumerate(segments.export(group)):
                 model.stages[self.bounds[level] + k].load_state_dict(stage.state_dict())
-        model.head.load_state_dict(self.classifiers[h].state_dict())
+        model.head.load_state_dict(self.classifiers.member_state_dict(h))
         return model.to(next(self.parameters()).device).eval()
 
 
@@ -114,11 +115,13 @@ class CL(Method):
         temperature: float = 2.0  # T of the consensus soft target (the paper's CIFAR value)
         rescale_gradient: bool = True  # backprop rescaling by 1/fanout at each fork (the paper's ILR)
         detach_target: bool = True  # the consensus target carries no gradient (treated as a constant)
+        fuse: str = "auto"  # identical heads: "off", "on" (fused), "streams", "auto" (measured): methods/execution.py
 
     def __init__(self, options, task):
         super().__init__(options, task)
+        check_fuse(options.fuse)
         self.tree = HeadTree(options.model, task.num_classes, options.split_stages, options.fanouts,
-                             options.model_options, options.rescale_gradient)
+                             options.model_options, options.rescale_gradient, resolved(options.fuse))
 
     def forward(self, batch) -> StepOutput:
         opts = self.options

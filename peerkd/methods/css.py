@@ -51,6 +51,7 @@ from torch import nn
 from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
 from peerkd.methods.base import Method, StepOutput
 from peerkd.methods.branching import build_branched
+from peerkd.methods.execution import check_fuse
 from peerkd.methods.registry import register_method
 from peerkd.models import build_model
 
@@ -92,11 +93,13 @@ class CSS(Method):
         dynamic_weights: bool = True  # DW: alpha_1 = CE1/CE2, alpha_2 = 1/alpha_1 (Table 5 switch); off: both 1
         kd_weight: float = 1.0  # w, a fixed factor on the whole KD term (1: eq. 7 as written)
         kl_space: str = "joint"  # "joint": KL over the K*m joint softmax; "class": over transform j's K logits
+        fuse: str = "auto"  # identical branches: "off", "on" (fused), "streams", "auto" (timed): methods/execution.py
 
     def __init__(self, options, task):
         super().__init__(options, task)
         from peerkd.config import ConfigError
 
+        check_fuse(options.fuse)
         if len(options.models) not in (1, 2):
             raise ConfigError("method.models: CSS takes one network (no ND) or two")
         if options.branches < 1:
@@ -108,7 +111,7 @@ class CSS(Method):
         self.num_classes = task.num_classes
         self.transforms = options.branches if options.target_diversity else 1  # classifier outputs = K * transforms
         self.nets = nn.ModuleList([build_branched(name, task.num_classes * self.transforms, options.split_at,
-                                                  options.branches, options.model_options)
+                                                  options.branches, options.model_options, options.fuse)
                                    for name in options.models])
 
     # -- shared pieces ----------------------------------------------------------------------------------------
@@ -117,9 +120,9 @@ class CSS(Method):
         shared = net.trunk(x)
         m = self.options.branches
         if not self.options.sample_diversity:
-            return [branch(shared) for branch in net.branches]
+            return net.tail_logits(shared)
         masks = quadrant_masks(m, shared.shape[-2], shared.shape[-1], shared.device, shared.dtype)
-        return [branch(shared * masks[j]) for j, branch in enumerate(net.branches)]
+        return net.tail_logits([shared * masks[j] for j in range(m)])
 
     def transform_logits(self, logits: torch.Tensor, j: int) -> torch.Tensor:
         """Branch j's K class logits: the joint outputs of transform j (``y * m + j``), or all of them without TD."""

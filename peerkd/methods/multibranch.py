@@ -3,7 +3,9 @@ the classifier-diversification loss, gradient rescaling and the distillation ram
 
 A *branch group* is either one network with a shared trunk and m branch tails (``branched``: the branch-based
 setting) or m whole networks sharing nothing (OKDDip's network-based setting). Either way one call gives, per branch,
-the last feature map, the pooled feature and the logits, plus the trunk's output (the gate's input).
+the last feature map, the pooled feature and the logits, plus the trunk's output (the gate's input). The identical
+tails (or networks) execute as ``method.fuse`` says (:mod:`peerkd.methods.execution`); the group reads them only
+through the member-group interface (:mod:`peerkd.models.members`), so nothing here changes with it.
 
 A *target builder* turns the branches' outputs into one soft target per peer, given as logits:
 
@@ -17,7 +19,6 @@ A *target builder* turns the branches' outputs into one soft target per peer, gi
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +29,9 @@ from peerkd.config import ConfigError
 from peerkd.config import check_choice as choose  # noqa: F401  (ONE, OKDDip import it from here)
 from peerkd.methods.rampup import sigmoid_rampup  # noqa: F401  (re-exported for ONE / OKDDip)
 from peerkd.methods.branching import build_branched
+from peerkd.methods.execution import resolved
 from peerkd.models import build_model
+from peerkd.models.members import build_members
 
 TARGET_BUILDERS = ("gate", "attention", "ffm", "mean")
 TARGET_GRADIENTS = ("full", "weights")
@@ -66,10 +69,10 @@ class GroupOutput:
 class BranchGroup(nn.Module):
     """m branches of backbone ``model``: a shared trunk (stages before ``split_at``) and m tails, or m whole networks
     when ``network_based``. ``split_at=None`` branches the last stage (ONE's and OKDDip's ResNets share stem, stage 1
-    and stage 2 and give each branch its own stage 3 and classifier)."""
+    and stage 2 and give each branch its own stage 3 and classifier). ``fuse``: the method's ``method.fuse``."""
 
     def __init__(self, model: str, num_classes: int, branches: int, split_at: int | None = None,
-                 network_based: bool = False, model_options: dict | None = None):
+                 network_based: bool = False, model_options: dict | None = None, fuse: str = "off"):
         super().__init__()
         model_options = dict(model_options or {})
         if branches < 2:
@@ -83,39 +86,31 @@ class BranchGroup(nn.Module):
         self.map_channels = probe.stage_channels[-1]
         self.feature_dim = probe.head.in_features
         if network_based:
-            self.nets = nn.ModuleList([probe] + [build_model(model, num_classes, **model_options)
-                                                 for _ in range(branches - 1)])
+            self.nets = build_members([probe] + [build_model(model, num_classes, **model_options)
+                                                 for _ in range(branches - 1)], resolved(fuse))
             self.trunk_channels = 3
         else:
             self.net = build_branched(model, num_classes, -1 if split_at is None else split_at, branches,
-                                      model_options)
+                                      model_options, fuse)
             self.trunk_channels = self.net.trunk_channels
 
     def forward(self, x: torch.Tensor, trunk_gradient_scale: float = 1.0) -> GroupOutput:
-        maps, features, logits = [], [], []
         if self.network_based:
-            trunk = x
-            for net in self.nets:
-                last = net.forward_stages(x)[-1]
-                maps.append(last)
-                features.append(net.head.features(last))
-                logits.append(net.head.fc(features[-1]))
+            trunk, out = x, self.nets.outputs(x)
         else:
             trunk = scale_gradient(self.net.trunk(x), trunk_gradient_scale)
-            for tail in self.net.branches:
-                last = tail.forward_stages(trunk)[-1] if len(tail.stages) else trunk
-                maps.append(last)
-                features.append(tail.head.features(last))
-                logits.append(tail.head.fc(features[-1]))
-        return GroupOutput(trunk, maps, features, logits)
+            out = self.net.tail_outputs(trunk)
+        return GroupOutput(trunk, out.maps, out.features, out.logits)
 
-    def classifiers(self) -> list[nn.Linear]:
-        heads = [net.head for net in self.nets] if self.network_based else [tail.head for tail in self.net.branches]
-        return [head.fc for head in heads]
+    def classifier_weights(self) -> list[torch.Tensor]:
+        """Every branch's classifier weight ``(classes, feature_dim)``, gradients flowing (MDE's CD loss)."""
+        if self.network_based:
+            return [self.nets.member_parameter(j, "head.fc.weight") for j in range(self.count)]
+        return self.net.classifier_weights()
 
     def export(self, j: int) -> nn.Module:
         if self.network_based:
-            return copy.deepcopy(self.nets[j]).eval()
+            return self.nets.export(j).eval()
         return self.net.export_branch(j).eval()
 
 

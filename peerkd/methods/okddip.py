@@ -37,6 +37,7 @@ import torch
 from peerkd.config import ConfigError
 from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
 from peerkd.methods.base import Method, StepOutput
+from peerkd.methods.execution import check_fuse
 from peerkd.methods.multibranch import (TARGET_GRADIENTS, BranchGroup, build_target_builder, choose,
                                         classifier_diversification, peer_targets, sigmoid_rampup)
 from peerkd.methods.registry import register_method
@@ -65,15 +66,17 @@ class OKDDip(Method):
         cd_include_leader: bool = True  # the leader's classifier enters L_cd (eq. 5 of MDE sums over all m)
         target_gradient: str = "full"  # "full": targets not detached (their code); "weights": logits detached
         rampup_epochs: float = 80.0  # epochs of the sigmoid ramp-up of the KL weight (their length = 80); 0: off
+        fuse: str = "auto"  # identical branches: "off", "on" (fused), "streams", "auto" (timed): methods/execution.py
 
     def __init__(self, options, task):
         super().__init__(options, task)
+        check_fuse(options.fuse)
         if options.branches < 3:
             raise ConfigError("method.branches: two-level distillation needs at least 2 peers and a leader (>= 3)")
         choose("method.target_gradient", options.target_gradient, TARGET_GRADIENTS)
         choose("method.cd_product", options.cd_product, ("feature", "class"))
         self.group = BranchGroup(options.model, task.num_classes, options.branches, options.split_at,
-                                 options.network_based, options.model_options)
+                                 options.network_based, options.model_options, options.fuse)
         self.peers = list(range(options.branches - 1))
         self.leader = options.branches - 1
         self.target_builder = build_target_builder(
@@ -85,10 +88,10 @@ class OKDDip(Method):
         self.distill_scale.fill_(sigmoid_rampup(epoch, self.options.rampup_epochs))
 
     def cd_loss(self) -> torch.Tensor:
-        classifiers = self.group.classifiers()
+        weights = self.group.classifier_weights()
         if not self.options.cd_include_leader:
-            classifiers = classifiers[:self.leader]
-        return classifier_diversification([fc.weight for fc in classifiers], self.options.cd_product)
+            weights = weights[:self.leader]
+        return classifier_diversification(weights, self.options.cd_product)
 
     def forward(self, batch) -> StepOutput:
         opts, temp = self.options, self.options.temperature

@@ -27,6 +27,7 @@ import torch
 
 from peerkd.losses import hard_ce, kd_kl
 from peerkd.methods.base import Method, StepOutput
+from peerkd.methods.execution import check_fuse
 from peerkd.methods.multibranch import TARGET_GRADIENTS, BranchGroup, GateTarget, choose, peer_targets, sigmoid_rampup
 
 ONE_TARGET_GRADIENTS = ("none", *TARGET_GRADIENTS)
@@ -49,12 +50,14 @@ class ONE(Method):
         ensemble_ce: bool = True  # CE on the gated ensemble too (trains the gate); ONE's loss has it
         target_gradient: str = "none"  # "none": teacher detached in the KL (ONE's code); "weights"; "full" (see above)
         rampup_epochs: float = 80.0  # epochs of the sigmoid ramp-up of the KL weight (ONE's code: 80); 0: none
+        fuse: str = "auto"  # identical branches: "off", "on" (fused), "streams", "auto" (timed): methods/execution.py
 
     def __init__(self, options, task):
         super().__init__(options, task)
+        check_fuse(options.fuse)
         choose("method.target_gradient", options.target_gradient, ONE_TARGET_GRADIENTS)
         self.group = BranchGroup(options.model, task.num_classes, options.branches, options.split_at,
-                                 model_options=options.model_options)
+                                 model_options=options.model_options, fuse=options.fuse)
         self.gate = GateTarget(self.group.trunk_channels, options.branches, options.gate_bn_relu)
         self.branch_ids = list(range(options.branches))
         self.register_buffer("distill_scale", torch.tensor(sigmoid_rampup(0, options.rampup_epochs)))

@@ -39,6 +39,7 @@ from torch import nn
 from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
 from peerkd.methods.base import DataRequest, Method, StepOutput
 from peerkd.methods.branching import build_branched
+from peerkd.methods.execution import check_fuse
 from peerkd.methods.rampup import sigmoid_rampup
 from peerkd.methods.registry import register_method
 
@@ -70,17 +71,18 @@ class PCL(Method):
         ensemble_weight: float = 1.0  # weight of L_pe inside the ramped term (1 in the paper)
         mean_teacher_weight: float = 1.0  # weight of L_pm inside the ramped term (1 in the paper)
         separate_views: bool = True  # each peer its own augmentation of the batch (asks m views); false: one view
+        fuse: str = "auto"  # identical peers: "off", "on" (fused), "streams", "auto" (measured): methods/execution.py
 
     def __init__(self, options, task):
         super().__init__(options, task)
         from peerkd.config import ConfigError
 
+        check_fuse(options.fuse)
         if options.branches < 2:
             raise ConfigError("method.branches: PCL needs at least two peers")
         self.net = build_branched(options.model, task.num_classes, options.split_at, options.branches,
-                                  options.model_options)
-        features = self.net.branches[0].head.in_features
-        self.ensemble_fc = nn.Linear(features * options.branches, task.num_classes)
+                                  options.model_options, options.fuse)
+        self.ensemble_fc = nn.Linear(self.net.feature_dim * options.branches, task.num_classes)
         self.mean_net = copy.deepcopy(self.net)
         for p in self.mean_net.parameters():
             p.requires_grad_(False)
@@ -103,13 +105,10 @@ class PCL(Method):
         self.ema_steps += 1
 
     def peer_outputs(self, net, views: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Logits and pooled features of every peer of ``net``, peer j on ``views[j]``."""
-        logits, features = [], []
-        for branch, x in zip(net.branches, views):
-            f = branch.head.features(branch.forward_stages(net.trunk(x))[-1])
-            features.append(f)
-            logits.append(branch.head.fc(f))
-        return logits, features
+        """Logits and pooled features of every peer of ``net``, peer j on ``views[j]`` (the trunk runs once per view,
+        also when the views are one: its BatchNorm statistics move once per peer, as they always have)."""
+        out = net.tail_outputs([net.trunk(x) for x in views])
+        return out.logits, out.features
 
     def _views(self, batch) -> list[torch.Tensor]:
         return [batch.view(j if self.options.separate_views else 0) for j in range(self.options.branches)]
