@@ -1,0 +1,185 @@
+"""Branched methods run their identical tails (or whole networks) fused, on streams or one after another, with the same
+loss, logs, gradients, BatchNorm statistics, predictions, exports and checkpoints (``method.fuse``)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from peerkd.config import ConfigError
+from peerkd.models.members import FusedMembers, MemberList, StreamedMembers
+from tests.helpers import build, random_batch, tiny_task
+
+IMAGE = 12  # pixels per side: small maps keep the check fast (CIFAR ResNets pool adaptively)
+BATCH = 6  # images per step
+TOLERANCE = 1e-5  # fp32: grouped vs separate convolutions differ only by summation order
+
+# every branched method and setting; ramp-ups off so the distillation terms weigh fully in the gradients
+CASES = {
+    "one": {"name": "one", "model": "resnet8", "rampup_epochs": 0},
+    "cl": {"name": "cl", "model": "resnet8"},
+    "cl_tree": {"name": "cl", "model": "resnet8", "split_stages": [1, 2], "fanouts": [2, 2]},
+    "okddip": {"name": "okddip", "model": "resnet8", "rampup_epochs": 0},
+    "okddip_network": {"name": "okddip", "model": "resnet8", "network_based": True, "rampup_epochs": 0},
+    "mde": {"name": "mde", "model": "resnet8", "cd_weight": 0.01, "rampup_epochs": 0},
+    "css": {"name": "css", "models": ["resnet8", "resnet8"], "branches": 3},
+    "css_no_sd": {"name": "css", "models": ["resnet8", "resnet8"], "branches": 3, "sample_diversity": False},
+    "pcl": {"name": "pcl", "model": "resnet8", "branches": 3, "rampup_epochs": 0},
+    "pcl_one_view": {"name": "pcl", "model": "resnet8", "branches": 3, "rampup_epochs": 0, "separate_views": False},
+}
+
+
+def _build(case: str, fuse: str, task):
+    torch.manual_seed(0)  # fusion draws no random numbers: every execution initialises alike from one seed
+    return build(dict(CASES[case], fuse=fuse), task)
+
+
+def _groups(method, kind: type) -> list:
+    return [m for m in method.modules() if isinstance(m, kind)]
+
+
+def _batch(method, task):
+    views = type(method).data_request(method.options).views
+    return random_batch(task, batch_size=BATCH, views=views)
+
+
+def _step(method, batch):
+    method.train()
+    method.zero_grad(set_to_none=True)
+    out = method(batch)
+    out.loss.backward()
+    return out
+
+
+def _grads(method) -> dict[str, torch.Tensor | None]:
+    """Every parameter's gradient under its unfused state_dict name: the parameters briefly hold their gradients and
+    the state_dict hooks of the fused groups split and rename them as they do the weights."""
+    params = dict(method.named_parameters())
+    saved = {name: p.data for name, p in params.items()}
+    try:
+        for p in params.values():
+            p.data = p.grad if p.grad is not None else torch.full_like(p, float("nan"))
+        state = method.state_dict()
+    finally:
+        for name, p in params.items():
+            p.data = saved[name]
+    return {name: None if value.isnan().all() else value for name, value in state.items()}
+
+
+def _assert_close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    assert a.shape == b.shape, f"{what}: shape {tuple(a.shape)} != {tuple(b.shape)}"
+    err = (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+    assert err <= TOLERANCE, f"{what}: max difference {err:.2e}"
+
+
+def _assert_same_state(got: dict, expected: dict, what: str) -> None:
+    assert set(got) == set(expected), f"{what}: keys differ: {sorted(set(got) ^ set(expected))[:4]}"
+    for key, value in expected.items():
+        _assert_close(got[key], value, f"{what} {key}")
+
+
+def _assert_same_step(plain, other, batch) -> None:
+    """One training step of each: loss, logs, every gradient and the state after it (BatchNorm statistics)."""
+    expected, got = _step(plain, batch), _step(other, batch)
+    _assert_close(got.loss, expected.loss, "loss")
+    assert set(got.logs) == set(expected.logs)
+    for key, value in expected.logs.items():
+        _assert_close(got.logs[key], value, f"log {key}")
+    grads = _grads(other)
+    for name, p in plain.named_parameters():
+        if p.grad is None:
+            assert grads[name] is None, f"{name}: a gradient where the unfused method has none"
+        else:
+            assert grads[name] is not None, f"{name}: no gradient"
+            _assert_close(grads[name], p.grad, f"grad {name}")
+    _assert_same_state(other.state_dict(), plain.state_dict(), "state after the step")
+
+
+def _assert_same_predictions_and_exports(plain, other) -> None:
+    x = torch.randn(5, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(3))
+    plain.eval()
+    other.eval()
+    with torch.no_grad():
+        expected, got = plain.predict(x), other.predict(x)
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        _assert_close(got[key], value, f"prediction {key}")
+    for key in [None, *expected]:
+        try:
+            reference = plain.export(key)
+        except KeyError:
+            continue  # an aggregate, not an exportable model
+        exported = other.export(key)
+        assert type(exported) is type(reference), key
+        assert exported.training == reference.training, key
+        _assert_same_state(exported.state_dict(), reference.state_dict(), f"export {key}")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fused_method_equals_unfused(case):
+    task = tiny_task(image_size=IMAGE)
+    plain, fused = _build(case, "off", task), _build(case, "on", task)
+    assert _groups(fused, FusedMembers) and not _groups(plain, FusedMembers)
+    # one checkpoint layout, and one initialisation from one seed
+    plain_state, fused_state = plain.state_dict(), fused.state_dict()
+    assert list(fused_state) == list(plain_state)
+    for key, value in plain_state.items():
+        assert torch.equal(fused_state[key], value), key
+    fused.load_state_dict(plain_state)  # the unfused checkpoint loads into the fused method
+    batch = _batch(plain, task)
+    _assert_same_step(plain, fused, batch)
+    _assert_same_step(plain, fused, batch)  # a second step: from the moved statistics (and, for PCL, the EMA)
+    _assert_same_predictions_and_exports(plain, fused)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_checkpoint_round_trip_between_fused_and_unfused(case):
+    task = tiny_task(image_size=IMAGE)
+    fused = _build(case, "on", task)
+    torch.manual_seed(1)  # an unfused method with other weights receives the fused checkpoint
+    plain = build(dict(CASES[case], fuse="off"), task)
+    _step(fused, _batch(fused, task))  # non-trivial BatchNorm statistics (and EMA) in the checkpoint
+    saved = fused.state_dict()
+    plain.load_state_dict(saved)
+    again = _build(case, "on", task)
+    again.load_state_dict(plain.state_dict())  # and back: the unfused checkpoint into a fresh fused method
+    for key, value in saved.items():
+        assert torch.equal(plain.state_dict()[key], value), key
+        assert torch.equal(again.state_dict()[key], value), key
+    _assert_same_predictions_and_exports(plain, fused)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_streams_on_cpu_equal_off(case):
+    """On a CPU "streams" runs the separate members one after another: exactly "off"."""
+    task = tiny_task(image_size=IMAGE)
+    plain, streamed = _build(case, "off", task), _build(case, "streams", task)
+    assert _groups(streamed, StreamedMembers) and not _groups(plain, StreamedMembers)
+    batch = _batch(plain, task)
+    expected, got = _step(plain, batch), _step(streamed, batch)
+    assert torch.equal(got.loss, expected.loss)
+    grads = dict(streamed.named_parameters())
+    for name, p in plain.named_parameters():
+        assert (p.grad is None) == (grads[name].grad is None), name
+        assert p.grad is None or torch.equal(grads[name].grad, p.grad), name
+    for key, value in plain.state_dict().items():
+        assert torch.equal(streamed.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("name", ["one", "cl", "okddip", "mde", "css", "pcl"])
+def test_a_bad_fuse_value_names_the_key(name):
+    with pytest.raises(ConfigError, match="method.fuse"):
+        build({"name": name, "fuse": "sideways"}, tiny_task(image_size=IMAGE))
+
+
+def test_auto_outside_the_trainer_runs_unfused():
+    method = build({"name": "one", "model": "resnet8"}, tiny_task(image_size=IMAGE))
+    assert method.options.fuse == "auto"
+    assert type(method.group.net.branches) is MemberList
+
+
+def test_tails_fusion_cannot_translate_run_unfused_with_a_warning():
+    task = tiny_task(image_size=IMAGE)
+    with pytest.warns(UserWarning, match="unfused"):
+        method = build({"name": "one", "model": "resnet8", "model_options": {"shortcut": "A"}, "fuse": "on"}, task)
+    assert not _groups(method, FusedMembers)
+    _step(method, random_batch(task, batch_size=BATCH))
