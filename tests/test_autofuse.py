@@ -14,8 +14,8 @@ from peerkd.autofuse import choose_execution
 from peerkd.config import ConfigError, build_config
 from peerkd.fast import FastStep
 from peerkd.methods import build_method
-from peerkd.methods.cohort import FusedModels
 from peerkd.models import build_model
+from peerkd.models.members import FusedMembers, MemberList, StreamedMembers
 from peerkd.models.streams import StreamedModels
 from peerkd.trainer import Trainer, rng_state
 from tests.helpers import build, random_batch, tiny_config, tiny_task
@@ -54,8 +54,8 @@ def test_streams_and_auto_outside_the_trainer_build_separate_modules():
     task = tiny_task(image_size=IMAGE)
     streamed = build({"name": "dml", "models": ["resnet8", "resnet8"], "fuse": "streams"}, task)
     auto = build({"name": "dml", "models": ["resnet8", "resnet8"], "fuse": "auto"}, task)
-    assert isinstance(streamed.models, StreamedModels)
-    assert type(auto.models) is nn.ModuleList
+    assert isinstance(streamed.models, StreamedMembers)
+    assert type(auto.models) is MemberList
 
 
 def _dml_options(**extra):
@@ -122,7 +122,7 @@ def test_auto_on_cpu_does_not_measure(tmp_path):
     config = tiny_config({"name": "dml", "models": ["resnet8", "resnet8"]}, epochs=1, train_size=32,
                          overrides=("data.batch_size=16",))
     trainer = Trainer(config, run_dir=tmp_path / "run")
-    assert trainer.execution is None and type(trainer.method.models) is nn.ModuleList
+    assert trainer.execution is None and type(trainer.method.models) is MemberList
 
 
 def _failing_backend(graph_module, example_inputs):
@@ -157,6 +157,6 @@ def test_fast_step_falls_back_to_eager_when_compilation_fails():
         without(random_batch(task, batch_size=4))
 
 
-def test_fused_models_type_is_what_on_builds():
+def test_fused_members_type_is_what_on_builds():
     task = tiny_task(image_size=IMAGE)
-    assert isinstance(build({"name": "vanilla", "models": ["resnet8"] * 2, "fuse": "on"}, task).models, FusedModels)
+    assert isinstance(build({"name": "vanilla", "models": ["resnet8"] * 2, "fuse": "on"}, task).models, FusedMembers)

@@ -16,7 +16,7 @@ from torch import nn
 
 from peerkd.fast import FastStep
 from peerkd.models import build_model
-from peerkd.models.streams import StreamedModels
+from peerkd.models.members import StreamedMembers, build_members
 from peerkd.trainer import Trainer
 from tests.helpers import build, random_batch, tiny_config, tiny_task
 
@@ -79,7 +79,8 @@ def test_graph_step_refuses_a_batch_of_another_shape():
 def test_streams_give_the_sequential_outputs_and_gradients():
     torch.manual_seed(0)
     members = [build_model("resnet8", 5).to(DEVICE) for _ in range(3)]
-    streamed, plain = StreamedModels(copy.deepcopy(members)), nn.ModuleList(members)
+    streamed, plain = build_members(copy.deepcopy(members), "streams"), nn.ModuleList(members)
+    assert isinstance(streamed, StreamedMembers)
     x = [torch.randn(8, 3, 16, 16, device=DEVICE) for _ in range(3)]
     outs = streamed.run(x)
     sum(o.square().mean() for o in outs).backward()

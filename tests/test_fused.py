@@ -1,4 +1,5 @@
-"""Fused cohorts compute exactly what the separate modules compute: outputs, gradients, BatchNorm statistics.
+"""Fused members (``build_members(modules, "on")`` over :class:`FusedCopies`) compute exactly what the separate modules
+compute: outputs, gradients, BatchNorm statistics, for whole networks and for the tails of a branched network.
 
 In float64 the two agree to rounding (1e-12). In float32 they agree within 1e-5, with one caveat: grouped and
 separate convolutions round differently, so a pre-activation within ~1e-7 of zero can land on the other side of a
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from peerkd.models import branched, build_model
-from peerkd.models.fused import FusionError, fuse, fuse_branches, fuse_module
+from peerkd.models.fused import FusedCopies, FusionError, fuse_module
+from peerkd.models.members import FusedMembers, MemberList, build_members
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12}  # grouped vs separate convolutions: summation order only
 IMAGE = 12  # pixels per side: CIFAR ResNets and WRNs pool adaptively, and small maps keep the test fast and stable
@@ -47,7 +49,7 @@ def _exact_grads(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> dic
     return {name: p.grad for name, p in twin.named_parameters()}
 
 
-def _assert_same_members(fused, models, inputs=None, labels=None) -> None:
+def _assert_same_members(fused: FusedCopies, models, inputs=None, labels=None) -> None:
     """Every member's parameters, buffers (BN statistics) and gradients equal the separate model's; for float32
     gradients, where they differ, the fused ones must equal the exact float64 ones (see the module docstring).
     ``inputs[i]`` and ``labels[i]`` are member i's step data (for that exact recomputation)."""
@@ -68,13 +70,19 @@ def _assert_same_members(fused, models, inputs=None, labels=None) -> None:
                 _close(fused_grads[name], exact[name], f"member {i} grad {name} (vs exact)", TOLERANCE[p.dtype])
 
 
+def _fuse(modules: list[nn.Module]) -> FusedMembers:
+    group = build_members(modules, "on")
+    assert isinstance(group, FusedMembers)
+    return group
+
+
 @pytest.mark.parametrize("name,per_member_inputs,dtype", [
     ("resnet8", False, torch.float32), ("resnet8", True, torch.float32), ("wrn16_1", True, torch.float32),
     ("wrn16_1", False, torch.float64)])
 def test_fused_cohort_matches_separate_models(name, per_member_inputs, dtype):
     copies, batch = 3, 4
     models = _cohort(name, copies, dtype=dtype)
-    fused = fuse(models)
+    fused = _fuse(models)
     gen = torch.Generator().manual_seed(1)
     for mode in ("train", "eval"):
         for m in [*models, fused]:
@@ -87,59 +95,77 @@ def test_fused_cohort_matches_separate_models(name, per_member_inputs, dtype):
                 m.zero_grad(set_to_none=True)
             separate = torch.stack([m(x[i] if per_member_inputs else x) for i, m in enumerate(models)])
             _loss(separate, labels).backward()
-            logits = fused(x)
+            logits = torch.stack(fused.run(list(x) if per_member_inputs else x))
             _loss(logits, labels).backward()
             _close(logits, separate, f"{mode} step {step} logits")
-            _assert_same_members(fused, models, x if per_member_inputs else x.expand(copies, *x.shape), labels)
+            _assert_same_members(fused.fused, models, x if per_member_inputs else x.expand(copies, *x.shape), labels)
 
 
 def test_forward_stages_give_every_members_features():
+    """The fused body has the members' methods on stacked channels: every stage's map is the members' maps side by
+    side; the group's ``outputs`` are every member's last map, pooled feature and logits."""
     models = _cohort("resnet8", 2)
-    fused = fuse(models).eval()
+    fused = _fuse(models).eval()
     x = torch.randn(2, 4, 3, IMAGE, IMAGE)
     with torch.no_grad():
-        stages = fused.forward_stages(x)
+        stages = fused.fused.body.forward_stages(torch.cat(list(x), 1))
+        outputs = fused.outputs(list(x))
         for i, model in enumerate(models):
-            for s, feature in enumerate(model.eval().forward_stages(x[i])):
-                _close(stages[s][i], feature, f"stage {s} member {i}")
+            model.eval()
+            for s, feature in enumerate(model.forward_stages(x[i])):
+                _close(stages[s].chunk(2, 1)[i], feature, f"stage {s} member {i}")
+            features, logits = model.features_and_logits(x[i])
+            _close(outputs.maps[i], model.forward_stages(x[i])[-1], f"last map member {i}")
+            _close(outputs.features[i], features, f"features member {i}")
+            _close(outputs.logits[i], logits, f"logits member {i}")
 
 
 def test_export_round_trip_is_exact():
     models = _cohort("resnet8", 3)
     for model in models:  # non-trivial BN statistics
         model.train()(torch.randn(4, 3, IMAGE, IMAGE))
-    fused = fuse(models)
-    plain = fused.unfuse()
+    fused = _fuse(models)
+    plain = [fused.export(i) for i in range(3)]
     for model, exported in zip(models, plain):
         assert type(exported) is type(model)
         assert exported.peerkd_spec == model.peerkd_spec
         for key, value in model.state_dict().items():
             assert torch.equal(exported.state_dict()[key], value), key
-    again = fuse(list(plain))
+    again = _fuse(plain)
     for key, value in fused.state_dict().items():
         assert torch.equal(again.state_dict()[key], value), key
+    assert list(fused.state_dict()) == list(nn.ModuleList(models).state_dict())  # the ModuleList's keys
 
 
 def test_heterogeneous_cohorts_are_refused():
-    with pytest.raises(FusionError, match="not identical"):
-        fuse([build_model("resnet8", 5), build_model("resnet14", 5)])
-    with pytest.raises(FusionError, match="not identical"):
-        fuse([build_model("resnet8", 5), build_model("resnet8", 7)])
-    with pytest.raises(FusionError, match="not identical"):
-        fuse([build_model("resnet8", 5), build_model("wrn16_1", 5)])
+    for pair in ([build_model("resnet8", 5), build_model("resnet14", 5)],
+                 [build_model("resnet8", 5), build_model("resnet8", 7)],
+                 [build_model("resnet8", 5), build_model("wrn16_1", 5)]):
+        with pytest.raises(FusionError, match="not identical"):
+            FusedCopies(pair)
+        with pytest.warns(UserWarning, match="not identical.*unfused"):  # the group falls back to separate modules
+            assert type(build_members(pair, "on")) is MemberList
 
 
 def test_unsupported_modules_are_named():
     with pytest.raises(FusionError, match="LayerNorm"):
         fuse_module([nn.LayerNorm(4), nn.LayerNorm(4)])
     with pytest.raises(FusionError, match="shortcut='A'"):
-        fuse([build_model("resnet8", 5, shortcut="A") for _ in range(2)])
+        FusedCopies([build_model("resnet8", 5, shortcut="A") for _ in range(2)])
+
+
+def _branched_pair():
+    """The same branched net (float64: the exact maths, no ReLU-kink caveat) with separate and fused tails."""
+    torch.manual_seed(0)
+    net = branched("resnet8", 5, split_at=2, branches=3, execution="off").double()
+    fused = branched("resnet8", 5, split_at=2, branches=3, execution="on").double()
+    assert isinstance(fused.branches, FusedMembers)
+    fused.load_state_dict(net.state_dict())
+    return net, fused
 
 
 def test_fused_branch_tails_match_the_branched_net():
-    torch.manual_seed(0)
-    net = branched("resnet8", 5, split_at=2, branches=3).double()  # float64: the exact maths, no ReLU-kink caveat
-    fused = fuse_branches(net)
+    net, fused = _branched_pair()
     gen = torch.Generator().manual_seed(2)
     for mode in ("train", "eval"):
         net.train(mode == "train")
@@ -151,15 +177,16 @@ def test_fused_branch_tails_match_the_branched_net():
             fused.zero_grad(set_to_none=True)
             separate = torch.stack(net(x))
             _loss(separate, labels).backward()
-            logits = fused(x)
+            logits = torch.stack(fused(x))
             _loss(logits, labels).backward()
             _close(logits, separate, f"{mode} step {step} logits")
-            _assert_same_members(fused, list(net.branches))
+            _assert_same_members(fused.branches.fused, list(net.branches))
             trunk = dict(fused.named_parameters())
             for name, p in net.named_parameters():
                 if not name.startswith("branches."):
                     _close(trunk[name].grad, p.grad, f"trunk grad {name}")
-    back = fused.unfuse()
+    back = branched("resnet8", 5, split_at=2, branches=3, execution="off").double()
+    back.load_state_dict(fused.state_dict())
     for key, value in net.state_dict().items():
         assert torch.equal(back.state_dict()[key], value), key
     exported = fused.export_branch(1)

@@ -8,10 +8,10 @@ import torch
 
 from peerkd.config import ConfigError
 from peerkd.methods import EpochContext
-from peerkd.methods.cohort import FusedModels, feature_widths, run_cohort, run_cohort_features
+from peerkd.methods.cohort import feature_widths, run_cohort, run_cohort_features
 from peerkd.models import build_model
 from peerkd.models.fused import split_member
-from peerkd.models.streams import StreamedModels
+from peerkd.models.members import FusedMembers, MemberList, StreamedMembers, build_members
 from tests.helpers import build, random_batch, tiny_task
 
 IMAGE = 12  # pixels per side: small maps keep the check fast (CIFAR ResNets pool adaptively)
@@ -19,6 +19,7 @@ BATCH = 6  # images per view
 TOLERANCE = 1e-5  # fp32: grouped vs separate convolutions differ only by summation order
 LEARNING_RATE = 0.1  # of the SGD step that checks the updated weights, per unit of gradient
 PEERS = ["resnet8", "resnet8"]
+FUSED_PREFIX = "models.fused.body."  # a fused cohort's parameter names (FusedMembers over FusedCopies)
 
 KDCL_CASES = {  # the target rules and their input paths: shared view, ICL views, Cutout (random centres)
     "naive": {"target": "naive", "icl": False},
@@ -51,8 +52,8 @@ def _pair(tree: dict, task, fuse: str = "on"):
     torch.manual_seed(0)
     plain = build(dict(tree, fuse="off"), task)
     other = build(dict(tree, fuse=fuse), task)
-    expected_type = FusedModels if fuse == "on" else StreamedModels
-    assert isinstance(other.models, expected_type) and type(plain.models) is torch.nn.ModuleList
+    expected_type = FusedMembers if fuse == "on" else StreamedMembers
+    assert isinstance(other.models, expected_type) and type(plain.models) is MemberList
     assert set(other.state_dict()) == set(plain.state_dict())  # the same checkpoint layout
     other.load_state_dict(plain.state_dict())
     return plain, other
@@ -62,11 +63,11 @@ def _grads_by_member_name(method) -> dict[str, torch.Tensor | None]:
     """Every parameter's gradient under its unfused name (``models.{i}.<name>`` for a fused cohort's parts)."""
     grads = {}
     for name, p in method.named_parameters():
-        if name.startswith("models.fused."):
+        if name.startswith(FUSED_PREFIX):
             copies = method.models.fused.copies
             for member in range(copies):
                 part = None if p.grad is None else split_member(p.grad, member, copies)
-                grads[f"models.{member}.{name[len('models.fused.'):]}"] = part
+                grads[f"models.{member}.{name[len(FUSED_PREFIX):]}"] = part
         else:
             grads[name] = p.grad
     return grads
@@ -192,8 +193,9 @@ def test_run_cohort_features_matches_every_members_own_pass():
     shared input and for one input per member; ``feature_widths`` is each member's classifier input."""
     torch.manual_seed(0)
     members = [build_model("resnet8", 5) for _ in range(3)]
-    plain = torch.nn.ModuleList(members)
-    fused = FusedModels(members)
+    plain = MemberList(members)
+    fused = build_members(members, "on")
+    assert isinstance(fused, FusedMembers)
     assert feature_widths(fused) == feature_widths(plain) == [m.head.in_features for m in members]
     shared = torch.randn(4, 3, IMAGE, IMAGE)
     per_member = torch.randn(3, 4, 3, IMAGE, IMAGE)
@@ -243,11 +245,32 @@ def test_fused_checkpoint_loads_unfused_after_training(tree):
     _assert_same_predictions_and_exports(again, fused, task)
 
 
+@pytest.mark.parametrize("fuse", ["on", "streams"])
+def test_cohort_checkpoint_keys_are_the_module_lists_in_every_execution(fuse):
+    """``models.{i}.<name>`` in every execution: a state_dict saved with fuse off loads (strictly) with fuse on or
+    streams, is saved under the same keys there, and loads back with fuse off unchanged."""
+    task = tiny_task(image_size=IMAGE)
+    tree = {"name": "dml", "models": PEERS}
+    torch.manual_seed(0)
+    off = build(dict(tree, fuse="off"), task)
+    member_keys = list(build_model(PEERS[0], task.num_classes).state_dict())
+    expected = [f"models.{i}.{key}" for i in range(len(PEERS)) for key in member_keys]
+    assert list(off.state_dict()) == expected
+    other = build(dict(tree, fuse=fuse), task)
+    other.load_state_dict(off.state_dict())
+    assert list(other.state_dict()) == expected
+    back = build(dict(tree, fuse="off"), task)
+    back.load_state_dict(other.state_dict())
+    saved, restored = off.state_dict(), back.state_dict()
+    for key in expected:
+        assert torch.equal(restored[key], saved[key]), key
+
+
 def test_kdcl_heterogeneous_students_run_unfused_with_a_warning():
     task = tiny_task(image_size=IMAGE)
     with pytest.warns(UserWarning, match="not identical"):
         method = build({"name": "kdcl", "models": ["resnet8", "wrn16_1"], "fuse": "on"}, task)
-    assert not isinstance(method.models, FusedModels)
+    assert not isinstance(method.models, FusedMembers)
     method(random_batch(task, batch_size=4, views=2)).loss.backward()
 
 

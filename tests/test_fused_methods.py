@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peerkd.methods.cohort import FusedModels
+from peerkd.models.members import FusedMembers
 from tests.helpers import build, random_batch, tiny_task
 
 IMAGE = 12  # pixels per side: small maps keep the check fast (CIFAR ResNets pool adaptively)
@@ -16,7 +16,7 @@ def _pair(tree: dict, task):
     torch.manual_seed(0)
     plain = build(dict(tree, fuse=False), task)
     fused = build(dict(tree, fuse=True), task)
-    assert isinstance(fused.models, FusedModels) and not isinstance(plain.models, FusedModels)
+    assert isinstance(fused.models, FusedMembers) and not isinstance(plain.models, FusedMembers)
     assert set(fused.state_dict()) == set(plain.state_dict())  # the same checkpoint layout
     fused.load_state_dict(plain.state_dict())
     return plain, fused
@@ -74,5 +74,5 @@ def test_heterogeneous_cohort_runs_unfused():
     task = tiny_task(image_size=IMAGE)
     with pytest.warns(UserWarning, match="not identical"):
         method = build({"name": "dml", "models": ["resnet8", "resnet14"], "fuse": True}, task)
-    assert not isinstance(method.models, FusedModels)
+    assert not isinstance(method.models, FusedMembers)
     method(random_batch(task, batch_size=4)).loss.backward()

@@ -1,7 +1,7 @@
-"""Fused cohorts: P identical networks (or the P identical tails of a branched network) run as one module.
+"""Fusion: P identical modules (whole networks, branch tails, stage segments, heads) run as one module.
 
 Online KD multiplies a network's kernel launches by its peers and branches; most of a CIFAR step is launch overhead,
-not arithmetic. Here the P copies become one network whose every layer is P times as wide: the copies' channels are
+not arithmetic. Here the P copies become one module whose every layer is P times as wide: the copies' channels are
 stacked peer-major (``[peer 0's C channels, peer 1's C channels, ...]``), every convolution is grouped so that a
 copy only sees its own channels, one BatchNorm normalises all copies' channels (BatchNorm is per channel, so this is
 numerically the separate BatchNorms), and the classifiers run as one batched matrix product. The maths is that of
@@ -17,15 +17,15 @@ channels. Any other module type is refused with its name; :func:`register_channe
 forward is channel-wise.
 
 Every fused parameter and buffer is the members' tensors concatenated along dim 0 (conv and linear weights are kept
-as ``(P * out, ...)``), so splitting it back (:meth:`FusedCohort.export`) is one ``chunk`` per tensor; the fused
-state_dict keeps the member's key names. :class:`FusedCohort` fuses whole networks, :class:`FusedBranchedNet` the
-tails of a branched network behind its trunk, :class:`FusedCopies` any translatable members (the body of
-:mod:`peerkd.models.members`).
+as ``(P * out, ...)``), so splitting it back (:func:`split_member`) is one ``chunk`` per tensor; the fused state_dict
+keeps the member's key names. :class:`FusedCopies` holds the fused module and cuts members back out of it; the
+member-group interface over it (inputs stacked and outputs split, ModuleList state_dict keys) is
+:class:`peerkd.models.members.FusedMembers`.
 """
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -33,10 +33,6 @@ from torch import nn
 from peerkd.models.base import Backbone, ClassifierHead
 from peerkd.models.cifar_resnet import BasicBlock
 from peerkd.models.wrn import FinalActivation, WideBlock
-
-if TYPE_CHECKING:  # branched.py imports this module (through members.py): no runtime import back
-    from peerkd.models.branched import BranchedNet
-
 
 class FusionError(ValueError):
     """The modules cannot be fused (different architectures, or a module type the translator does not know)."""
@@ -244,190 +240,14 @@ def _check_same_state_layout(members: list[nn.Module], what: str) -> None:
                               "identical (run it unfused)")
 
 
-def _stack_channels(x: torch.Tensor, copies: int) -> torch.Tensor:
-    """``(B, C, H, W)`` shared by all copies, or ``(P, B, C, H, W)`` one per copy -> ``(B, P*C, H, W)``."""
-    if x.dim() == 4:
-        return x.repeat(1, copies, 1, 1)
-    if x.dim() == 5 and x.shape[0] == copies:
-        return x.transpose(0, 1).reshape(x.shape[1], copies * x.shape[2], *x.shape[3:])
-    raise ValueError(f"expected one input (B, C, H, W) or one per member ({copies}, B, C, H, W), got {tuple(x.shape)}")
-
-
-def _unstack_channels(x: torch.Tensor, copies: int) -> torch.Tensor:
-    """``(B, P*C, ...)`` -> ``(P, B, C, ...)`` (a view)."""
-    return x.view(x.shape[0], copies, x.shape[1] // copies, *x.shape[2:]).transpose(0, 1)
-
-
-class _FusedMembers(nn.Module):
-    """Shared by the fused cohort and fused tails: a fused body plus a template to export members from."""
-
-    copies: int
-
-    def _set_template(self, template: nn.Module) -> None:
-        # kept out of the module tree (no parameters, no state_dict entries); used to rebuild plain members
-        object.__setattr__(self, "_template", copy.deepcopy(template).cpu())
-
-    def _fused_parts(self) -> nn.Module:
-        raise NotImplementedError
-
-    def member_state_dict(self, member: int) -> dict[str, torch.Tensor]:
-        """Member ``member``'s state_dict (the member's own key names), cut from the fused tensors."""
-        return {key: split_member(value, member, self.copies).clone()
-                for key, value in self._fused_parts().state_dict().items()}
-
-    def member_grads(self, member: int) -> dict[str, torch.Tensor | None]:
-        """Member ``member``'s gradients by parameter name (None where a parameter has none)."""
-        return {name: None if p.grad is None else split_member(p.grad, member, self.copies)
-                for name, p in self._fused_parts().named_parameters()}
-
-    def load_member_state_dict(self, member: int, state: dict[str, torch.Tensor]) -> None:
-        """Write member ``member``'s tensors (its own key names) into the fused tensors."""
-        own = self._fused_parts().state_dict(keep_vars=True)
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise KeyError(f"member state does not fit the fused cohort: missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]}")
-        with torch.no_grad():
-            for key, target in own.items():
-                source = state[key]
-                if target.dim() == 0:
-                    target.copy_(source)
-                else:
-                    split_member(target, member, self.copies).copy_(source)
-
-    def _export_from_template(self, member: int) -> nn.Module:
-        model = copy.deepcopy(self._template)
-        model.load_state_dict(self.member_state_dict(member))
-        device = next(iter(self.parameters())).device
-        return model.to(device).train(self.training)
-
-
-class FusedCohort(_FusedMembers):
-    """P identical backbones as one module. ``forward(x)`` takes one shared input ``(B, C, H, W)`` or one per
-    member ``(P, B, C, H, W)`` and returns logits ``(P, B, K)``."""
-
-    def __init__(self, models: list[Backbone]):
-        super().__init__()
-        if len(models) < 1:
-            raise FusionError("fuse() needs at least one model")
-        for i, model in enumerate(models):
-            if not isinstance(model, Backbone):
-                raise FusionError(f"model {i} is a {type(model).__name__}, not a Backbone (stem / stages / head)")
-        _check_same_state_layout(models, "model")
-        self.copies = len(models)
-        self.stem = fuse_module([m.stem for m in models])
-        self.stages = fuse_module([m.stages for m in models])
-        self.head = fuse_module([m.head for m in models])
-        self.stage_channels = list(models[0].stage_channels)
-        self.peerkd_spec = getattr(models[0], "peerkd_spec", None)
-        self._set_template(models[0])
-
-    def _fused_parts(self) -> nn.Module:
-        return self
-
-    def forward_stages(self, x: torch.Tensor, start: int = 0, end: int | None = None) -> list[torch.Tensor]:
-        """Per stage, every member's feature map ``(P, B, C, H, W)`` (views of the fused maps); ``x`` as in
-        :meth:`forward` when ``start == 0``, else stage ``start - 1``'s output in that ``(P, B, C, H, W)`` form."""
-        return [_unstack_channels(f, self.copies) for f in self._stacked_stages(x, start, end)]
-
-    def _stacked_stages(self, x: torch.Tensor, start: int = 0, end: int | None = None) -> list[torch.Tensor]:
-        x = _stack_channels(x, self.copies)
-        if start == 0:
-            x = self.stem(x)
-        outs = []
-        for stage in self.stages[start:end]:
-            x = stage(x)
-            outs.append(x)
-        return outs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self._stacked_stages(x)[-1])  # (B, P*K)
-        return logits.view(logits.shape[0], self.copies, -1).transpose(0, 1)
-
-    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every member's pooled penultimate vector ``(P, B, D)`` and logits ``(P, B, K)`` from one forward pass,
-        as :meth:`Backbone.features_and_logits` per member: the fused head pools the stacked last map into
-        ``(B, P*D)`` (peer-major, so it is the members' vectors concatenated) and its batched classifier gives
-        ``(B, P*K)``; both are returned as per-member views."""
-        last = self._stacked_stages(x)[-1]
-        features, logits = self.head.features(last), self.head(last)
-        return (features.view(features.shape[0], self.copies, -1).transpose(0, 1),
-                logits.view(logits.shape[0], self.copies, -1).transpose(0, 1))
-
-    def export(self, member: int) -> Backbone:
-        """Member ``member`` as a plain backbone with its trained weights and BatchNorm statistics."""
-        if not 0 <= member < self.copies:
-            raise IndexError(f"member {member} out of range: the cohort has {self.copies}")
-        model = self._export_from_template(member)
-        if self.peerkd_spec is not None:
-            model.peerkd_spec = dict(self.peerkd_spec)
-        return model
-
-    def unfuse(self) -> nn.ModuleList:
-        """Every member as a plain backbone."""
-        return nn.ModuleList([self.export(i) for i in range(self.copies)])
-
-
-class FusedBranchedNet(_FusedMembers):
-    """A :class:`BranchedNet` whose m tails run as one fused computation fed by the shared trunk.
-
-    ``forward(x)`` returns the branches' logits ``(m, B, K)``; ``tails_forward_stages(shared)`` the tails' stage
-    maps ``(m, B, C, H, W)``.
-    """
-
-    def __init__(self, net: BranchedNet):
-        super().__init__()
-        tails = list(net.branches)
-        _check_same_state_layout(tails, "branch")
-        self.copies = len(tails)
-        self.stem = copy.deepcopy(net.stem)
-        self.trunk_stages = copy.deepcopy(net.trunk_stages)
-        self.tails = fuse_module(tails)
-        self.name, self.num_classes, self.split_at = net.name, net.num_classes, net.split_at
-        self.model_kwargs = dict(net.model_kwargs)
-        self.trunk_channels, self.stage_channels = net.trunk_channels, list(net.stage_channels)
-        self._set_template(tails[0])
-        object.__setattr__(self, "_net_template", copy.deepcopy(net).cpu())
-
-    def _fused_parts(self) -> nn.Module:
-        return self.tails
-
-    def trunk(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for stage in self.trunk_stages:
-            x = stage(x)
-        return x
-
-    def tails_forward_stages(self, shared: torch.Tensor) -> list[torch.Tensor]:
-        x = _stack_channels(shared, self.copies)
-        return [_unstack_channels(f, self.copies) for f in self.tails.forward_stages(x)]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        stacked = _stack_channels(self.trunk(x), self.copies)
-        logits = self.tails(stacked)
-        return logits.view(logits.shape[0], self.copies, -1).transpose(0, 1)
-
-    def unfuse(self) -> BranchedNet:
-        """The plain :class:`BranchedNet` with this one's trained trunk and tails."""
-        net = copy.deepcopy(self._net_template)
-        net.stem.load_state_dict(self.stem.state_dict())
-        net.trunk_stages.load_state_dict(self.trunk_stages.state_dict())
-        for j in range(self.copies):
-            net.branches[j].load_state_dict(self.member_state_dict(j))
-        return net.to(next(iter(self.parameters())).device).train(self.training)
-
-    def export_branch(self, j: int) -> Backbone:
-        return self.unfuse().export_branch(j)
-
-
-class FusedCopies(_FusedMembers):
+class FusedCopies(nn.Module):
     """P identical modules of any kind :func:`fuse_module` translates (branch tails, stage segments, classifier
-    heads, backbones) as one module ``body`` of the members' type working on peer-major stacked channels: where a
-    member maps ``(B, C, ...)`` to ``(B, K, ...)``, ``body`` maps ``(B, P*C, ...)`` to ``(B, P*K, ...)``, with every
+    heads, whole backbones) as one module ``body`` of the members' type working on peer-major stacked channels: where
+    a member maps ``(B, C, ...)`` to ``(B, K, ...)``, ``body`` maps ``(B, P*C, ...)`` to ``(B, P*K, ...)``, with every
     method of the member (``forward_stages``, ``head.features``, ...) available on the stacked tensors.
 
-    ``body``'s parameters and buffers carry a member's names (the members' tensors concatenated along dim 0).
+    ``body``'s parameters and buffers carry a member's names (the members' tensors concatenated along dim 0), so a
+    member's state, gradients and plain copy are cut out of them with :func:`split_member`.
     """
 
     def __init__(self, members: list[nn.Module]):
@@ -437,43 +257,30 @@ class FusedCopies(_FusedMembers):
         _check_same_state_layout(members, "member")
         self.copies = len(members)
         self.body = fuse_module(members)
-        self._set_template(members[0])
-
-    def _fused_parts(self) -> nn.Module:
-        return self.body
+        # a plain member kept out of the module tree (no parameters, no state_dict entries): export fills a copy
+        object.__setattr__(self, "_template", copy.deepcopy(members[0]).cpu())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+    def member_state_dict(self, member: int) -> dict[str, torch.Tensor]:
+        """Member ``member``'s state_dict (the member's own key names), cut from the fused tensors."""
+        return {key: split_member(value, member, self.copies).clone() for key, value in self.body.state_dict().items()}
+
+    def member_grads(self, member: int) -> dict[str, torch.Tensor | None]:
+        """Member ``member``'s gradients by parameter name (None where a parameter has none)."""
+        return {name: None if p.grad is None else split_member(p.grad, member, self.copies)
+                for name, p in self.body.named_parameters()}
 
     def export(self, member: int) -> nn.Module:
         """Member ``member`` as a plain module of its own type, with its trained weights and statistics."""
         if not 0 <= member < self.copies:
             raise IndexError(f"member {member} out of range: there are {self.copies}")
-        return self._export_from_template(member)
+        model = copy.deepcopy(self._template)
+        model.load_state_dict(self.member_state_dict(member))
+        device = next(iter(self.parameters())).device
+        return model.to(device).train(self.training)
 
 
-def fuse(models: list[Backbone]) -> FusedCohort:
-    """One :class:`FusedCohort` computing identical ``models`` (weights and BatchNorm statistics copied exactly);
-    raises :class:`FusionError` for a heterogeneous cohort or an unsupported module type."""
-    return FusedCohort(list(models))
-
-
-def fuse_branches(net: BranchedNet) -> FusedBranchedNet:
-    """``net`` with its identical tails fused into one grouped computation fed by the shared trunk."""
-    return FusedBranchedNet(net)
-
-
-def same_architecture(models: list[nn.Module]) -> bool:
-    """True when the models have one class and one state layout (the precondition of :func:`fuse`)."""
-    if len({type(m) for m in models}) != 1:
-        return False
-    try:
-        _check_same_state_layout(models, "model")
-    except FusionError:
-        return False
-    return True
-
-
-__all__ = ["FusedBatchNorm2d", "FusedBranchedNet", "FusedCohort", "FusedConv2d", "FusedCopies", "FusedLinear",
-           "FusionError", "fuse", "fuse_branches", "fuse_module", "register_channelwise", "same_architecture",
-           "split_member"]
+__all__ = ["FusedBatchNorm2d", "FusedConv2d", "FusedCopies", "FusedLinear", "FusionError", "fuse_module",
+           "register_channelwise", "split_member"]

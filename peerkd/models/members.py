@@ -1,7 +1,8 @@
 """Identical members behind one interface, however they execute: ``build_members(modules, execution)``.
 
-A branched network's tails, a network-based group's whole networks, a head tree's stage segments and classifiers:
-each is a group of identical modules that a method runs side by side. The method asks the group, never a member:
+A branched network's tails, a cohort's networks (:mod:`peerkd.methods.cohort`; there they may also differ, and then
+run unfused), a network-based group's whole networks, a head tree's stage segments and classifiers: each is a group
+of identical modules that a method runs side by side. The method asks the group, never a member:
 
 - ``run(inputs)``: every member's ``forward``;
 - ``outputs(inputs)``: for members made of stages and a classifier head (branch tails, backbones), every member's
