@@ -39,6 +39,10 @@ class ExecutionChoice:
     ms_per_step: dict[str, float | None]
     mode: str  # the FastStep mode the steps were timed in
 
+    @property
+    def measured(self) -> bool:
+        return any(v is not None for v in self.ms_per_step.values())
+
     def as_record(self) -> dict:
         return {"kind": "execution", "fuse": self.choice, "timed_in": self.mode,
                 "ms_per_step": {k: (None if v is None else round(v, 3)) for k, v in self.ms_per_step.items()}}
@@ -71,6 +75,39 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _executes_as(method: nn.Module, choice: str) -> bool:
+    """True when ``method`` holds a member group of two or more members executing as ``choice``."""
+    from peerkd.models.members import FusedMembers, StreamedMembers
+
+    if choice == "off":
+        return True
+    kind = FusedMembers if choice == "on" else StreamedMembers
+    return any(isinstance(module, kind) and len(module) > 1 for module in method.modules())
+
+
+def _candidates(build: Callable[[object], nn.Module], options) -> dict[str, nn.Module]:
+    """The method built in every execution that differs from "off" (and "off" itself, which must build)."""
+    candidates = {}
+    for choice in MEASURED_CHOICES:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "runs unfused" warnings: such a candidate is dropped just below
+                candidate = build(replace(options, fuse=choice))
+        except Exception as err:  # noqa: BLE001
+            if choice == "off":
+                raise
+            _not_chosen(choice, err)
+            continue
+        if _executes_as(candidate, choice):
+            candidates[choice] = candidate
+    return candidates
+
+
+def _not_chosen(choice: str, err: Exception) -> None:
+    warnings.warn(f"method.fuse auto: the '{choice}' execution could not be measured ({type(err).__name__}: "
+                  f"{str(err)[:160]}); it is not chosen", RuntimeWarning, stacklevel=3)
+
+
 def choose_execution(build: Callable[[object], nn.Module], options, reference: nn.Module, batch, *,
                      device: torch.device, autocast=None, mode: str = "eager", lr: float = 0.1,
                      prepare: Callable[[nn.Module], nn.Module] = lambda m: m,
@@ -82,35 +119,29 @@ def choose_execution(build: Callable[[object], nn.Module], options, reference: n
     prepare: moves a candidate to the run's device and memory format (the trainer's ``.to(...)`` calls).
     mode: the FastStep mode to time in ("graph" when the run captures graphs, else "eager").
     reduce: sums a tensor of times over DDP ranks (None in one process).
-    An execution that fails to build or step, or that falls back to separate modules ("on" for a cohort fusion
-    does not cover), is skipped; "off" always runs.
+    An execution that fails to build or step, or that has no member group executing that way (one network; "on" for
+    a cohort fusion does not cover), is skipped; "off" always runs, unless nothing else is left to compare it with.
     """
     from peerkd.trainer import rng_state, set_rng_state
 
     saved_rng = rng_state()
     state = {k: v.detach().clone() for k, v in reference.state_dict().items()}
-    times: dict[str, float | None] = {}
+    times: dict[str, float | None] = {choice: None for choice in MEASURED_CHOICES}
     try:
-        for choice in MEASURED_CHOICES:
+        candidates = _candidates(build, options)
+        if len(candidates) == 1:  # no fused or streamed member group: every execution is "off"
+            return ExecutionChoice("off", times, mode)
+        for choice, candidate in list(candidates.items()):
             try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    candidate = build(replace(options, fuse=choice))
-                if choice != "off" and any("unfused" in str(w.message) for w in caught):
-                    times[choice] = None  # the same modules as "off": nothing to measure
-                    continue
                 candidate.load_state_dict(state)
                 times[choice] = _timed_steps(candidate, batch, device=device, autocast=autocast, mode=mode, lr=lr,
                                              warmup=warmup, steps=steps, prepare=prepare)
             except Exception as err:  # noqa: BLE001  (a candidate that cannot run is not chosen; "off" re-raises)
                 if choice == "off":
                     raise
-                warnings.warn(f"method.fuse auto: the '{choice}' execution could not be measured "
-                              f"({type(err).__name__}: {str(err)[:160]}); it is not chosen", RuntimeWarning,
-                              stacklevel=2)
-                times[choice] = None
+                _not_chosen(choice, err)
             finally:
-                candidate = None
+                del candidates[choice], candidate
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     finally:

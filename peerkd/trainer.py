@@ -261,9 +261,11 @@ class Trainer:
         self.writer = SummaryWriter(str(self.run_dir))
         if self.execution is not None:
             self.log(self.execution.as_record())
-            times = ", ".join(f"{k} {'-' if v is None else f'{v:.1f}'}" for k, v in self.execution.ms_per_step.items())
-            print(f"method.fuse auto: '{self.execution.choice}' (ms per step timed {self.execution.mode}: {times})",
-                  flush=True)
+            if self.execution.measured:
+                times = ", ".join(f"{k} {'-' if v is None else f'{v:.1f}'}"
+                                  for k, v in self.execution.ms_per_step.items())
+                print(f"method.fuse auto: '{self.execution.choice}' (ms per step timed {self.execution.mode}: "
+                      f"{times})", flush=True)
 
     def log(self, record: dict) -> None:
         if not self.ddp.is_main:

@@ -160,3 +160,12 @@ def test_fast_step_falls_back_to_eager_when_compilation_fails():
 def test_fused_members_type_is_what_on_builds():
     task = tiny_task(image_size=IMAGE)
     assert isinstance(build({"name": "vanilla", "models": ["resnet8"] * 2, "fuse": "on"}, task).models, FusedMembers)
+
+
+def test_a_method_without_member_groups_is_not_measured():
+    task = tiny_task(image_size=IMAGE)
+    options = build_config({"method": {"name": "vanilla", "models": ["resnet8"]}}).method.options
+    reference = build_method("vanilla", options, task)
+    choice = choose_execution(lambda o: build_method("vanilla", o, task), options, reference, random_batch(task, batch_size=4),
+                              device=torch.device("cpu"), warmup=1, steps=1)
+    assert choice.choice == "off" and not choice.measured  # one network: nothing to fuse or stream, nothing timed
