@@ -538,6 +538,8 @@ def run(args, rows=ROWS) -> list[dict]:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # both paths: published CIFAR code sets it, and peerkd runs do (auto)
     data = synthetic_cifar(args.images)
     records = []
     for row in selected:

@@ -84,6 +84,8 @@ class TrainerConfig:
     fast: str = "auto"  # graph-captured step (peerkd/fast.py): "auto" (on for CUDA, falls back to eager if the
     # compile/capture fails), "on", "off"; a CPU runs the same step eagerly (nothing to capture)
     fast_mode: str = "compile"  # with fast: "compile" (torch.compile reduce-overhead) or "graph" (one CUDA graph)
+    cudnn_benchmark: bool = True  # CUDA: cuDNN times its convolution algorithms once per shape and keeps the fastest
+    # (the shapes are static); false gives bitwise-repeatable runs on one machine, slower
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
     log_every: int = 50  # steps between training-log lines (one host sync each)
     out: str = "runs"  # parent folder of run folders; a run writes to <out>/<name>

@@ -130,6 +130,8 @@ class Trainer:
             torch.set_num_threads(config.trainer.threads)
         self.run_dir = Path(run_dir) if run_dir else Path(config.trainer.out) / config.name
         on_cuda = self.device.type == "cuda"
+        if on_cuda:
+            torch.backends.cudnn.benchmark = config.trainer.cudnn_benchmark
         self.bf16 = config.trainer.precision == "bf16" or (config.trainer.precision == "auto" and on_cuda)
         self.channels_last = config.trainer.channels_last == "on" or (
             config.trainer.channels_last == "auto" and on_cuda)
