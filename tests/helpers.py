@@ -33,6 +33,15 @@ def build(method_tree: dict, task: TaskInfo):
     return build_method(config.method.name, config.method.options, task)
 
 
+def twin_methods(method_tree: dict, task: TaskInfo, seed: int = 0):
+    """Two methods with the same initial weights (built once under ``seed``, then copied)."""
+    import copy
+
+    torch.manual_seed(seed)
+    method = build(method_tree, task)
+    return method, copy.deepcopy(method)
+
+
 def assert_one_step(method, batch: Batch, frozen: tuple[str, ...] = ()) -> torch.Tensor:
     """One forward/backward: the loss is a finite scalar and every trained parameter (except names starting with one
     of ``frozen``) receives a finite, not-all-zero gradient."""

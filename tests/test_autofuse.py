@@ -18,7 +18,7 @@ from peerkd.models import build_model
 from peerkd.models.members import FusedMembers, MemberList, StreamedMembers
 from peerkd.models.streams import StreamedModels
 from peerkd.trainer import Trainer, rng_state
-from tests.helpers import build, random_batch, tiny_config, tiny_task
+from tests.helpers import build, random_batch, tiny_config, tiny_task, twin_methods
 
 IMAGE = 12  # pixels per side: small maps keep the checks quick
 
@@ -132,10 +132,8 @@ def _failing_backend(graph_module, example_inputs):
 def test_fast_step_falls_back_to_eager_when_compilation_fails():
     if not hasattr(torch, "compile"):
         pytest.skip("torch.compile is unavailable")
-    task = tiny_task(num_classes=3, image_size=8)
-    torch.manual_seed(0)
-    method = build({"name": "vanilla", "models": ["resnet8"]}, task)
-    twin = copy.deepcopy(method)
+    method, twin = twin_methods({"name": "vanilla", "models": ["resnet8"]}, tiny_task(num_classes=3, image_size=8))
+    task = method.task
     eager = FastStep(method, method.trainable_parameters(), lr=0.05)
     failing = FastStep(twin, twin.trainable_parameters(), lr=0.05, mode="compile",
                        compile_backend=_failing_backend, fallback=True)

@@ -9,7 +9,7 @@ import torch
 
 from peerkd.fast import FastStep
 from peerkd.trainer import Trainer, learning_rate
-from tests.helpers import build, random_batch, tiny_config, tiny_task
+from tests.helpers import build, random_batch, tiny_config, tiny_task, twin_methods
 
 
 def _fast_step(method, config, mode="eager", **kwargs) -> FastStep:
@@ -53,10 +53,8 @@ COMPILE_BACKEND = "inductor" if os.environ.get("PEERKD_TEST_INDUCTOR") == "1" el
 def test_compiled_fast_step_agrees_with_eager():
     if not hasattr(torch, "compile"):
         pytest.skip("torch.compile is unavailable")
-    task = tiny_task(num_classes=3, image_size=8)
-    torch.manual_seed(0)
-    method = build({"name": "vanilla", "models": ["resnet8"]}, task)
-    twin = copy.deepcopy(method)
+    method, twin = twin_methods({"name": "vanilla", "models": ["resnet8"]}, tiny_task(num_classes=3, image_size=8))
+    task = method.task
     config = tiny_config({"name": "vanilla"})
     eager = _fast_step(method, config)
     compiled = _fast_step(twin, config, mode="compile", compile_backend=COMPILE_BACKEND)
