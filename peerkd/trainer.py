@@ -186,11 +186,7 @@ class Trainer:
         cfg = self.config
         build = lambda options: build_method(cfg.method.name, options, self.task)  # noqa: E731
         first_batch = next(iter(self.train_loader.epoch(0)))
-        reduce = None
-        if self.ddp.world > 1:
-            def reduce(times: torch.Tensor) -> torch.Tensor:
-                dist.all_reduce(times)
-                return times
+        reduce = _sum_over_ranks if self.ddp.world > 1 else None
 
         def prepare(candidate: torch.nn.Module) -> torch.nn.Module:
             candidate = self._place(candidate)
@@ -414,6 +410,11 @@ class Trainer:
         if "diversity" in self.history["last"]:
             out["diversity"] = self.history["last"]["diversity"]
         return out
+
+
+def _sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    dist.all_reduce(values)
+    return values
 
 
 def _main_thread() -> bool:

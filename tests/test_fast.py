@@ -9,7 +9,7 @@ import torch
 
 from peerkd.fast import FastStep
 from peerkd.trainer import Trainer, learning_rate
-from tests.helpers import build, random_batch, tiny_config, tiny_task, twin_methods
+from tests.helpers import random_batch, tiny_config, tiny_task, twin_methods
 
 
 def _fast_step(method, config, mode="eager", **kwargs) -> FastStep:
