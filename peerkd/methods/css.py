@@ -92,7 +92,8 @@ class CSS(Method):
         dynamic_weights: bool = True  # DW: alpha_1 = CE1/CE2, alpha_2 = 1/alpha_1 (Table 5 switch); off: both 1
         kd_weight: float = 1.0  # w, a fixed factor on the whole KD term (1: eq. 7 as written)
         kl_space: str = "joint"  # "joint": KL over the K*m joint softmax; "class": over transform j's K logits
-        fuse: str = "auto"  # identical branches: "off", "on" (fused), "streams", "auto" (timed): methods/execution.py
+        fuse: str = "auto"  # "off", "on" (fused), "streams", "auto" (timed): methods/execution.py; "on" with two
+        # identical networks fuses both trunks as one group and all 2*m tails as one (models/branched_cohort.py)
 
     def __init__(self, options, task):
         super().__init__(options, task)
