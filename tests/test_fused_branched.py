@@ -231,3 +231,19 @@ def test_css_networks_fusion_cannot_translate_run_unfused_with_a_warning():
         method = build(dict(tree, fuse="on"), task)
     assert type(method.nets) is BranchedNets and not _groups(method, FusedMembers)
     _step(method, _batch(method, task))
+
+
+@pytest.mark.parametrize("case", ["css", "css_no_sd"])
+def test_css_fused_cohort_keeps_channels_last_and_equals_unfused(case):
+    """In the trainer's CUDA layout (channels-last model and batch) the fused cohort stacks the trunks' and the tails'
+    inputs channels-last (no layout conversion before their convolutions) and computes what "off" computes."""
+    task = tiny_task(image_size=IMAGE)
+    plain, fused = (_build(case, fuse, task).to(memory_format=torch.channels_last) for fuse in ("off", "on"))
+    layouts = []
+    for group in (fused.nets.trunks, fused.nets.tails):
+        group.fused.register_forward_pre_hook(
+            lambda module, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    batch = _batch(plain, task)
+    batch.x = batch.x.contiguous(memory_format=torch.channels_last)
+    _assert_same_step(plain, fused, batch)
+    assert layouts == [True, True]

@@ -37,7 +37,7 @@ from peerkd.models.branched import BranchedNet, branched
 from peerkd.models.fused import FusionError, register_channelwise
 from peerkd.models.members import FusedMembers
 
-BranchMasks = Callable[[torch.Tensor], torch.Tensor]  # a trunk map (B, C, H, W) -> (m, ...) per-branch multipliers
+BranchMasks = Callable[[torch.Tensor], torch.Tensor]  # a trunk map (B, C, H, W) -> (m, 1 or C, H, W) multipliers
 
 
 @register_channelwise  # its forward runs the stem and the stages one after another: fusable
@@ -97,20 +97,13 @@ class FusedBranchedNets(nn.Module):
         return self.count
 
     def branch_logits(self, x: torch.Tensor, branch_masks: BranchMasks | None = None) -> list[list[torch.Tensor]]:
-        """``logits[n][j]`` as :meth:`BranchedNets.branch_logits`: one fused trunk pass, the per-branch inputs built
-        by one broadcast (a copy, or one masked product), one fused pass of all tails."""
+        """``logits[n][j]`` as :meth:`BranchedNets.branch_logits`: one fused trunk pass, the tails' inputs built by
+        one kernel (a broadcast copy, or one masked product), one fused pass of all tails."""
         nets, m = self.count, self.branches
-        maps = self.trunks.run_stacked(x.repeat(1, nets, *[1] * (x.dim() - 2)))  # (B, N*C, H, W), net-major
-        per_net = maps.view(maps.shape[0], nets, 1, maps.shape[1] // nets, *maps.shape[2:])  # (B, N, 1, C, H, W)
-        if branch_masks is None:
-            inputs = per_net.expand(-1, -1, m, *[-1] * (per_net.dim() - 3))
-        else:
-            masks = branch_masks(per_net[:, 0, 0])  # (m, ...), broadcastable against one net's (B, C, H, W) map
-            inputs = per_net * masks.view(1, 1, m, *masks.shape[1:])
-        inputs = inputs.reshape(inputs.shape[0], nets * m * inputs.shape[3], *inputs.shape[4:])  # tail-major stack
-        logits = self.tails.run_stacked(inputs)
-        per_tail = logits.view(logits.shape[0], nets, m, logits.shape[1] // (nets * m)).unbind(1)
-        return [list(tails.unbind(1)) for tails in per_tail]
+        maps = self.trunks.run_stacked(_repeat_channels(x, nets))  # (B, N*C, H, W), net-major
+        logits = self.tails.run_stacked(_branch_inputs(maps, nets, m, branch_masks))  # (B, N*m*K), tail-major
+        per_net = logits.view(logits.shape[0], nets, m, logits.shape[1] // (nets * m)).unbind(1)
+        return [list(tails.unbind(1)) for tails in per_net]
 
     def net_state_dict(self, net: int) -> dict[str, torch.Tensor]:
         """Network ``net``'s state_dict with a BranchedNet's keys (``stem.*``, ``trunk_stages.*``, ``branches.*``)."""
@@ -122,6 +115,41 @@ class FusedBranchedNets(nn.Module):
         plain = copy.deepcopy(self._template)
         plain.load_state_dict(self.net_state_dict(net))
         return plain.export_branch(branch).to(next(self.parameters()).device)
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    """True for a 4-d tensor stored channels-last (the trainer's CUDA layout), which the stacks below keep."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _repeat_channels(x: torch.Tensor, copies: int) -> torch.Tensor:
+    """``(B, copies*C, ...)``: ``x`` repeated along channels, in ``x``'s memory format (``repeat`` alone returns a
+    contiguous tensor, which a channels-last convolution would convert back)."""
+    if _channels_last(x):
+        return x.movedim(1, -1).repeat(1, 1, 1, copies).movedim(-1, 1)
+    return x.repeat(1, copies, *[1] * (x.dim() - 2))
+
+
+def _branch_inputs(maps: torch.Tensor, nets: int, branches: int, branch_masks: BranchMasks | None) -> torch.Tensor:
+    """The tails' stacked input ``(B, N*m*C, H, W)`` (tail ``n*m + j`` reads net n's map, times
+    ``branch_masks(map)[j]`` when given) from the trunks' stacked maps ``(B, N*C, H, W)``, written by one kernel in
+    the maps' memory format: the work runs on a view with the channels contiguous (NCHW, or NHWC for channels-last),
+    where splitting them into (N, m, C) and merging back are views."""
+    last = _channels_last(maps)
+    work = maps.movedim(1, -1) if last else maps  # channels at ``dim``, contiguous
+    dim = work.dim() - 1 if last else 1
+    per_net = work.unflatten(dim, (nets, 1, work.shape[dim] // nets))  # (.., N, 1, C, ..)
+    if branch_masks is None:
+        stacked = per_net.expand(*per_net.shape[:dim + 1], branches, *per_net.shape[dim + 2:]).contiguous()
+    else:
+        masks = branch_masks(maps[:, :maps.shape[1] // nets])  # (m, 1 or C, H, W): one net's map decides the shape
+        if last:  # -> (1, H, W, 1, m, 1 or C)
+            masks = masks.movedim(1, -1).movedim(0, -2).unsqueeze(0).unsqueeze(3)
+        else:  # -> (1, 1, m, 1 or C, H, W)
+            masks = masks.view(1, 1, *masks.shape)
+        stacked = per_net * masks  # (.., N, m, C, ..)
+    stacked = stacked.flatten(dim, dim + 2)
+    return stacked.movedim(-1, 1) if last else stacked
 
 
 _TRUNK_KEY = re.compile(r"trunks\.(\d+)\.(stem|stages)\.(.*)")
