@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from peerkd.config import ConfigError
+from peerkd.models.branched import BranchTail
+from peerkd.models.branched_cohort import BranchedNets, BranchTrunk, FusedBranchedNets
 from peerkd.models.members import FusedMembers, MemberList, StreamedMembers
 from tests.helpers import build, random_batch, tiny_task
 
@@ -23,6 +25,9 @@ CASES = {
     "mde": {"name": "mde", "model": "resnet8", "cd_weight": 0.01, "rampup_epochs": 0},
     "css": {"name": "css", "models": ["resnet8", "resnet8"], "branches": 3},
     "css_no_sd": {"name": "css", "models": ["resnet8", "resnet8"], "branches": 3, "sample_diversity": False},
+    "css_no_td": {"name": "css", "models": ["resnet8", "resnet8"], "branches": 3, "target_diversity": False},
+    "css_no_sd_no_td": {"name": "css", "models": ["resnet8", "resnet8"], "branches": 3, "sample_diversity": False,
+                        "target_diversity": False},
     "pcl": {"name": "pcl", "model": "resnet8", "branches": 3, "rampup_epochs": 0},
     "pcl_one_view": {"name": "pcl", "model": "resnet8", "branches": 3, "rampup_epochs": 0, "separate_views": False},
 }
@@ -183,3 +188,62 @@ def test_tails_fusion_cannot_translate_run_unfused_with_a_warning():
         method = build({"name": "one", "model": "resnet8", "model_options": {"shortcut": "A"}, "fuse": "on"}, task)
     assert not _groups(method, FusedMembers)
     _step(method, random_batch(task, batch_size=BATCH))
+
+
+@pytest.mark.parametrize("case", ["css", "css_no_sd", "css_no_td", "css_no_sd_no_td"])
+def test_css_fuses_its_two_identical_networks_as_one_trunk_group_and_one_tail_group(case):
+    """Two identical networks under "on": ONE fused group of the 2 trunks and ONE of all 2*m tails, nothing else."""
+    method = _build(case, "on", tiny_task(image_size=IMAGE))
+    m = CASES[case]["branches"]
+    assert type(method.nets) is FusedBranchedNets and len(method.nets) == 2
+    groups = _groups(method, FusedMembers)
+    assert groups == [method.nets.trunks, method.nets.tails]
+    assert len(method.nets.trunks) == 2 and isinstance(method.nets.trunks.fused.body, BranchTrunk)
+    assert len(method.nets.tails) == 2 * m and isinstance(method.nets.tails.fused.body, BranchTail)
+    assert not _groups(method, MemberList)
+
+
+@pytest.mark.parametrize("fuse", ["off", "streams"])
+def test_css_keeps_its_networks_separate_unless_fused(fuse):
+    method = _build("css", fuse, tiny_task(image_size=IMAGE))
+    assert type(method.nets) is BranchedNets and not _groups(method, FusedMembers)
+
+
+def test_css_different_networks_under_on_fuse_their_tails_net_by_net():
+    task = tiny_task(image_size=IMAGE)
+    tree = {"name": "css", "models": ["resnet8", "resnet14"], "branches": 3}
+    torch.manual_seed(0)
+    plain = build(dict(tree, fuse="off"), task)
+    torch.manual_seed(0)
+    fused = build(dict(tree, fuse="on"), task)
+    assert type(fused.nets) is BranchedNets
+    assert [len(group) for group in _groups(fused, FusedMembers)] == [3, 3]  # each network's own tails
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    batch = _batch(plain, task)
+    _assert_same_step(plain, fused, batch)
+    _assert_same_predictions_and_exports(plain, fused)
+
+
+def test_css_networks_fusion_cannot_translate_run_unfused_with_a_warning():
+    task = tiny_task(image_size=IMAGE)
+    tree = {"name": "css", "models": ["resnet8", "resnet8"], "branches": 2, "model_options": {"shortcut": "A"}}
+    with pytest.warns(UserWarning, match="unfused"):
+        method = build(dict(tree, fuse="on"), task)
+    assert type(method.nets) is BranchedNets and not _groups(method, FusedMembers)
+    _step(method, _batch(method, task))
+
+
+@pytest.mark.parametrize("case", ["css", "css_no_sd"])
+def test_css_fused_cohort_keeps_channels_last_and_equals_unfused(case):
+    """In the trainer's CUDA layout (channels-last model and batch) the fused cohort stacks the trunks' and the tails'
+    inputs channels-last (no layout conversion before their convolutions) and computes what "off" computes."""
+    task = tiny_task(image_size=IMAGE)
+    plain, fused = (_build(case, fuse, task).to(memory_format=torch.channels_last) for fuse in ("off", "on"))
+    layouts = []
+    for group in (fused.nets.trunks, fused.nets.tails):
+        group.fused.register_forward_pre_hook(
+            lambda module, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    batch = _batch(plain, task)
+    batch.x = batch.x.contiguous(memory_format=torch.channels_last)
+    _assert_same_step(plain, fused, batch)
+    assert layouts == [True, True]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from peerkd.methods.execution import resolved
 from peerkd.models import branched
 from peerkd.models.branched import BranchedNet
+from peerkd.models.branched_cohort import BranchedNets, FusedBranchedNets, branched_cohort
 
 
 def build_branched(name: str, num_classes: int, split_at: int, branches: int, model_options: dict,
@@ -18,6 +19,23 @@ def build_branched(name: str, num_classes: int, split_at: int, branches: int, mo
     try:
         return branched(name, num_classes, split_at=split_at, branches=branches, execution=execution,
                         **model_options)
+    except KeyError as err:
+        raise ConfigError(f"method.models: {err.args[0]}") from None
+    except ValueError as err:
+        raise ConfigError(f"method.split_at: {err}") from None
+
+
+def build_branched_cohort(names: list[str], num_classes: int, split_at: int, branches: int, model_options: dict,
+                          fuse: str = "off") -> BranchedNets | FusedBranchedNets:
+    """:func:`~peerkd.models.branched_cohort.branched_cohort` (one branched network per name; identical networks
+    fused as one cohort under ``fuse`` "on") with its errors as ConfigErrors naming the config key, as
+    :func:`build_branched`."""
+    from peerkd.config import ConfigError
+
+    execution = resolved(fuse)
+    try:
+        return branched_cohort(names, num_classes, split_at=split_at, branches=branches, execution=execution,
+                               **model_options)
     except KeyError as err:
         raise ConfigError(f"method.models: {err.args[0]}") from None
     except ValueError as err:

@@ -46,11 +46,10 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
 from peerkd.methods.base import Method, StepOutput
-from peerkd.methods.branching import build_branched
+from peerkd.methods.branching import build_branched_cohort
 from peerkd.methods.execution import check_fuse
 from peerkd.methods.registry import register_method
 from peerkd.models import build_model
@@ -93,7 +92,8 @@ class CSS(Method):
         dynamic_weights: bool = True  # DW: alpha_1 = CE1/CE2, alpha_2 = 1/alpha_1 (Table 5 switch); off: both 1
         kd_weight: float = 1.0  # w, a fixed factor on the whole KD term (1: eq. 7 as written)
         kl_space: str = "joint"  # "joint": KL over the K*m joint softmax; "class": over transform j's K logits
-        fuse: str = "auto"  # identical branches: "off", "on" (fused), "streams", "auto" (timed): methods/execution.py
+        fuse: str = "auto"  # "off", "on" (fused), "streams", "auto" (timed): methods/execution.py; "on" with two
+        # identical networks fuses both trunks as one group and all 2*m tails as one (models/branched_cohort.py)
 
     def __init__(self, options, task):
         super().__init__(options, task)
@@ -110,19 +110,21 @@ class CSS(Method):
             raise ConfigError(f"method.kl_space: 'joint' or 'class', got '{options.kl_space}'")
         self.num_classes = task.num_classes
         self.transforms = options.branches if options.target_diversity else 1  # classifier outputs = K * transforms
-        self.nets = nn.ModuleList([build_branched(name, task.num_classes * self.transforms, options.split_at,
-                                                  options.branches, options.model_options, options.fuse)
-                                   for name in options.models])
+        # the networks as one cohort: its layout (two identical networks under fuse "on": one fused trunk group and
+        # one fused group of all tails) is hidden behind network_logits and export_branch, and its state_dict keys
+        # are those of a ModuleList of BranchedNets under every execution (peerkd/models/branched_cohort.py)
+        self.nets = build_branched_cohort(options.models, task.num_classes * self.transforms, options.split_at,
+                                          options.branches, options.model_options, options.fuse)
 
     # -- shared pieces ----------------------------------------------------------------------------------------
-    def branch_logits(self, net, x: torch.Tensor) -> list[torch.Tensor]:
-        """The raw classifier outputs (K*m with TD, K without) of every branch of ``net``, each on its masked map."""
-        shared = net.trunk(x)
-        m = self.options.branches
+    def network_logits(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
+        """``logits[n][j]``: the raw classifier outputs (K*m with TD, K without) of branch j of network n, each on its
+        network's trunk map, masked with quadrant j under SD."""
         if not self.options.sample_diversity:
-            return net.tail_logits(shared)
-        masks = quadrant_masks(m, shared.shape[-2], shared.shape[-1], shared.device, shared.dtype)
-        return net.tail_logits([shared * masks[j] for j in range(m)])
+            return self.nets.branch_logits(x)
+        m = self.options.branches
+        return self.nets.branch_logits(
+            x, lambda shared: quadrant_masks(m, shared.shape[-2], shared.shape[-1], shared.device, shared.dtype))
 
     def transform_logits(self, logits: torch.Tensor, j: int) -> torch.Tensor:
         """Branch j's K class logits: the joint outputs of transform j (``y * m + j``), or all of them without TD."""
@@ -137,7 +139,7 @@ class CSS(Method):
     # -- training ---------------------------------------------------------------------------------------------
     def forward(self, batch) -> StepOutput:
         x = batch.view(0)
-        logits = [self.branch_logits(net, x) for net in self.nets]
+        logits = self.network_logits(x)
         ces = [self.network_ce(z, batch) for z in logits]
         total = sum(ces)
         logs = {f"ce{n + 1}": ce.detach() for n, ce in enumerate(ces)}
@@ -164,8 +166,8 @@ class CSS(Method):
 
     def predict(self, x):
         out, aggregates = {}, []
-        for n, net in enumerate(self.nets):
-            per_branch = [self.transform_logits(z, j) for j, z in enumerate(self.branch_logits(net, x))]
+        for n, net_logits in enumerate(self.network_logits(x)):
+            per_branch = [self.transform_logits(z, j) for j, z in enumerate(net_logits)]
             out.update(zip(self.branch_keys(n), per_branch))
             out[f"net{n + 1}"] = torch.stack(per_branch).float().mean(0)  # eq. 4: mean of the logits, eq. 3: softmax
             aggregates.append(out[f"net{n + 1}"])
@@ -193,11 +195,11 @@ class CSS(Method):
             raise KeyError(f"cannot export '{key}': a network's aggregate is m branches behind masks, not a plain "
                            f"model; exportable keys are {', '.join(keys)}")
         n, j = keys.index(key) // self.options.branches, keys.index(key) % self.options.branches
-        net = self.nets[n]
-        path = net.export_branch(j)
+        path = self.nets.export_branch(n, j)
         if self.transforms == 1:
             return path.eval()
-        plain = build_model(net.name, self.num_classes, **net.model_kwargs).to(next(net.parameters()).device)
+        plain = build_model(self.options.models[n], self.num_classes, **self.options.model_options)
+        plain = plain.to(next(path.parameters()).device)
         state = path.state_dict()
         for name in ("head.fc.weight", "head.fc.bias"):
             state[name] = state[name][j::self.transforms]

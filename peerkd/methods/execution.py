@@ -2,9 +2,10 @@
 
 Every method with identical members has ``fuse: str = "auto"`` in its Options and hands the value to the builders
 (:func:`peerkd.methods.cohort.build_cohort` for whole-network cohorts, :func:`peerkd.methods.branching.build_branched`
-for branch tails, :func:`peerkd.models.members.build_members` with ``resolved(fuse)`` for other identical groups:
-OKDDip's network-based peers, CL's head tree); the method's own code never changes with it, and neither do its maths,
-its state_dict keys or its exported models:
+for branch tails, :func:`peerkd.methods.branching.build_branched_cohort` for several branched networks (CSS: identical
+ones fuse as one trunk group and one group of all tails), :func:`peerkd.models.members.build_members` with
+``resolved(fuse)`` for other identical groups: OKDDip's network-based peers, CL's head tree); the method's own code
+never changes with it, and neither do its maths, its state_dict keys or its exported models:
 
 - ``"off"``: separate modules, one after another (the reference execution);
 - ``"on"``: one fused module (:mod:`peerkd.models.fused`: grouped convolutions, one BatchNorm over all copies'

@@ -135,6 +135,11 @@ class FusedMembers(nn.Module):
         """Every member's ``forward`` on its input, as one fused forward."""
         return self._split(self.fused(self._stack(inputs)))
 
+    def run_stacked(self, stacked: torch.Tensor) -> torch.Tensor:
+        """The fused forward on inputs already stacked peer-major ``(B, P*C, ...)``, its output left stacked
+        ``(B, P*K, ...)``: for a caller that builds the stack itself or feeds it to another group without splitting."""
+        return self.fused(stacked)
+
     def outputs(self, inputs: Inputs) -> MemberOutputs:
         """Every member's last map, pooled feature and logits, from one fused pass."""
         return MemberOutputs(*(self._split(t) for t in head_outputs(self.fused.body, self._stack(inputs))))
