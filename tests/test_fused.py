@@ -192,3 +192,17 @@ def test_fused_branch_tails_match_the_branched_net():
     exported = fused.export_branch(1)
     for key, value in net.export_branch(1).state_dict().items():
         assert torch.equal(exported.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("shared_input", [True, False])
+def test_fused_stack_keeps_the_channels_last_layout(shared_input):
+    """The trainer runs CUDA in channels-last; a stacked input in the other layout would cost a conversion kernel."""
+    torch.manual_seed(0)
+    members = [build_model("resnet8", 5).to(memory_format=torch.channels_last) for _ in range(2)]
+    plain, fused = build_members(copy.deepcopy(members), "off"), build_members(members, "on")
+    x = torch.randn(4, 3, 12, 12).contiguous(memory_format=torch.channels_last)
+    inputs = x if shared_input else [x, (x * 2).contiguous(memory_format=torch.channels_last)]
+    stacked = fused._stack(inputs)
+    assert stacked.is_contiguous(memory_format=torch.channels_last) and not stacked.is_contiguous()
+    for got, expected in zip(fused.run(inputs), plain.run(inputs)):
+        assert (got - expected).abs().max().item() <= 1e-5

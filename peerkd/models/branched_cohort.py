@@ -35,7 +35,7 @@ from torch import nn
 from peerkd.models.base import Backbone
 from peerkd.models.branched import BranchedNet, branched
 from peerkd.models.fused import FusionError, register_channelwise
-from peerkd.models.members import FusedMembers
+from peerkd.models.members import FusedMembers, is_channels_last, repeat_channels
 
 BranchMasks = Callable[[torch.Tensor], torch.Tensor]  # a trunk map (B, C, H, W) -> (m, 1 or C, H, W) multipliers
 
@@ -100,7 +100,7 @@ class FusedBranchedNets(nn.Module):
         """``logits[n][j]`` as :meth:`BranchedNets.branch_logits`: one fused trunk pass, the tails' inputs built by
         one kernel (a broadcast copy, or one masked product), one fused pass of all tails."""
         nets, m = self.count, self.branches
-        maps = self.trunks.run_stacked(_repeat_channels(x, nets))  # (B, N*C, H, W), net-major
+        maps = self.trunks.run_stacked(repeat_channels(x, nets))  # (B, N*C, H, W), net-major
         logits = self.tails.run_stacked(_branch_inputs(maps, nets, m, branch_masks))  # (B, N*m*K), tail-major
         per_net = logits.view(logits.shape[0], nets, m, logits.shape[1] // (nets * m)).unbind(1)
         return [list(tails.unbind(1)) for tails in per_net]
@@ -117,25 +117,12 @@ class FusedBranchedNets(nn.Module):
         return plain.export_branch(branch).to(next(self.parameters()).device)
 
 
-def _channels_last(x: torch.Tensor) -> bool:
-    """True for a 4-d tensor stored channels-last (the trainer's CUDA layout), which the stacks below keep."""
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
-def _repeat_channels(x: torch.Tensor, copies: int) -> torch.Tensor:
-    """``(B, copies*C, ...)``: ``x`` repeated along channels, in ``x``'s memory format (``repeat`` alone returns a
-    contiguous tensor, which a channels-last convolution would convert back)."""
-    if _channels_last(x):
-        return x.movedim(1, -1).repeat(1, 1, 1, copies).movedim(-1, 1)
-    return x.repeat(1, copies, *[1] * (x.dim() - 2))
-
-
 def _branch_inputs(maps: torch.Tensor, nets: int, branches: int, branch_masks: BranchMasks | None) -> torch.Tensor:
     """The tails' stacked input ``(B, N*m*C, H, W)`` (tail ``n*m + j`` reads net n's map, times
     ``branch_masks(map)[j]`` when given) from the trunks' stacked maps ``(B, N*C, H, W)``, written by one kernel in
     the maps' memory format: the work runs on a view with the channels contiguous (NCHW, or NHWC for channels-last),
     where splitting them into (N, m, C) and merging back are views."""
-    last = _channels_last(maps)
+    last = is_channels_last(maps)
     work = maps.movedim(1, -1) if last else maps  # channels at ``dim``, contiguous
     dim = work.dim() - 1 if last else 1
     per_net = work.unflatten(dim, (nets, 1, work.shape[dim] // nets))  # (.., N, 1, C, ..)

@@ -57,6 +57,19 @@ def head_outputs(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torc
     return last, features, module.head.classify(features)
 
 
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True for a 4-d tensor stored channels-last (the trainer's CUDA layout), which the stacks below keep."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def repeat_channels(x: torch.Tensor, copies: int) -> torch.Tensor:
+    """``(B, copies*C, ...)``: ``x`` repeated along channels, in ``x``'s memory format (``repeat`` alone returns a
+    contiguous tensor, which a channels-last convolution would convert back)."""
+    if is_channels_last(x):
+        return x.movedim(1, -1).repeat(1, 1, 1, copies).movedim(-1, 1)
+    return x.repeat(1, copies, *[1] * (x.dim() - 2))
+
+
 def _per_member(inputs: Inputs, count: int) -> list[torch.Tensor]:
     if isinstance(inputs, torch.Tensor):
         return [inputs] * count
@@ -123,8 +136,8 @@ class FusedMembers(nn.Module):
     def _stack(self, inputs: Inputs) -> torch.Tensor:
         """``(B, P*C, ...)``: member j's input in channels ``j*C .. (j+1)*C - 1``."""
         if isinstance(inputs, torch.Tensor):
-            return inputs.repeat(1, self.fused.copies, *[1] * (inputs.dim() - 2))
-        return torch.cat(_per_member(inputs, self.fused.copies), 1)
+            return repeat_channels(inputs, self.fused.copies)
+        return torch.cat(_per_member(inputs, self.fused.copies), 1)  # cat keeps the inputs' channels-last layout
 
     def _split(self, stacked: torch.Tensor) -> list[torch.Tensor]:
         """``(B, P*K, ...)`` -> P views ``(B, K, ...)``, member order."""
