@@ -19,7 +19,8 @@ from peerkd.methods import (  # noqa: F401  (each module registers itself)
     vanilla,
 )
 from peerkd.methods.base import DataRequest, EpochContext, Method, StepOutput, TaskInfo
+from peerkd.methods.cohort import CohortMethod
 from peerkd.methods.registry import build_method, method_class, method_descriptions, method_names, register_method
 
-__all__ = ["DataRequest", "EpochContext", "Method", "StepOutput", "TaskInfo", "build_method", "method_class",
-           "method_descriptions", "method_names", "register_method"]
+__all__ = ["CohortMethod", "DataRequest", "EpochContext", "Method", "StepOutput", "TaskInfo", "build_method",
+           "method_class", "method_descriptions", "method_names", "register_method"]

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from peerkd.losses import mean_probs_logits
+from peerkd.methods.base import Method
 from peerkd.methods.execution import resolved
 from peerkd.models import build_model
 from peerkd.models.members import build_members
@@ -89,3 +90,18 @@ def export_member(models: nn.Module, key: str | None) -> nn.Module:
     if key not in keys:
         raise KeyError(f"cannot export '{key}': exportable keys are {', '.join(keys)}")
     return models.export(keys.index(key)).eval()
+
+
+class CohortMethod(Method):
+    """Base of the methods whose members are whole networks held in ``self.models`` (a member group): it predicts
+    every member's logits and, for two or more, their ensemble; the members form the diversity group; any member
+    exports as a plain model."""
+
+    def predict(self, x):
+        return cohort_predictions(run_cohort(self.models, x))
+
+    def diversity_groups(self):
+        return {"peers": peer_keys(len(self.models))} if len(self.models) > 1 else {}
+
+    def export(self, key=None):
+        return export_member(self.models, key)

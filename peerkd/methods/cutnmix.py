@@ -49,15 +49,15 @@ import torch
 from torch import nn
 
 from peerkd.losses import hard_ce, kd_kl, mean_feature_mmd
-from peerkd.methods.base import DataRequest, Method, StepOutput
-from peerkd.methods.cohort import (build_cohort, cohort_predictions, export_member, feature_widths, peer_keys,
+from peerkd.methods.base import DataRequest, StepOutput
+from peerkd.methods.cohort import (CohortMethod, build_cohort, cohort_predictions, feature_widths,
                                    run_cohort_features)
 from peerkd.methods.execution import check_fuse
 from peerkd.methods.registry import register_method
 
 
 @register_method("cutnmix")
-class CutnMix(Method):
+class CutnMix(CohortMethod):
     """CutⁿMix online distillation (Shen et al.): DML + feature MMD + a peer-teacher classifier, on CutⁿMix data."""
 
     @dataclass
@@ -142,9 +142,3 @@ class CutnMix(Method):
         if self.peer_teacher is not None:
             out["peer_teacher"] = self.peer_teacher(torch.cat([f for f, _ in outputs], dim=1))
         return out
-
-    def diversity_groups(self):
-        return {"peers": peer_keys(len(self.models))}
-
-    def export(self, key=None):
-        return export_member(self.models, key)

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 
 
 from peerkd.losses import hard_ce, kd_kl
-from peerkd.methods.base import DataRequest, Method, StepOutput
-from peerkd.methods.cohort import build_cohort, cohort_predictions, export_member, peer_keys, run_cohort
+from peerkd.methods.base import DataRequest, StepOutput
+from peerkd.methods.cohort import CohortMethod, build_cohort, run_cohort
 from peerkd.methods.execution import check_fuse
 from peerkd.methods.registry import register_method
 
 
 @register_method("dml")
-class DML(Method):
+class DML(CohortMethod):
     """Deep Mutual Learning (Zhang et al. 2018): peers distil from each other's softened predictions."""
 
     @dataclass
@@ -57,12 +57,3 @@ class DML(Method):
             total = total + ce + self.options.kl_weight * mutual
             logs[f"ce{i}"], logs[f"kl{i}"] = ce.detach(), mutual.detach()
         return StepOutput(total, logs)
-
-    def predict(self, x):
-        return cohort_predictions(run_cohort(self.models, x))
-
-    def diversity_groups(self):
-        return {"peers": peer_keys(len(self.models))}
-
-    def export(self, key=None):
-        return export_member(self.models, key)

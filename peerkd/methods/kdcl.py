@@ -51,8 +51,8 @@ import torch
 from peerkd.data.augment import cutout
 from peerkd.losses import hard_ce, kd_kl_probs
 from peerkd.methods import kdcl_targets as rules
-from peerkd.methods.base import DataRequest, EpochContext, Method, StepOutput
-from peerkd.methods.cohort import build_cohort, cohort_predictions, export_member, peer_keys, run_cohort
+from peerkd.methods.base import DataRequest, EpochContext, StepOutput
+from peerkd.methods.cohort import CohortMethod, build_cohort, run_cohort
 from peerkd.methods.execution import check_fuse
 from peerkd.methods.registry import register_method
 
@@ -60,7 +60,7 @@ TARGET_RULES = ("naive", "linear", "minlogit", "general")
 
 
 @register_method("kdcl")
-class KDCL(Method):
+class KDCL(CohortMethod):
     """KDCL (Guo et al. 2020): students of any architectures distil from an ensemble target (Naive / Linear /
     MinLogit / General), optionally each on its own augmentation (ICL)."""
 
@@ -186,11 +186,3 @@ class KDCL(Method):
         return total / max(seen, 1)
 
     # -- evaluation and deployment ------------------------------------------------------------------------------
-    def predict(self, x):
-        return cohort_predictions(run_cohort(self.models, x))
-
-    def diversity_groups(self):
-        return {"peers": peer_keys(len(self.models))}
-
-    def export(self, key=None):
-        return export_member(self.models, key)

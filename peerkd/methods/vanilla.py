@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 import torch
 
 from peerkd.losses import hard_ce
-from peerkd.methods.base import Method, StepOutput
-from peerkd.methods.cohort import build_cohort, cohort_predictions, export_member, peer_keys, run_cohort
+from peerkd.methods.base import StepOutput
+from peerkd.methods.cohort import CohortMethod, build_cohort, run_cohort
 from peerkd.methods.execution import check_fuse
 from peerkd.methods.registry import register_method
 
 
 @register_method("vanilla")
-class Vanilla(Method):
+class Vanilla(CohortMethod):
     """Independent networks on hard labels (the baseline of every table)."""
 
     @dataclass
@@ -37,12 +37,3 @@ class Vanilla(Method):
         losses = [hard_ce(z, batch) for z in run_cohort(self.models, x)]
         logs = {f"ce{i}": loss.detach() for i, loss in enumerate(losses)}
         return StepOutput(torch.stack(losses).sum(), logs)
-
-    def predict(self, x):
-        return cohort_predictions(run_cohort(self.models, x))
-
-    def diversity_groups(self):
-        return {"peers": peer_keys(len(self.models))} if len(self.models) > 1 else {}
-
-    def export(self, key=None):
-        return export_member(self.models, key)
