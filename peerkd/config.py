@@ -99,6 +99,33 @@ class MethodConfig:
     options: Any = None  # the method's own Options dataclass instance
 
 
+PAPER_IDS = ("000", "001", "002", "003", "004", "foundation")  # ../shared/papers/<id>_*.txt; foundation: no paper
+PAPER_METRICS = ("top1", "error", "top5", "top5_error", "nll", "ece", "aurc", "eaurc", "agreement", "diversity")
+
+
+@dataclass
+class PaperCell:
+    """One number of a paper's table that a run is compared with (``peerkd report``)."""
+
+    row: str = ""  # the table's row label as printed (the method, or the network for a one-method table)
+    column: str = ""  # the table's column label (the network, the dataset, ...); "" when the table has one column
+    metric: str = "top1"  # one of PAPER_METRICS; "error" = 100 - top-1 (%); nll/ece/aurc in the paper's units
+    value: float | None = None  # the paper's number, as printed
+    std: float | None = None  # the paper's ± (one standard deviation as printed), None when it gives none
+    predict: str = "net1"  # the predict() key of the run that this number describes
+
+
+@dataclass
+class PaperConfig:
+    """The paper cells a config reproduces: machine-readable, validated, read by ``peerkd report``."""
+
+    id: str = ""  # one of PAPER_IDS
+    table: str = ""  # the table (or figure) as the paper numbers it: "1", "6", "fig3", "imagenet-2"
+    mean_of: int = 0  # the paper reports the mean of this many runs (papers 000, 001, 003: 3)
+    median_of: int = 0  # ... or the median of this many (paper 002: 5); both 0: the paper does not say
+    cells: list[PaperCell] = field(default_factory=list)  # every number of the table this config produces
+
+
 @dataclass
 class Config:
     name: str = "run"  # run folder name under trainer.out
@@ -108,6 +135,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    paper: PaperConfig | None = None  # the paper's numbers this config reproduces; None for configs of no table
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(dataclasses.replace(self, method=MethodConfig()))
@@ -318,10 +346,31 @@ def _check_values(config: Config) -> None:
             raise ConfigError(f"{key}: must be positive, got {value}")
     if config.optim.lr <= 0:
         raise ConfigError(f"optim.lr: must be positive, got {config.optim.lr}")
+    if config.paper is not None:
+        _check_paper(config.paper)
     from peerkd.data.datasets import dataset_names
 
     if config.data.dataset not in dataset_names():
         raise unknown_name_error("data.dataset", config.data.dataset, dataset_names())
+
+
+def _check_paper(paper: PaperConfig) -> None:
+    choose = check_choice
+    choose("paper.id", paper.id, PAPER_IDS)
+    if not paper.table:
+        raise ConfigError("paper.table: name the table (or figure) this config reproduces, e.g. table: '1'")
+    if paper.mean_of < 0 or paper.median_of < 0 or (paper.mean_of and paper.median_of):
+        raise ConfigError("paper: give mean_of: N or median_of: N (not both, not negative) as the paper reports")
+    if not paper.cells:
+        raise ConfigError("paper.cells: list at least one cell (row, column, metric, value, predict)")
+    for i, cell in enumerate(paper.cells):
+        choose(f"paper.cells[{i}].metric", cell.metric, PAPER_METRICS)
+        if cell.value is None:
+            raise ConfigError(f"paper.cells[{i}].value: the paper's number is missing")
+        if not cell.row:
+            raise ConfigError(f"paper.cells[{i}].row: give the table row's label")
+        if cell.std is not None and cell.std < 0:
+            raise ConfigError(f"paper.cells[{i}].std: must not be negative, got {cell.std}")
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
