@@ -7,6 +7,14 @@
 #                                                         # substring (every row compiles: all of them overrun one
 #                                                         # 10-minute call, so split: dml, css, one, ...); MODE:
 #                                                         # compile (default) or graph
+#   bash benchmarks/gpu_session.sh call1                  # issue 15 call 1: check, then bench on the six rows that
+#                                                         # decide the design (each row its own time limit), a
+#                                                         # profile of the DML and CSS steps; ~9 minutes
+#   bash benchmarks/gpu_session.sh cells CIFAR100_DIR SECONDS [RUNS_DIR]
+#                                                         # issue 15 calls 2-3: the full-schedule CIFAR-100 cells side
+#                                                         # by side; SIGTERM after SECONDS (each run checkpoints,
+#                                                         # exit 143); the run folders come back under $OUT/runs and
+#                                                         # continue with RUNS_DIR = the folder carried back
 #   bash benchmarks/gpu_session.sh accuracy CIFAR100_DIR  # issue 3: 30-epoch DML ResNet-32, fast vs fp32 eager,
 #                                                         # seeds 0 and 1, the four runs side by side on one GPU
 #
@@ -38,6 +46,46 @@ bench)
     tag="${rows:-all}_$mode"
     "$PYTHON" benchmarks/bench.py --peak-tflops 989 --fuse-compare --fast-mode "$mode" ${rows:+--only "$rows"} \
         --out "$OUT/bench_$tag.json" 2>&1 | tee "$OUT/bench_$tag.txt"
+    ;;
+call1)
+    environment | tee "$OUT/environment.txt"
+    timeout 150 "$PYTHON" -m pytest -q -x tests/test_cuda.py 2>&1 | tail -40 | tee "$OUT/test_cuda.txt"
+    # one row per run, each under its own limit, so a row that hangs in compilation costs only its own minute
+    for row in "vanilla R32" "DML 2xR32" "CSS 2xR110x3" "ONE R32x4" "KDCL 2xR32" "PS-KD+BYOT+DMFL R18"; do
+        tag=$(echo "$row" | tr ' +' '__')
+        timeout 75 "$PYTHON" benchmarks/bench.py --peak-tflops 989 --fuse-compare --only "$row" \
+            --out "$OUT/bench_$tag.json" > "$OUT/bench_$tag.txt" 2>&1
+        echo "$row: exit $? ($OUT/bench_$tag.txt)"; tail -3 "$OUT/bench_$tag.txt"
+    done
+    # where the time goes in the two target rows: torch.profiler over a few fast steps (tables under $OUT/profile_*)
+    for row in "DML 2xR32" "CSS 2xR110x3"; do
+        tag=$(echo "$row" | tr ' +' '__')
+        timeout 60 "$PYTHON" benchmarks/bench.py --only "$row" --profile "$OUT/profile_$tag.txt" \
+            > "$OUT/profile_$tag.log" 2>&1 || echo "$row profile: exit $? (see $OUT/profile_$tag.log)"
+    done
+    ;;
+cells)
+    data="${2:?give the folder holding CIFAR-100 train.npz / test.npz}"
+    seconds="${3:?give the seconds the runs may train before SIGTERM}"
+    runs="${4:-$OUT/runs}"  # a folder carried back from an earlier call continues where its runs stopped
+    mkdir -p "$OUT/runs"
+    if [ "$runs" != "$OUT/runs" ]; then cp -r "$runs"/. "$OUT/runs"/; fi
+    cells=(cifar100/vanilla_resnet32 cifar100/dml_resnet32 kdcl/table7/kdcl_general_icl)
+    for cell in "${cells[@]}"; do
+        name=$(basename "$cell")
+        if [ -f "$OUT/runs/$name/checkpoint.pt" ]; then
+            args=(--resume "$OUT/runs/$name")
+        else
+            args=(-c "configs/$cell.yaml" --out "$OUT/runs" --set name="$name")
+        fi
+        timeout -s TERM "$seconds" "$PYTHON" -m peerkd train "${args[@]}" --data-dir "$data" \
+            --set trainer.progress=off > "$OUT/$name.log" 2>&1 &
+    done
+    wait
+    for cell in "${cells[@]}"; do
+        name=$(basename "$cell")
+        echo "$name: $(tail -1 "$OUT/$name.log")"
+    done
     ;;
 accuracy)
     data="${2:?give the folder holding CIFAR-100 train.npz / test.npz}"

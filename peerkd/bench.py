@@ -314,9 +314,30 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+PROFILE_STEPS = 5  # steps recorded by --profile, after the timed ones (enough to average out one step's noise)
+
+
+def profile_steps(step: Callable[[Batch], None], batches: Iterator[Batch], device: torch.device, path: Path,
+                  label: str) -> None:
+    """Append torch.profiler's operator table of PROFILE_STEPS more steps to ``path`` (``--profile``), the operators
+    sorted by device time on CUDA (CPU time elsewhere): where a step's time goes, outside the timed steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(PROFILE_STEPS):
+            step(next(batches))
+        _sync(device)
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    with open(path, "a") as out:
+        out.write(f"== {label}: {PROFILE_STEPS} steps, sorted by {sort}\n")
+        out.write(prof.key_averages().table(sort_by=sort, row_limit=30) + "\n\n")
+
+
 def measure(step: Callable[[Batch], None], batches: Iterator[Batch], device: torch.device, warmup: int,
-            steps: int) -> Timing:
-    """Run ``warmup`` untimed then ``steps`` timed calls of ``step`` on the next batches (data time included)."""
+            steps: int, profile_to: tuple[Path, str] | None = None) -> Timing:
+    """Run ``warmup`` untimed then ``steps`` timed calls of ``step`` on the next batches (data time included);
+    with ``profile_to = (file, label)``, profile a few more steps into that file afterwards."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     tick = time.perf_counter()
@@ -330,6 +351,8 @@ def measure(step: Callable[[Batch], None], batches: Iterator[Batch], device: tor
     _sync(device)
     elapsed = time.perf_counter() - tick
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    if profile_to is not None:
+        profile_steps(step, batches, device, *profile_to)
     return Timing(1000 * elapsed / steps, warm, peak)
 
 
@@ -350,7 +373,7 @@ def time_reference(config: Config, task: TaskInfo, data, spec: DataSpec, args, d
 
     batches = reference_batches(loader, spec, device)
     try:
-        return measure(step, batches, device, args.warmup, args.steps)
+        return measure(step, batches, device, args.warmup, args.steps, profile_target(args, "reference"))
     finally:
         batches.close()  # drops the epoch iterator; the loader and its workers go with this frame (release())
 
@@ -385,7 +408,12 @@ def time_fast(config: Config, task: TaskInfo, data, spec: DataSpec, args, device
             step_fn.drain_logs()  # the trainer's one host sync per log interval
 
     batches = device_batches(*data, spec, args.batch_size, device, channels_last)
-    return measure(step, batches, device, args.warmup, args.steps), notes
+    return measure(step, batches, device, args.warmup, args.steps, profile_target(args, f"fast, fuse {fuse}")), notes
+
+
+def profile_target(args, label: str) -> tuple[Path, str] | None:
+    """Where ``--profile`` writes this path's operator table, or None without the flag."""
+    return (Path(args.profile), label) if getattr(args, "profile", None) else None
 
 
 def count_step_flops(config: Config, task: TaskInfo, data, spec: DataSpec, batch_size: int,
@@ -577,6 +605,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 keeps torch's default)")
     p.add_argument("--configs", default=str(CONFIGS), help="folder of the papers' configs (default: the checkout's)")
     p.add_argument("--out", help="write the rows as JSON here")
+    p.add_argument("--profile", help="append torch.profiler's operator table of a few steps of every path to this "
+                                     "text file (after the timed steps; the timings are unaffected)")
     return p
 
 

@@ -141,3 +141,12 @@ def test_cuda_rows_print_every_column():
     text = bench.format_row(record)
     assert "ratio 5.00x" in text and "4.00 ms/step" in text and "900 MiB" in text and "5.0% of peak" in text
     assert "[fuse on]" in text
+
+
+def test_profile_writes_an_operator_table_per_path(tmp_path, capsys):
+    """--profile appends torch.profiler's table for the reference and the fast path of each selected row."""
+    target = tmp_path / "profile.txt"
+    bench.run(bench.parse_args([*TINY, "--threads", "1", "--only", "vanilla R32", "--profile", str(target)]))
+    text = target.read_text()
+    assert "== reference:" in text and "== fast, fuse on:" in text
+    assert "aten::convolution" in text or "aten::conv2d" in text  # the table lists the step's operators
