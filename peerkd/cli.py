@@ -209,6 +209,8 @@ def format_summary(summary: dict) -> str:
         best = entry["best"] or {}
         lines.append(f"{key:<12} {entry['last']['top1']:11.2f} {best.get('top1', float('nan')):11.2f} "
                      f"{best.get('epoch', -1) + 1:10d}")
+    lines.append("best: the epoch of the highest test top-1, a choice made on the test set; tables and peerkd "
+                 "report read last")
     return "\n".join(lines)
 
 
