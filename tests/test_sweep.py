@@ -116,6 +116,10 @@ def test_bad_sweep_input_is_one_line_and_exit_2(capsys, tmp_path):
         err = capsys.readouterr().err
         assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
     assert not (tmp_path / "runs").exists()  # nothing started
+    assert main(["sweep", str(tmp_path / "a.yaml"), "--seeds", "0-2", "--dry-run", "--out", str(tmp_path / "r")]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in listed] == [[f"a-s{s}", "new"] for s in (0, 1, 2)]
+    assert "--set seed=2 --out" in listed[2] and not (tmp_path / "r").exists()
 
 
 def _children(pid: int) -> list[int]:
