@@ -180,3 +180,23 @@ def test_one_run_on_two_torchrun_nodes_equals_one_node_of_two_processes(tmp_path
     two = json.loads(written[0].read_text())
     one = json.loads((tmp_path / "one" / "dml-s0" / "summary.json").read_text())
     assert two["keys"] == one["keys"]
+
+
+def test_local_executor_pins_gpus_limits_concurrency_and_reports_a_failure(tmp_path, monkeypatch):
+    from peerkd.sweep import RunSpec, run_local
+
+    config = write_config(tmp_path, "a", {"name": "vanilla", "models": ["resnet8"]})
+    specs = plan([str(config)], [0, 1, 2, 3, 4], out=str(tmp_path / "runs"))
+    # a stand-in for peerkd train: prints the GPUs it sees, and seed 4 fails
+    script = ("import os, sys, time; print('sees', os.environ.get('CUDA_VISIBLE_DEVICES')); time.sleep(0.3); "
+              "sys.exit(3 if sys.argv[1] == '4' else 0)")
+    monkeypatch.setattr(RunSpec, "train_argv", lambda self, nproc=1: [sys.executable, "-c", script, str(self.seed)])
+    lines = []
+    result = run_local(specs, jobs=2, gpus=["0", "1", "2", "3"], nproc=2, say=lines.append)
+    assert result.exit_code == 1 and result.failed == ["a-s4"] and len(result.done) == 4
+    seen = {(Path(s.run_dir) / "sweep.log").read_text().split("sees ")[1].split()[0] for s in specs}
+    assert seen == {"0,1", "2,3"}  # each run holds two of the four GPUs
+    counts = [line for line in lines if line.startswith("[sweep]") and "running" in line]
+    assert all(int(line.split(", ")[1].split()[0]) <= 1 for line in counts)  # <= 2 at once, one just ended
+    assert any("a-s4: FAILED (exit 3)" in line for line in lines)
+    assert lines[-1] == "[sweep] finished: 4/5 done, 1 failed (a-s4)"
