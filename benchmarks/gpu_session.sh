@@ -17,6 +17,11 @@
 #                                                         # continue with RUNS_DIR = the folder carried back
 #   bash benchmarks/gpu_session.sh accuracy CIFAR100_DIR  # issue 3: 30-epoch DML ResNet-32, fast vs fp32 eager,
 #                                                         # seeds 0 and 1, the four runs side by side on one GPU
+#   bash benchmarks/gpu_session.sh sweep-throughput [CIFAR100_DIR]  # issue 13: peerkd sweep of short DML ResNet-32
+#                                                         # runs, 1, 2, 4 and 8 at once on one GPU (images/s of
+#                                                         # all runs together); without a folder, generated data
+#                                                         # of CIFAR-100's shape. ~8 min; SWEEP_TP_COUNTS,
+#                                                         # SWEEP_TP_EPOCHS, SWEEP_TP_TRAIN, SWEEP_TP_SET override
 #
 # The device image has PyTorch but no peerkd install: everything runs from the checkout with PYTHONPATH.
 # CIFAR100_DIR holds train.npz / test.npz (../shared/tools/stage_cifar100.py brings them over in three calls).
@@ -112,8 +117,49 @@ for summary in sorted(runs.glob("dml_r32_30ep_*/summary.json")):
 json.dump(rows, open(out, "w"), indent=2)
 EOF
     ;;
+sweep-throughput)
+    data="${2:-}"
+    runs=/tmp/peerkd_sweep_tp  # run folders stay on the device; logs and the table come back
+    rm -rf "$runs" "$OUT/sweep_tp_times.txt"
+    epochs="${SWEEP_TP_EPOCHS:-3}"
+    train="${SWEEP_TP_TRAIN:-20000}"
+    if [ -n "$data" ]; then
+        source=(--set "data.root=$data" --set "data.train_subset=$train")
+    else
+        source=(--set data.dataset=synthetic --set data.synthetic.num_classes=100
+                --set "data.synthetic.train_size=$train" --set data.synthetic.test_size=2000)
+    fi
+    environment | tee "$OUT/environment.txt"
+    for n in ${SWEEP_TP_COUNTS:-1 2 4 8}; do
+        start=$(date +%s.%N)
+        "$PYTHON" -m peerkd sweep configs/cifar100/dml_resnet32.yaml --seeds "0-$((n - 1))" --jobs "$n" \
+            --out "$runs/n$n" --set "schedule.epochs=$epochs" --set schedule.kind=cosine --set trainer.progress=off \
+            "${source[@]}" ${SWEEP_TP_SET:-} > "$OUT/sweep_tp_n$n.log" 2>&1
+        code=$?
+        echo "$n $start $(date +%s.%N) $code" >> "$OUT/sweep_tp_times.txt"
+    done
+    "$PYTHON" - "$runs" "$OUT/sweep_tp_times.txt" "$OUT/sweep_throughput.json" "$train" "$epochs" <<'EOF'
+import json, pathlib, sys
+runs, times, out = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+train, epochs = int(sys.argv[4]), int(sys.argv[5])
+rows = []
+for line in open(times):
+    n, start, end, code = line.split()
+    n, wall = int(n), float(end) - float(start)
+    steady = 0.0  # the runs' training images/s in their last epoch (compile and eval left out), summed over runs
+    for metrics in sorted((runs / f"n{n}").glob("*/metrics.jsonl")):
+        records = [json.loads(r) for r in metrics.read_text().splitlines()]
+        last = [r["images_per_s"] for r in records if r.get("kind") == "train" and r.get("epoch") == epochs - 1]
+        steady += sum(last) / len(last) if last else 0.0
+    rows.append({"concurrent_runs": n, "exit": int(code), "wall_s": round(wall, 1),
+                 "images_per_s_wall": round(n * epochs * train / wall, 1), "images_per_s_steady": round(steady, 1)})
+    print(f"{n} run(s) at once: {wall:7.1f} s wall, {rows[-1]['images_per_s_wall']:9.1f} img/s over the wall "
+          f"time, {steady:9.1f} img/s steady (last epoch, summed over runs), exit {code}")
+json.dump(rows, open(out, "w"), indent=2)
+EOF
+    ;;
 *)
-    sed -n 2,15p "$0"
+    sed -n 2,20p "$0"
     exit 2
     ;;
 esac

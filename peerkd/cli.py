@@ -1,4 +1,5 @@
-"""The ``peerkd`` command: train, eval, list (``peerkd train`` with no config runs the quickstart)."""
+"""The ``peerkd`` command: train, eval, list, plot, sweep, report, bench (``peerkd train`` with no config runs the
+quickstart)."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from peerkd.config import ConfigError, build_config, load_config, load_yaml
 from peerkd.data import DataError
+from peerkd.report import ReportError
 from peerkd.run import CHECKPOINT, RunError, load_checkpoint
 
 EXIT_BAD_INPUT = 2  # a wrong config, missing data, an unusable run folder: nothing was trained
@@ -50,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--key", help="reliability: the predict key to draw (default: ensemble, else the first)")
     pl.add_argument("--group", action="append", help="diversity: the group(s) to draw (default: branches)")
     pl.add_argument("--data-dir", help="reliability: folder holding the dataset (sets data.root)")
+    from peerkd import report, sweep
+
+    sweep.add_arguments(sub.add_parser("sweep", help="train configs under several seeds, one run folder each "
+                                                     "(local processes or SLURM jobs)"))
+    report.add_arguments(sub.add_parser("report", help="run folders back into the papers' tables, next to the "
+                                                       "papers' numbers"))
     sub.add_parser("bench", add_help=False, help="time a training step: published-code style vs peerkd's fast path "
                    "(peerkd bench --help)")
     return parser
@@ -69,11 +77,20 @@ def main(argv: list[str] | None = None) -> int:
             return _eval(args)
         if args.command == "plot":
             return _plot(args)
+        if args.command == "sweep":
+            from peerkd.sweep import main as sweep_main
+
+            return sweep_main(args)
+        if args.command == "report":
+            from peerkd.report import main as report_main
+
+            return report_main(args)
         if args.config is None and args.resume is None:
             return quickstart(args)
         return _train(args)
-    except (ConfigError, DataError, RunError) as err:
-        kind = {ConfigError: "config error", DataError: "data error", RunError: "run error"}[type(err)]
+    except (ConfigError, DataError, RunError, ReportError) as err:
+        kind = {ConfigError: "config error", DataError: "data error", RunError: "run error",
+                ReportError: "report error"}[type(err)]
         print(f"peerkd: {kind}: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
@@ -192,6 +209,8 @@ def format_summary(summary: dict) -> str:
         best = entry["best"] or {}
         lines.append(f"{key:<12} {entry['last']['top1']:11.2f} {best.get('top1', float('nan')):11.2f} "
                      f"{best.get('epoch', -1) + 1:10d}")
+    lines.append("best: the epoch of the highest test top-1, a choice made on the test set; tables and peerkd "
+                 "report read last")
     return "\n".join(lines)
 
 
