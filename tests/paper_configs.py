@@ -38,6 +38,11 @@ def header(path: Path) -> str:
     return "\n".join(lines)
 
 
+def notes_deviation(text: str) -> bool:
+    """The header explains why a setting differs from the paper's ("... a deviation from the paper's T = 2 ...")."""
+    return re.search(r"deviation\s+from", text, re.IGNORECASE) is not None
+
+
 def header_numbers(path: Path) -> set[float]:
     return {float(n) for n in re.findall(r"\d+\.\d+|\d+", header(path))}
 
