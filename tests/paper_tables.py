@@ -2,7 +2,9 @@
 
 ``TABLES[paper][table]`` maps ``(row, column)`` to ``(value, std)`` exactly as printed (std None where the paper gives
 no ±); ``METRIC[paper][table]`` names the metric of a one-metric table. Row and column labels are the paper's.
-Only the cells of runs peerkd can train are listed; ``NOT_RUN`` names the other cells and why.
+Only the cells of runs peerkd can train are listed; ``NOT_RUN`` names the other cells and why. Not typed: KDCL's
+Table 8 (COCO detection, not a peerkd task), Table 3's parameter counts and PS-KD's training times (no run
+metric), MDE's Table 6 and Fig. 3 (their configs and tests are the MDE ablation's: tests/test_configs_mde.py).
 """
 from __future__ import annotations
 
@@ -54,8 +56,10 @@ B        | 80.15
 C        | 80.97
 D        | 81.27
 """, ["CIFAR-100"])
-# Fig. 4 (top-1 error vs branch number, ResNet-110, CIFAR-100): the text prints CSS's 3 and 4 branch points
-CSS_FIG4 = {("CSS", "3 branches"): (19.29, None), ("CSS", "4 branches"): (18.97, None)}
+# Fig. 4 (top-1 error vs branch number, ResNet-110, CIFAR-100): sec. 4.4's text prints CSS's and PCL's 3 and 4
+# branch points (PCL's "as reported in [Wu and Gong, 2021]"); OKDDip's curve has no printed number
+CSS_FIG4 = {("CSS", "3 branches"): (19.29, None), ("CSS", "4 branches"): (18.97, None),
+            ("PCL", "3 branches"): (20.02, None), ("PCL", "4 branches"): (19.81, None)}
 
 # ------------------------------------------------------------------------------------------------ paper 001 (MDE)
 MDE_T1 = _grid("""
