@@ -142,6 +142,7 @@ KDCL_T6 = _grid("""
 Vanilla | 76.8 71.2 72.0 64.8
 KDCL    | 78.2 73.5 74.0 66.9
 """, ["Res-50", "Res-18", "MBV2", "MBV2x0.5"])
+# the KD rows also print their teacher (WRN-16-2 72.2, ResNet-32 69.9): the Vanilla row's run, typed there only
 KDCL_T7 = _grid("""
 Vanilla            | 69.9 72.2
 2 distill 1        | 73.3 —
