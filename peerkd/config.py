@@ -100,6 +100,8 @@ class MethodConfig:
 
 
 PAPER_IDS = ("000", "001", "002", "003", "004", "foundation")  # ../shared/papers/<id>_*.txt; foundation: no paper
+# (a foundation block may list no cells: "paper: {id: foundation}" marks a config that matches no paper's table)
+PAPER_MEAN_PREFIX = "mean:"  # predict: mean:branch0,branch1 = the paper's number is the mean over those members
 PAPER_METRICS = ("top1", "error", "top5", "top5_error", "nll", "ece", "aurc", "eaurc", "agreement", "diversity")
 
 
@@ -112,7 +114,14 @@ class PaperCell:
     metric: str = "top1"  # one of PAPER_METRICS; "error" = 100 - top-1 (%); nll/ece/aurc in the paper's units
     value: float | None = None  # the paper's number, as printed
     std: float | None = None  # the paper's ± (one standard deviation as printed), None when it gives none
-    predict: str = "net1"  # the predict() key of the run that this number describes
+    predict: str = "net1"  # the predict() key this number describes, or "mean:k1,k2,..": the paper's mean over keys
+    table: str = ""  # this cell's table when it is not paper.table (one run printed in two tables); "" = paper.table
+
+    def predict_keys(self) -> list[str]:
+        """The predict() keys this number is compared with: one, or several whose metric the paper averages."""
+        if self.predict.startswith(PAPER_MEAN_PREFIX):
+            return self.predict[len(PAPER_MEAN_PREFIX):].split(",")
+        return [self.predict]
 
 
 @dataclass
@@ -121,8 +130,8 @@ class PaperConfig:
 
     id: str = ""  # one of PAPER_IDS
     table: str = ""  # the table (or figure) as the paper numbers it: "1", "6", "fig3", "imagenet-2"
-    mean_of: int = 0  # the paper reports the mean of this many runs (papers 000, 001, 003: 3)
-    median_of: int = 0  # ... or the median of this many (paper 002: 5); both 0: the paper does not say
+    mean_of: int = 0  # the paper reports the mean of this many runs (papers 001, 003: 3; 000 prints ± but no count)
+    median_of: int = 0  # ... or the median of this many (paper 002's CIFAR tables: 5); both 0: the paper does not say
     cells: list[PaperCell] = field(default_factory=list)  # every number of the table this config produces
 
 
@@ -357,6 +366,8 @@ def _check_values(config: Config) -> None:
 def _check_paper(paper: PaperConfig) -> None:
     choose = check_choice
     choose("paper.id", paper.id, PAPER_IDS)
+    if paper.id == "foundation" and not paper.cells:
+        return  # a config of the project's own foundation: it reproduces no paper's cell, and says so
     if not paper.table:
         raise ConfigError("paper.table: name the table (or figure) this config reproduces, e.g. table: '1'")
     if paper.mean_of < 0 or paper.median_of < 0 or (paper.mean_of and paper.median_of):
@@ -371,6 +382,9 @@ def _check_paper(paper: PaperConfig) -> None:
             raise ConfigError(f"paper.cells[{i}].row: give the table row's label")
         if cell.std is not None and cell.std < 0:
             raise ConfigError(f"paper.cells[{i}].std: must not be negative, got {cell.std}")
+        if not all(cell.predict_keys()):
+            raise ConfigError(f"paper.cells[{i}].predict: give a predict() key, or mean:key1,key2 for a mean over "
+                              f"keys, got '{cell.predict}'")
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
