@@ -275,8 +275,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override '{text}' has no key before '='")
     try:
         value = read_yaml(raw) if raw.strip() else ""
-    except yaml.constructor.ConstructorError as err:  # a duplicated key in an inline mapping
-        raise ConfigError(f"override '{text}': {err.problem}") from None
+    except DuplicateKeyError as err:
+        raise ConfigError(f"override '{text}': {err}") from None
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -294,6 +294,10 @@ def apply_override(tree: dict, path: list[str], value) -> None:
     node[path[-1]] = value
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping names one key twice."""
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a mapping that names one key twice (plain YAML keeps the last one silently)."""
 
@@ -302,14 +306,14 @@ class UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key '{key}' is given twice in one mapping: keep one", key_node.start_mark)
+                line = key_node.start_mark.line + 1
+                raise DuplicateKeyError(f"key '{key}' is given twice in one mapping (line {line}): keep one")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
 def read_yaml(text: str):
-    """``text`` read by :class:`UniqueKeyLoader` (a duplicated key raises ``yaml.YAMLError``)."""
+    """``text`` read by :class:`UniqueKeyLoader` (a duplicated key raises :class:`DuplicateKeyError`)."""
     return yaml.load(text, Loader=UniqueKeyLoader)
 
 
@@ -319,6 +323,8 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file '{path}' does not exist; pass an existing YAML file with -c")
     try:
         tree = read_yaml(path.read_text()) or {}
+    except DuplicateKeyError as err:
+        raise ConfigError(f"config file '{path}': {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from None
     if not isinstance(tree, dict):
