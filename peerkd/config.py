@@ -2,7 +2,10 @@
 
 A wrong key or a value of the wrong type raises :class:`ConfigError` before any work starts; its message names the
 dotted key and, for a misspelt key, the nearest valid one. The options of the method (``method.*``) are validated
-against the ``Options`` dataclass of the registered method named by ``method.name``.
+against the ``Options`` dataclass of the registered method named by ``method.name``. Ranges are checked here too,
+before any work (no run folder yet): sizes positive, rates and paddings not negative, every float finite, and, by
+naming convention over every method's ``Options``, each ``temperature`` / ``*_temperature`` positive. A YAML mapping
+that names a key twice is refused (plain YAML would keep the last silently).
 """
 from __future__ import annotations
 
