@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from peerkd.run import CHECKPOINT, RunError, load_checkpoint
 EXIT_BAD_INPUT = 2  # a wrong config, missing data, an unusable run folder: nothing was trained
 EXIT_NONFINITE = 1  # training diverged; the last good checkpoint is kept
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM: stopped on request after saving a checkpoint to resume from
+EXIT_CTRL_C = 130  # 128 + SIGINT: Ctrl-C, handled like SIGTERM (checkpoint saved when training had started)
 
 # The quickstart: ResNet-8 (the smallest CIFAR ResNet) on 5,000 generated 32x32 images of 10 classes, 12 epochs with
 # a cosine schedule; a vanilla network, then a DML pair. About 2 minutes on 2 CPU cores, no download.
@@ -48,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="draw a run's reliability diagram or its branch diversity over training")
     pl.add_argument("what", choices=["reliability", "diversity"])
     pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder (diversity: one or more)")
-    pl.add_argument("-o", "--out", help="PNG to write (default: in the run folder / diversity.png)")
+    pl.add_argument("-o", "--out", help="PNG to write (default: in the (first) run's folder)")
     pl.add_argument("--key", help="reliability: the predict key to draw (default: ensemble, else the first)")
     pl.add_argument("--group", action="append", help="diversity: the group(s) to draw (default: branches)")
     pl.add_argument("--data-dir", help="reliability: folder holding the dataset (sets data.root)")
@@ -93,6 +95,28 @@ def main(argv: list[str] | None = None) -> int:
                 ReportError: "report error"}[type(err)]
         print(f"peerkd: {kind}: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except training_stops() as err:
+        return _report_stop(err)
+    except KeyboardInterrupt:  # Ctrl-C before training started (or pressed twice): nothing new was saved
+        print("peerkd: interrupted (Ctrl-C); nothing new was saved: a run folder keeps its last checkpoint, if any",
+              file=sys.stderr)
+        return EXIT_CTRL_C
+
+
+def training_stops() -> tuple[type, ...]:
+    """The exceptions that end training with a one-line message: a requested stop and a diverged loss."""
+    from peerkd.trainer import NonFiniteLossError, TrainingInterrupted
+
+    return TrainingInterrupted, NonFiniteLossError
+
+
+def _report_stop(err: Exception) -> int:
+    from peerkd.trainer import TrainingInterrupted
+
+    print(f"peerkd: {err}", file=sys.stderr)
+    if not isinstance(err, TrainingInterrupted):
+        return EXIT_NONFINITE
+    return EXIT_CTRL_C if err.signum == signal.SIGINT else EXIT_INTERRUPTED
 
 
 def _cli_overrides(args) -> list[str]:
@@ -105,10 +129,14 @@ def _cli_overrides(args) -> list[str]:
 
 
 def _train(args) -> int:
-    from peerkd.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
+    from peerkd.trainer import Trainer
 
     if args.resume:
         run_dir = Path(args.resume)
+        if args.out and Path(args.out).resolve() != run_dir.resolve():
+            raise RunError(f"--out cannot move a run being resumed: its checkpoint and logs stay in {run_dir}; drop "
+                           f"--out, or copy the folder to {args.out} and resume that copy")
+        require_run(run_dir, "--resume")
         if args.config:
             tree = load_yaml(args.config)
         else:
@@ -117,15 +145,8 @@ def _train(args) -> int:
     else:
         config = load_config(args.config, _cli_overrides(args))
         run_dir = Path(args.out) if args.out else None
-    try:
-        trainer = Trainer(config, run_dir=run_dir, resume=bool(args.resume))
-        summary = trainer.fit()
-    except TrainingInterrupted as err:
-        print(f"peerkd: {err}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except NonFiniteLossError as err:
-        print(f"peerkd: {err}", file=sys.stderr)
-        return EXIT_NONFINITE
+    trainer = Trainer(config, run_dir=run_dir, resume=bool(args.resume))
+    summary = trainer.fit()
     if trainer.ddp.is_main:
         print(format_summary(summary))
         print(f"run folder: {trainer.run_dir}")
@@ -137,6 +158,7 @@ def _eval(args) -> int:
     from peerkd.trainer import Trainer
 
     run_dir = Path(args.run_dir)
+    require_run(run_dir, "eval")
     tree = load_checkpoint(run_dir / CHECKPOINT)["config"]
     overrides = [f"data.root={args.data_dir}"] if args.data_dir else []
     config = build_config(tree, overrides + [f"trainer.device={args.device}", "trainer.progress=off"])
@@ -148,6 +170,22 @@ def _eval(args) -> int:
     return 0
 
 
+def require_run(run_dir: Path, command: str) -> None:
+    """Raise RunError unless ``run_dir`` holds a checkpoint; name the runs inside a folder of runs (the
+    quickstart's parent folder holds ``vanilla/`` and ``dml/``)."""
+    if (run_dir / CHECKPOINT).is_file():
+        return
+    if not run_dir.is_dir():
+        raise RunError(f"{command}: {run_dir} does not exist; pass a run folder (it holds {CHECKPOINT})")
+    inside = sorted(p.parent for p in run_dir.glob(f"*/{CHECKPOINT}"))
+    if inside:
+        names = ", ".join(f"{p.name}/" for p in inside)
+        example = f"peerkd eval {inside[0]}" if command == "eval" else f"peerkd train --resume {inside[0]}"
+        raise RunError(f"{command}: {run_dir} is not a run but holds the runs {names}; pass one of them, e.g. "
+                       f"`{example}`")
+    raise RunError(f"{command}: {run_dir} holds no {CHECKPOINT} and no run folders: it is not a peerkd run")
+
+
 def _plot(args) -> int:
     try:
         if args.what == "reliability":
@@ -156,10 +194,10 @@ def _plot(args) -> int:
             paths = [reliability_diagram(run, out=args.out if len(args.runs) == 1 else None, key=args.key,
                                          data_dir=args.data_dir) for run in args.runs]
         else:
-            from peerkd.plot_diversity import plot_diversity
+            from peerkd.plot_diversity import default_output, plot_diversity
 
-            paths = [plot_diversity(args.runs, args.out or "diversity.png", args.group)]
-    except ImportError as err:
+            paths = [plot_diversity(args.runs, args.out or default_output(args.runs), args.group)]
+    except (ImportError, FileNotFoundError) as err:
         print(f"peerkd: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyError as err:

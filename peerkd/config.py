@@ -2,12 +2,17 @@
 
 A wrong key or a value of the wrong type raises :class:`ConfigError` before any work starts; its message names the
 dotted key and, for a misspelt key, the nearest valid one. The options of the method (``method.*``) are validated
-against the ``Options`` dataclass of the registered method named by ``method.name``.
+against the ``Options`` dataclass of the registered method named by ``method.name``. Ranges are checked here too,
+before any work (no run folder yet): sizes positive, rates and paddings not negative, every float finite, and, by
+naming convention over every method's ``Options``, each ``temperature`` / ``*_temperature`` positive. A YAML mapping
+that names a key twice is refused (plain YAML would keep the last silently).
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -221,14 +226,19 @@ def _convert(value, tp, key: str):
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        number = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # NaN passes every range check (its comparisons are all false)
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, bool):  # YAML 1.1 reads a bare on/off as a boolean
             return "on" if value else "off"
@@ -276,7 +286,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"override '{text}' has no key before '='")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = read_yaml(raw) if raw.strip() else ""
+    except DuplicateKeyError as err:
+        raise ConfigError(f"override '{text}': {err}") from None
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -294,12 +306,37 @@ def apply_override(tree: dict, path: list[str], value) -> None:
     node[path[-1]] = value
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping names one key twice."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names one key twice (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise DuplicateKeyError(f"key '{key}' is given twice in one mapping (line {line}): keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str):
+    """``text`` read by :class:`UniqueKeyLoader` (a duplicated key raises :class:`DuplicateKeyError`)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist; pass an existing YAML file with -c")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = read_yaml(path.read_text()) or {}
+    except DuplicateKeyError as err:
+        raise ConfigError(f"config file '{path}': {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from None
     if not isinstance(tree, dict):
@@ -324,6 +361,7 @@ def build_config(tree: dict | None = None, overrides: typing.Sequence[str] = ())
     options_cls = method_options_class(name)
     config.method = MethodConfig(name=name, options=from_dict(options_cls, method_tree, prefix="method."))
     _check_values(config)
+    check_method_options(config.method.options)
     return config
 
 
@@ -331,6 +369,9 @@ def check_choice(key: str, value: str, allowed) -> None:
     """Raise ConfigError unless ``value`` is one of ``allowed``."""
     if value not in allowed:
         raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
+
+
+DEVICE_FORM = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # the device strings trainer.device accepts
 
 
 def _check_values(config: Config) -> None:
@@ -343,24 +384,65 @@ def _check_values(config: Config) -> None:
     choose("trainer.fast", config.trainer.fast, ["auto", "on", "off"])
     choose("data.normalize", config.data.normalize, ["dataset", "imagenet", "none"])
     choose("data.mixing", config.data.mixing, ["none", "mixup", "cutmix", "cutnmix"])
+    if not DEVICE_FORM.fullmatch(config.trainer.device):
+        raise ConfigError(f"trainer.device: '{config.trainer.device}' is not a device peerkd can train on; use auto, "
+                          "cpu, cuda, cuda:N (N: the GPU's index) or mps")
     if config.data.mixing_alpha <= 0:
         raise ConfigError(f"data.mixing_alpha: must be positive, got {config.data.mixing_alpha}")
     if not 0.0 <= config.data.mixing_prob <= 1.0:
         raise ConfigError(f"data.mixing_prob: must lie in [0, 1], got {config.data.mixing_prob}")
-    positive = {"data.batch_size": config.data.batch_size, "data.eval_batch_size": config.data.eval_batch_size,
+    data, synthetic = config.data, config.data.synthetic
+    positive = {"data.batch_size": data.batch_size, "data.eval_batch_size": data.eval_batch_size,
                 "schedule.epochs": config.schedule.epochs, "trainer.eval_every": config.trainer.eval_every,
-                "trainer.log_every": config.trainer.log_every}
+                "trainer.log_every": config.trainer.log_every, "optim.lr": config.optim.lr,
+                "schedule.gamma": config.schedule.gamma, "data.synthetic.num_classes": synthetic.num_classes,
+                "data.synthetic.train_size": synthetic.train_size, "data.synthetic.test_size": synthetic.test_size}
+    if data.train_subset is not None:
+        positive["data.train_subset"] = data.train_subset
+    if data.test_subset is not None:
+        positive["data.test_subset"] = data.test_subset
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}: must be positive, got {value}")
-    if config.optim.lr <= 0:
-        raise ConfigError(f"optim.lr: must be positive, got {config.optim.lr}")
+    not_negative = {"seed": config.seed, "optim.momentum": config.optim.momentum,
+                    "optim.weight_decay": config.optim.weight_decay, "data.crop_padding": data.crop_padding,
+                    "data.heldout_per_class": data.heldout_per_class, "data.image_size": data.image_size,
+                    "data.resize": data.resize, "data.workers": data.workers,
+                    "data.synthetic.seed": synthetic.seed, "data.synthetic.noise": synthetic.noise,
+                    "data.synthetic.distractor": synthetic.distractor,
+                    "schedule.warmup_epochs": config.schedule.warmup_epochs, "trainer.threads": config.trainer.threads}
+    for key, value in not_negative.items():
+        if value < 0:
+            hint = " (0 keeps torch's default)" if key == "trainer.threads" else ""
+            raise ConfigError(f"{key}: must not be negative, got {value}{hint}")
+    if config.optim.momentum >= 1:
+        raise ConfigError(f"optim.momentum: must be below 1 (the velocity would never decay), got "
+                          f"{config.optim.momentum}")
+    if config.optim.nesterov and config.optim.momentum == 0:
+        raise ConfigError("optim.nesterov: Nesterov momentum needs optim.momentum > 0; set optim.nesterov=false "
+                          "for plain SGD")
+    for i, milestone in enumerate(config.schedule.milestones):
+        if milestone < 0:
+            raise ConfigError(f"schedule.milestones[{i}]: must not be negative, got {milestone}")
     if config.paper is not None:
         _check_paper(config.paper)
     from peerkd.data.datasets import dataset_names
 
     if config.data.dataset not in dataset_names():
         raise unknown_name_error("data.dataset", config.data.dataset, dataset_names())
+
+
+def check_method_options(options) -> None:
+    """Ranges shared by every method's ``Options``, by naming convention: a field named ``temperature`` or ending in
+    ``_temperature`` divides logits or features and must be positive (T = 0 gives inf / NaN, T < 0 inverts the
+    softmax)."""
+    if options is None or not dataclasses.is_dataclass(options):
+        return
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if (f.name == "temperature" or f.name.endswith("_temperature")) and isinstance(value, (int, float)) \
+                and not value > 0:
+            raise ConfigError(f"method.{f.name}: a softmax temperature must be positive, got {value}")
 
 
 def _check_paper(paper: PaperConfig) -> None:

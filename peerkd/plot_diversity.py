@@ -39,6 +39,12 @@ def load_diversity(path: str | Path) -> dict[str, list[tuple[int, float]]]:
     return curves
 
 
+def default_output(runs: list[str | Path]) -> Path:
+    """``diversity.png`` in the (first) run's folder, not in the current folder."""
+    first = Path(runs[0])
+    return (first if first.is_dir() else first.parent) / "diversity.png"
+
+
 def plot_diversity(runs: list[str | Path], out: str | Path, groups: list[str] | None = None,
                    labels: list[str] | None = None) -> Path:
     """Draw one line per (run, group) and save the figure to ``out``; ``groups`` defaults to ``["branches"]`` where
@@ -50,14 +56,21 @@ def plot_diversity(runs: list[str | Path], out: str | Path, groups: list[str] | 
         import matplotlib.pyplot as plt
     except ImportError:
         raise ImportError("plotting diversity needs matplotlib: pip install matplotlib") from None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, run in enumerate(runs):
+    chosen_curves = []
+    for i, run in enumerate(runs):  # every run and group is checked before anything is drawn
         curves = load_diversity(run)
-        name = labels[i] if labels else Path(run).name
+        if not curves:
+            raise KeyError(f"{run} has no diversity curves: its method measures no group of predictions, or no "
+                           "evaluation has run yet")
+        missing = [g for g in groups or () if g not in curves]
+        if missing:
+            raise KeyError(f"{run} has no diversity group {', '.join(map(repr, missing))}; its groups are: "
+                           f"{', '.join(sorted(curves))} (choose with --group)")
         chosen = groups or (["branches"] if "branches" in curves else sorted(curves))
+        chosen_curves.append((labels[i] if labels else Path(run).name, chosen, curves))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, chosen, curves in chosen_curves:
         for group in chosen:
-            if group not in curves:
-                continue
             epochs, values = zip(*curves[group])
             ax.plot(epochs, values, label=f"{name} {group}" if len(chosen) > 1 else name)
     ax.set_xlabel("epoch")
@@ -73,10 +86,10 @@ def plot_diversity(runs: list[str | Path], out: str | Path, groups: list[str] | 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Plot branch diversity over training from runs' metrics.jsonl")
     parser.add_argument("runs", nargs="+", help="run folders or metrics.jsonl files")
-    parser.add_argument("-o", "--out", default="diversity.png", help="image file to write")
+    parser.add_argument("-o", "--out", help="image file to write (default: diversity.png in the first run's folder)")
     parser.add_argument("--group", action="append", help="diversity group(s) to draw (default: branches)")
     args = parser.parse_args(argv)
-    print(plot_diversity(args.runs, args.out, args.group))
+    print(plot_diversity(args.runs, args.out or default_output(args.runs), args.group))
 
 
 if __name__ == "__main__":

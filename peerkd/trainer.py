@@ -37,7 +37,15 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TrainingInterrupted(RuntimeError):
-    """SIGTERM (or a requested stop) ended training early after saving a checkpoint to resume from."""
+    """SIGTERM, SIGINT (Ctrl-C) or a requested stop ended training early after saving a checkpoint to resume from;
+    ``signum`` is the signal that asked (None for a stop requested in code)."""
+
+    def __init__(self, message: str, signum: int | None = None):
+        super().__init__(message)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # each asks for a checkpoint at the next step, then a clean exit
 
 
 # --------------------------------------------------------------------------------------------------- environment
@@ -123,6 +131,8 @@ class Trainer:
         self.resume = resume
         self.on_step = on_step
         self.stop_requested = False
+        self.stop_signal: int | None = None  # the signal that requested the stop
+        self.last_saved: tuple[int, int] | None = None  # (epoch, step in epoch) of the checkpoint on disk, if any
         self.ddp = init_distributed("cuda" if config.trainer.device.startswith("cuda") or (
             config.trainer.device == "auto" and torch.cuda.is_available()) else "cpu")
         self.device = resolve_device(config.trainer.device, self.ddp)
@@ -232,6 +242,7 @@ class Trainer:
     def save(self) -> None:
         if self.ddp.is_main:
             save_checkpoint(self.run_dir / CHECKPOINT, self.state())
+        self.last_saved = (self.epoch, self.step_in_epoch)
 
     def restore(self) -> None:
         state = load_checkpoint(self.run_dir / CHECKPOINT, map_location=self.device)
@@ -244,6 +255,7 @@ class Trainer:
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.history = state["global_step"], state["history"]
         set_rng_state(state["rng"])
+        self.last_saved = (self.epoch, self.step_in_epoch)
 
     # -- logging ----------------------------------------------------------------------------------------------
     def _open_logs(self) -> None:
@@ -310,8 +322,13 @@ class Trainer:
         self.history["last"] = dict(metrics, epoch=self.epoch)
 
     # -- training ---------------------------------------------------------------------------------------------
-    def _on_sigterm(self, signum, frame) -> None:
+    def _on_stop_signal(self, signum, frame) -> None:
+        """SIGTERM or SIGINT: stop at the next step with a checkpoint. A second Ctrl-C stops at once (the
+        checkpoint on disk, written atomically, stays as it was)."""
+        if self.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.stop_requested = True
+        self.stop_signal = signum
 
     def _stop_now(self) -> bool:
         """True when a stop was requested on any rank (one collective, done at log intervals only under DDP)."""
@@ -326,12 +343,12 @@ class Trainer:
         if self.resume:
             self.restore()
         self._open_logs()
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        previous = {s: signal.signal(s, self._on_stop_signal) for s in STOP_SIGNALS} if _main_thread() else {}
         try:
             self._loop()
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             self._close_logs()
         summary = self.summary()
         if self.ddp.is_main:
@@ -343,10 +360,13 @@ class Trainer:
         epochs, steps = cfg.schedule.epochs, len(self.train_loader)
         progress = _progress_bar(cfg.trainer.progress, self.ddp.is_main, total=epochs * steps,
                                  initial=self.epoch * steps + self.step_in_epoch)
+        epoch_lines = EpochLines(epochs, steps) if progress is None and self.ddp.is_main else None
         self.method.train()
         while self.epoch < epochs:
             if self.step_in_epoch == 0:
                 self.method.on_epoch_start(self.epoch, epochs)
+            if epoch_lines is not None:
+                epoch_lines.start(steps - self.step_in_epoch)
             count, tick = 0, time.perf_counter()
             for batch in self.train_loader.epoch(self.epoch, start_step=self.step_in_epoch):
                 lr = learning_rate(cfg, self.epoch, self.step_in_epoch, steps)
@@ -362,6 +382,8 @@ class Trainer:
                 at_log = self.step_in_epoch % cfg.trainer.log_every == 0 or self.step_in_epoch == steps
                 if at_log:
                     means = self._drain_logs()
+                    if epoch_lines is not None:
+                        epoch_lines.add_losses(means, count)
                     elapsed = time.perf_counter() - tick
                     self.log({"kind": "train", "epoch": self.epoch, "step": self.step_in_epoch,
                               "global_step": self.global_step, "lr": lr,
@@ -372,19 +394,24 @@ class Trainer:
                     self.save()
                     raise TrainingInterrupted(
                         f"stopped at epoch {self.epoch + 1}/{epochs}, step {self.step_in_epoch}/{steps}; checkpoint "
-                        f"saved: continue with `peerkd train --resume {self.run_dir}`")
+                        f"saved: continue with `peerkd train --resume {self.run_dir}`", self.stop_signal)
+            if epoch_lines is not None:
+                epoch_lines.trained()
             self.method.eval()
             with torch.no_grad():
                 self.method.on_epoch_end(EpochContext(self.epoch, epochs, self.device, self.heldout_loader,
                                                       self.autocast, self.ddp.world))
             self.method.train()
             last = self.epoch + 1 == epochs
+            metrics = None
             if (self.epoch + 1) % cfg.trainer.eval_every == 0 or last:
                 metrics = self.evaluate()
                 self._record_eval(metrics)
                 self.log({"kind": "eval", "epoch": self.epoch, "global_step": self.global_step, "metrics": metrics})
                 if progress is not None:
                     progress.set_postfix_str(_short(metrics))
+            if epoch_lines is not None:
+                print(epoch_lines.finish(self.epoch, metrics, cfg.data.batch_size), flush=True)
             self.epoch += 1
             self.step_in_epoch = 0
             self.save()
@@ -395,10 +422,15 @@ class Trainer:
         """The mean loss parts since the last call (one host sync); stops the run if any loss was not finite."""
         means, _, bad = self.step.drain_logs()
         if bad:
-            raise NonFiniteLossError(
-                f"the loss became non-finite in epoch {self.epoch + 1} (before step {self.step_in_epoch}); the last "
-                f"good checkpoint ({self.run_dir / CHECKPOINT}, epoch {self.epoch}) is kept. Lower optim.lr, add "
-                "schedule.warmup_epochs, or use trainer.precision=fp32, then resume with --resume")
+            where = f"the loss became non-finite in epoch {self.epoch + 1} (before step {self.step_in_epoch})"
+            advice = "Lower optim.lr, add schedule.warmup_epochs, or use trainer.precision=fp32"
+            if self.last_saved is None:
+                raise NonFiniteLossError(f"{where}, before any checkpoint was written: there is nothing to resume. "
+                                         f"{advice}, then start the run again")
+            epoch, step = self.last_saved
+            at = f"after epoch {epoch}" if step == 0 else f"epoch {epoch + 1}, step {step}"
+            raise NonFiniteLossError(f"{where}; the last good checkpoint ({self.run_dir / CHECKPOINT}, {at}) is "
+                                     f"kept. {advice}, then resume with --resume")
         return means
 
     def summary(self) -> dict:
@@ -421,6 +453,44 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+class EpochLines:
+    """One line per epoch for a log that is not a terminal (no progress bar): the epoch, its mean loss, top-1 of
+    the first predict key when evaluated, training images per second and the time left at this epoch's pace."""
+
+    def __init__(self, epochs: int, steps_per_epoch: int):
+        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
+
+    def start(self, steps_to_run: int) -> None:
+        """Before an epoch's first step (a resumed epoch runs only its remaining ``steps_to_run``)."""
+        self.tick, self.steps, self.loss_sum, self.loss_steps = time.perf_counter(), steps_to_run, 0.0, 0
+        self.train_seconds = None
+
+    def add_losses(self, means: dict[str, float], count: int) -> None:
+        self.loss_sum += means.get("loss", 0.0) * count
+        self.loss_steps += count if "loss" in means else 0
+
+    def trained(self) -> None:
+        """After the epoch's last step (before its evaluation)."""
+        self.train_seconds = time.perf_counter() - self.tick
+
+    def finish(self, epoch: int, metrics: dict | None, batch_size: int) -> str:
+        seconds = time.perf_counter() - self.tick  # training + evaluation of this epoch
+        epoch_seconds = seconds * self.steps_per_epoch / max(self.steps, 1)
+        left = (self.epochs - epoch - 1) * epoch_seconds
+        loss = f"{self.loss_sum / self.loss_steps:.4f}" if self.loss_steps else "-"
+        scored = [(k, v) for k, v in (metrics or {}).items() if k != "diversity"]
+        top1 = f"{scored[0][1]['top1']:.2f} % ({scored[0][0]})" if scored else "- (not evaluated)"
+        rate = self.steps * batch_size / max(self.train_seconds or seconds, 1e-9)
+        return (f"epoch {epoch + 1}/{self.epochs}  loss {loss}  top-1 {top1}  {rate:.0f} images/s  "
+                f"time left {_clock(left)}")
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def _short(metrics: dict) -> str:

@@ -86,13 +86,17 @@ def _check_arrays(name, where, images, labels, num_classes, image_size):
 def load_npz_split(path: Path, name: str, num_classes: int, image_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path) as archive:
-            images, labels = archive["images"], archive["labels"].astype(np.int64)
+            images, labels = archive["images"], archive["labels"]
     except KeyError as err:
         raise DataError(f"{name}: {path} lacks the array {err}; it must hold 'images' (uint8 NHWC) and 'labels'") \
             from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise DataError(f"{name}: {path} is unreadable ({type(err).__name__}: {err}); replace it with an intact "
                         "copy, or remove it to let torchvision download the dataset") from None
+    if labels.dtype.kind not in "iu":  # astype(int64) would truncate 2.7 to class 2 without a word
+        raise DataError(f"{name}: {path} holds 'labels' of dtype {labels.dtype}; class labels must be integers "
+                        "(store them with labels.astype(numpy.int64) if they are whole numbers)")
+    labels = labels.astype(np.int64)
     _check_arrays(name, path, images, labels, num_classes, image_size)
     return images, labels
 

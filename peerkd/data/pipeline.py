@@ -47,6 +47,17 @@ def mixing_spec(config: DataConfig, request) -> MixingSpec:
     return MixingSpec(requested or config.mixing, config.mixing_alpha, config.mixing_prob)
 
 
+def check_subsets(config: DataConfig, name: str, num_train: int, num_test: int) -> None:
+    """Refuse a ``train_subset`` / ``test_subset`` larger than the split it is drawn from (known once the dataset is
+    loaded, before any training): silently using fewer images would misreport the run."""
+    for key, asked, available, what in (("train_subset", config.train_subset, num_train, "training images"),
+                                        ("test_subset", config.test_subset, num_test, "test images")):
+        if asked is not None and asked > available:
+            raise ConfigError(f"data.{key}: {asked} asked for, but {name} has {available} {what}"
+                              f"{' after the held-out split' if key == 'train_subset' else ''}; use at most "
+                              f"{available}, or leave data.{key} unset for all")
+
+
 def build_loaders(config: DataConfig, request, *, seed: int, device: torch.device, channels_last: bool,
                   rank: int = 0, world: int = 1) -> Loaders:
     data = load_dataset(config)
@@ -58,6 +69,7 @@ def build_loaders(config: DataConfig, request, *, seed: int, device: torch.devic
         split = make_split(data.train_labels, data.num_classes, seed, heldout_per_class, config.train_subset)
     except ValueError as err:
         raise ConfigError(f"data.heldout_per_class: {err}") from None
+    check_subsets(config, data.name, len(data.train_labels) - len(split.heldout), len(data.test_labels))
     mean, std = normalization(config, data.mean, data.std)
     common = dict(mean=mean, std=std, device=device, channels_last=channels_last)
     try:
@@ -92,6 +104,7 @@ def _folder_loaders(data: FolderDataset, config: DataConfig, request, *, seed, d
         split = make_split(labels, data.num_classes, seed, heldout_per_class, config.train_subset)
     except ValueError as err:
         raise ConfigError(f"data.heldout_per_class: {err}") from None
+    check_subsets(config, data.name, len(labels) - len(split.heldout), len(data.test_samples))
     mean, std = normalization(config, data.mean, data.std)
     common = dict(mean=mean, std=std, device=device, channels_last=channels_last, workers=config.workers)
     train_tf = build_transform(kind, True, size, resize, config.crop_padding, config.flip, config.photometric)

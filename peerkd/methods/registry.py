@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 
 from peerkd.config import ConfigError
+from peerkd.docstrings import summary_line
 
 _METHODS: dict[str, type] = {}
 
@@ -29,7 +30,7 @@ def method_names() -> list[str]:
 
 def method_descriptions() -> dict[str, str]:
     _ensure_loaded()
-    return {name: (cls.__doc__ or "").strip().split("\n")[0] for name, cls in sorted(_METHODS.items())}
+    return {name: summary_line(cls.__doc__) for name, cls in sorted(_METHODS.items())}
 
 
 def method_class(name: str) -> type:

@@ -6,6 +6,8 @@ from typing import Callable
 
 from torch import nn
 
+from peerkd.docstrings import summary_line
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _DESCRIPTIONS: dict[str, str] = {}
 
@@ -15,7 +17,7 @@ def register_model(name: str, description: str = ""):
         if name in _MODELS:
             raise ValueError(f"model '{name}' is registered twice")
         _MODELS[name] = fn
-        _DESCRIPTIONS[name] = description or (fn.__doc__ or "").strip().split("\n")[0]
+        _DESCRIPTIONS[name] = description or summary_line(fn.__doc__)
         return fn
     return wrap
 
