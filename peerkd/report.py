@@ -40,7 +40,7 @@ from typing import Sequence
 
 import yaml
 
-from peerkd.config import PAPER_METRICS, ConfigError, PaperConfig, _check_paper, from_dict
+from peerkd.config import PAPER_MEAN_PREFIX, PAPER_METRICS, ConfigError, PaperConfig, _check_paper, from_dict
 
 # keys that say where and how visibly a run ran, not what it computed: runs differing only here are seeds of one group
 PLACEMENT_KEYS = (("seed",), ("data", "root"), ("data", "download"), ("data", "workers"), ("trainer", "device"),
@@ -231,7 +231,11 @@ def _difference(group: Group, namesakes: list[Group]) -> str:
 # -------------------------------------------------------------------------------------------------- aggregation
 
 def metric_value(summary: dict, metric: str, key: str, best: bool = False) -> float:
-    """The number a paper cell of ``metric`` compares with, from one run's summary (``KeyError`` when absent)."""
+    """The number a paper cell of ``metric`` compares with, from one run's summary (``KeyError`` when absent);
+    ``key`` may be ``mean:k1,k2,...`` (PaperCell.predict), the paper's mean of that metric over those keys."""
+    if key.startswith(PAPER_MEAN_PREFIX):
+        keys = key[len(PAPER_MEAN_PREFIX):].split(",")
+        return statistics.fmean(metric_value(summary, metric, k, best) for k in keys)
     if metric in ("agreement", "diversity"):
         block = summary.get("diversity") or {}
         return float(block[key if metric == "diversity" else f"{key}_agreement"])
@@ -346,7 +350,7 @@ def rows_of(groups: Sequence[Group], metrics: Sequence[str] = (), best: bool = F
                      for key in keys]
             protocol, required = "mean", 1
         else:
-            cells = [((paper.id, paper.table, c.row, c.column, c.metric, c.predict), c.value, c.std)
+            cells = [((paper.id, c.table or paper.table, c.row, c.column, c.metric, c.predict), c.value, c.std)
                      for c in paper.cells if not metrics or c.metric in metrics]
             protocol = "median" if paper.median_of else "mean"
             required = paper.median_of or paper.mean_of or 1

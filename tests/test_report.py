@@ -220,3 +220,19 @@ def test_plot_writes_one_png_per_table(capsys, tmp_path, three_seeds):
     code, _, err = report(capsys, runs, "--plot", png)
     assert code == 0, err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_mean_over_members_and_a_cell_of_another_table(capsys, tmp_path):
+    """predict: mean:k1,k2 compares the paper's number with the mean of that metric over the keys (computed here),
+    and a cell's own table overrides the block's."""
+    paper = {"id": "000", "table": "1", "cells": [
+        {"row": "CSS", "column": "R110", "metric": "top1", "value": 80.0, "predict": "mean:net1,net2", "table": "5"}]}
+    run = tmp_path / "runs" / "css-s0"
+    make_run(run, "css", 0, 70.0, paper=paper, method="css")
+    summary = json.loads((run / "summary.json").read_text())
+    summary["keys"]["net2"] = {"last": dict(summary["keys"]["net1"]["last"], top1=74.0), "best": None}
+    (run / "summary.json").write_text(json.dumps(summary))
+    code, out, _ = report(capsys, tmp_path / "runs", "--format", "csv")
+    assert code == 0
+    (row,) = csv_rows(out)
+    assert float(row["ours"]) == pytest.approx((70.0 + 74.0) / 2) and row["table"] == "5"
