@@ -87,6 +87,7 @@ class TrainerConfig:
     cudnn_benchmark: bool = True  # CUDA: cuDNN times its convolution algorithms once per shape and keeps the fastest
     # (the shapes are static); false gives bitwise-repeatable runs on one machine, slower
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
+    ece_bins: int = 15  # equal-width confidence bins of the ECE (Guo et al. 2017: 15; PS-KD's code, paper 004: 10)
     log_every: int = 50  # steps between training-log lines (one host sync each)
     out: str = "runs"  # parent folder of run folders; a run writes to <out>/<name>
     progress: str = "auto"  # progress bar: "auto" (only on a terminal), "on", "off"
@@ -340,6 +341,7 @@ def _check_values(config: Config) -> None:
         raise ConfigError(f"data.mixing_prob: must lie in [0, 1], got {config.data.mixing_prob}")
     positive = {"data.batch_size": config.data.batch_size, "data.eval_batch_size": config.data.eval_batch_size,
                 "schedule.epochs": config.schedule.epochs, "trainer.eval_every": config.trainer.eval_every,
+                "trainer.ece_bins": config.trainer.ece_bins,
                 "trainer.log_every": config.trainer.log_every}
     for key, value in positive.items():
         if value <= 0:
