@@ -55,6 +55,7 @@ class DataConfig:
     mixing: str = "none"  # batch mixing for any method: "none", "mixup", "cutmix" or "cutnmix" (peerkd.data.mixing)
     mixing_alpha: float = 1.0  # lam ~ Beta(alpha, alpha); 1 (uniform) is CutMix's and CutnMix's choice
     mixing_prob: float = 1.0  # probability that a batch is mixed (CutMix's CIFAR recipe uses 0.5)
+    mixing_box: str = "clip"  # CutMix / CutnMix box: "clip" (Yun et al.'s, clipped at the border) or "inside"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -335,6 +336,7 @@ def _check_values(config: Config) -> None:
     choose("trainer.fast", config.trainer.fast, ["auto", "on", "off"])
     choose("data.normalize", config.data.normalize, ["dataset", "imagenet", "none"])
     choose("data.mixing", config.data.mixing, ["none", "mixup", "cutmix", "cutnmix"])
+    choose("data.mixing_box", config.data.mixing_box, ["clip", "inside"])
     if config.data.mixing_alpha <= 0:
         raise ConfigError(f"data.mixing_alpha: must be positive, got {config.data.mixing_alpha}")
     if not 0.0 <= config.data.mixing_prob <= 1.0:
