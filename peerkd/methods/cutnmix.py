@@ -36,9 +36,9 @@ Readings where the paper is ambiguous:
   independently per peer; every peer's label weight is one number (eq. 6-7: the peers' labels agree exactly), the
   peers' mean real (clipped) box area, as Yun et al.'s code sets lambda to the real area. Mixing probability 0.5
   in the configs, the CIFAR recipe of [9] that the CutMix row keeps ("original settings", sec. 3.2), so the two
-  rows mix alike (mean pasted area 0.31 of the image in both). ``data.mixing_box: inside`` keeps every box inside the image at the
-  nominal size (the label weight exact for every peer; mean pasted area 0.50); ``data.mixing_prob: 1.0`` mixes
-  every batch (see peerkd.data.mixing).
+  rows mix alike (mean pasted area 0.31 of the image in both). ``data.mixing_box: inside`` keeps every box inside
+  the image at the nominal size (the label weight exact for every peer; mean pasted area 0.50);
+  ``data.mixing_prob: 1.0`` mixes every batch (see peerkd.data.mixing).
 - Ablation (its Table 2): ``use_mmd`` and ``use_peer_teacher`` drop L_MMD / L_PT (and g); ``mixing: cutmix`` with
   ``separate_views: false`` gives the Fig. 1 setting (DML on the very same CutMix batch for every peer; with separate
   views the peers share the box but not the crops and flips), ``mixing: none`` asks for none (``data.mixing``
