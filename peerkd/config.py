@@ -60,6 +60,7 @@ class DataConfig:
     mixing: str = "none"  # batch mixing for any method: "none", "mixup", "cutmix" or "cutnmix" (peerkd.data.mixing)
     mixing_alpha: float = 1.0  # lam ~ Beta(alpha, alpha); 1 (uniform) is CutMix's and CutnMix's choice
     mixing_prob: float = 1.0  # probability that a batch is mixed (CutMix's CIFAR recipe uses 0.5)
+    mixing_box: str = "clip"  # CutMix / CutnMix box: "clip" (Yun et al.'s, clipped at the border) or "inside"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -92,6 +93,7 @@ class TrainerConfig:
     cudnn_benchmark: bool = True  # CUDA: cuDNN times its convolution algorithms once per shape and keeps the fastest
     # (the shapes are static); false gives bitwise-repeatable runs on one machine, slower
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
+    ece_bins: int = 15  # equal-width confidence bins of the ECE (Guo et al. 2017: 15; PS-KD's code, paper 004: 10)
     log_every: int = 50  # steps between training-log lines (one host sync each)
     out: str = "runs"  # parent folder of run folders; a run writes to <out>/<name>
     progress: str = "auto"  # progress bar: "auto" (only on a terminal), "on", "off"
@@ -384,6 +386,7 @@ def _check_values(config: Config) -> None:
     choose("trainer.fast", config.trainer.fast, ["auto", "on", "off"])
     choose("data.normalize", config.data.normalize, ["dataset", "imagenet", "none"])
     choose("data.mixing", config.data.mixing, ["none", "mixup", "cutmix", "cutnmix"])
+    choose("data.mixing_box", config.data.mixing_box, ["clip", "inside"])
     if not DEVICE_FORM.fullmatch(config.trainer.device):
         raise ConfigError(f"trainer.device: '{config.trainer.device}' is not a device peerkd can train on; use auto, "
                           "cpu, cuda, cuda:N (N: the GPU's index) or mps")
@@ -395,6 +398,7 @@ def _check_values(config: Config) -> None:
     positive = {"data.batch_size": data.batch_size, "data.eval_batch_size": data.eval_batch_size,
                 "schedule.epochs": config.schedule.epochs, "trainer.eval_every": config.trainer.eval_every,
                 "trainer.log_every": config.trainer.log_every, "optim.lr": config.optim.lr,
+                "trainer.ece_bins": config.trainer.ece_bins,
                 "schedule.gamma": config.schedule.gamma, "data.synthetic.num_classes": synthetic.num_classes,
                 "data.synthetic.train_size": synthetic.train_size, "data.synthetic.test_size": synthetic.test_size}
     if data.train_subset is not None:

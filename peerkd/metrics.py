@@ -13,7 +13,8 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-ECE_BINS = 15  # equal-width confidence bins, the count of Guo et al. 2017 used by every calibration table here
+ECE_BINS = 15  # equal-width confidence bins: Guo et al. 2017's count, the default (``trainer.ece_bins``); paper 004
+# (PS-KD + BYOT + DMFL) uses PS-KD's code, lgcnsai/PS-KD-Pytorch utils/metric.py ``bin_size=0.1``: 10 bins
 
 
 def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
@@ -84,8 +85,9 @@ def agreement_from_sums(disagreement: float, correct_total: float, members: int,
 class Evaluator:
     """Accumulates predictions batch by batch, then computes every metric of every ``predict`` key."""
 
-    def __init__(self, diversity_groups: dict[str, list[str]] | None = None):
+    def __init__(self, diversity_groups: dict[str, list[str]] | None = None, ece_bins: int = ECE_BINS):
         self.groups = diversity_groups or {}
+        self.ece_bins = ece_bins
         self.confidence: dict[str, list[torch.Tensor]] = {}
         self.correct: dict[str, list[torch.Tensor]] = {}
         self.top5: dict[str, torch.Tensor] = {}
@@ -128,7 +130,7 @@ class Evaluator:
                 "top1": 100.0 * float(correct.double().mean()),
                 "top5": 100.0 * float(self.top5[key]) / self.count,
                 "nll": float(self.nll[key]) / self.count,
-                "ece": 100.0 * expected_calibration_error(conf, correct),
+                "ece": 100.0 * expected_calibration_error(conf, correct, self.ece_bins),
                 "aurc": 1000.0 * area,
                 "eaurc": 1000.0 * excess,
             }

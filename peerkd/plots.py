@@ -67,10 +67,11 @@ def _test_predictions(run, key: str | None, data_dir: str | None, device: str):
 
 
 def reliability_diagram(run_dir: str | Path, out: str | Path | None = None, key: str | None = None,
-                        data_dir: str | None = None, device: str = "cpu", bins: int = ECE_BINS) -> Path:
+                        data_dir: str | None = None, device: str = "cpu", bins: int | None = None) -> Path:
     """Draw the reliability diagram of ``predict`` key ``key`` (default: ``ensemble`` when the method has one, else
     its first key) of the run in ``run_dir`` on its test set and write it as a PNG to ``out`` (default
-    ``<run_dir>/reliability_<key>.png``). Returns the PNG's path. Needs matplotlib."""
+    ``<run_dir>/reliability_<key>.png``) with ``bins`` bins (default: the run's ``trainer.ece_bins``, as its ECE).
+    Returns the PNG's path. Needs matplotlib."""
     try:
         import matplotlib
 
@@ -81,6 +82,7 @@ def reliability_diagram(run_dir: str | Path, out: str | Path | None = None, key:
     from peerkd.run import load_run
 
     run = load_run(run_dir, device=device)
+    bins = bins or run.config.trainer.ece_bins  # the run's own ECE bins unless asked otherwise
     key, confidence, correct = _test_predictions(run, key, data_dir, device)
     binned = reliability_bins(confidence, correct, bins)
     out = Path(out) if out else Path(run_dir) / f"reliability_{key}.png"

@@ -33,11 +33,16 @@ def test_cd_loss_on_small_matrices():
     w1 = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, -1.0]])  # (C=3, d=2)
     w2 = torch.tensor([[0.0, 1.0], [3.0, 0.0], [-1.0, 1.0]])
     w3 = torch.tensor([[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
+    # outer reading (default): vec(W_i)^T vec(W_j) is a 6 x 6 outer product; |.| sums |w1_k| |w2_l| over all k, l
+    by_hand = sum(abs(a) * abs(b) for a in w1.flatten().tolist() for b in w2.flatten().tolist())
+    assert by_hand == 30.0  # (1 + 2 + 1 + 1) * (1 + 3 + 1 + 1)
+    assert classifier_diversification([w1, w2]).item() == 30.0
+    assert classifier_diversification([w1, w2, w3]).item() == 30.0 + 5 * 2 + 6 * 2
     # feature reading: W_i^T W_j is 2x2; w1^T w2 = [[1*0+0*3+1*-1, 1*1+0*0+1*1], [0*0+2*3-1*-1, 0*1+2*0-1*1]]
     #                                             = [[-1, 2], [7, -1]] -> |.| sum 11
     # w1^T w3 = [[1, 1], [0, 0]] -> 2 ; w2^T w3 = [[0, 0], [1, 1]] -> 2
-    assert classifier_diversification([w1, w2]).item() == 11.0
-    assert classifier_diversification([w1, w2, w3]).item() == 15.0
+    assert classifier_diversification([w1, w2], product="feature").item() == 11.0
+    assert classifier_diversification([w1, w2, w3], product="feature").item() == 15.0
     # class reading: W_i W_j^T is 3x3; w1 w2^T = [[0, 3, -1], [2, 0, 2], [-1, 3, -2]] -> 14
     assert classifier_diversification([w1, w2], product="class").item() == 14.0
 
@@ -49,11 +54,51 @@ def test_mde_loss_adds_gamma_times_cd_over_all_classifiers():
     without = build({"name": "mde", "model": "resnet8", "cd_weight": 0.0}, task).eval()
     without.load_state_dict(with_cd.state_dict())
     with torch.no_grad():
-        fcs = [tail.head.fc.weight for tail in with_cd.group.net.branches]
+        fcs = [tail.head.fc.weight.reshape(1, -1) for tail in with_cd.group.net.branches]  # vec(W_i) as rows
         cd = sum((fcs[i].t() @ fcs[j]).abs().sum() for i, j in itertools.combinations(range(4), 2))
         torch.testing.assert_close(with_cd(batch).loss, without(batch).loss + 0.01 * cd, rtol=1e-5, atol=1e-5)
     assert with_cd.options.leader_weight == 2.0 and with_cd.options.temperature == 3.0
     assert MDE_DEFAULT_GAMMA == build({"name": "mde", "model": "resnet8"}, task).options.cd_weight
+
+
+def test_cd_gradient_at_the_papers_gamma_is_in_the_range_fig3_implies():
+    """Paper 001, Fig. 3 (ResNet-32, CIFAR-100, gamma from 1e-10 to 1e-4, best at 5e-8): too large a gamma gives "too
+    much diversity ... will not converge", too small makes CD "ineffective". With r the ratio of the gradient norms
+    ||grad gamma L_cd|| / ||grad sum_i CE_i|| on the m classifiers' weights at initialisation at gamma = 5e-8 (r is
+    linear in gamma): at gamma = 1e-4 (2000 x) CD must at least match CE (r * 2000 >= 1), at gamma = 1e-10 (1/500)
+    it must be negligible (r / 500 <= 1e-3) and at 5e-8 CE still leads (r < 1): 5e-4 <= r <= 0.5. The literal
+    (C, d) reading gives r ~ 5e-6 (inert everywhere); the outer-product reading r ~ 4e-3."""
+    torch.manual_seed(0)
+    task = tiny_task(num_classes=100, num_train=64)
+    method = build({"name": "mde", "model": "resnet32", "fuse": "off"}, task).train()
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, 32, 32, generator=gen), torch.randint(0, 100, (16,), generator=gen)
+    with torch.no_grad():
+        features = method.group(x).features  # the classifiers' inputs; only the classifier weights are probed
+    weights = method.group.classifier_weights()
+    biases = [tail.head.fc.bias for tail in method.group.net.branches]
+    ce = sum(F.cross_entropy(F.linear(f, w, b), y) for f, w, b in zip(features, weights, biases))
+    grad_ce = torch.cat([g.flatten() for g in torch.autograd.grad(ce, weights)])
+    gamma = method.options.cd_weight
+    cd = classifier_diversification(weights, method.options.cd_product)
+    grad_cd = torch.cat([g.flatten() for g in torch.autograd.grad(gamma * cd, weights)])
+    ratio = float(grad_cd.norm() / grad_ce.norm())
+    assert gamma == 5e-8
+    assert 5e-4 <= ratio <= 0.5, ratio
+
+
+def test_one_adds_gamma_times_cd_over_its_branches():
+    task = tiny_task()
+    batch = random_batch(task)
+    with_cd = build({"name": "one", "model": "resnet8", "branches": 4, "cd_weight": 0.01}, task).eval()
+    without = build({"name": "one", "model": "resnet8", "branches": 4}, task).eval()
+    without.load_state_dict(with_cd.state_dict())
+    with torch.no_grad():
+        l1 = [w.abs().sum() for w in with_cd.group.classifier_weights()]
+        cd = sum(l1[i] * l1[j] for i, j in itertools.combinations(range(4), 2))
+        torch.testing.assert_close(with_cd(batch).loss, without(batch).loss + 0.01 * cd, rtol=1e-5, atol=1e-5)
+    assert without.options.cd_weight == 0.0
+    assert_one_step(with_cd, batch)
 
 
 MDE_DEFAULT_GAMMA = 5e-8

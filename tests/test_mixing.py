@@ -54,13 +54,31 @@ def test_cutnmix_boxes_differ_per_peer_while_lam_and_partners_agree():
     rng = np.random.default_rng(3)
     differing = 0
     for _ in range(50):
-        step = mixing.sample_step(MixingSpec("cutnmix"), rng, batch_size=6, views=2, height=32, width=32)
+        step = mixing.sample_step(MixingSpec("cutnmix", box="inside"), rng, batch_size=6, views=2, height=32, width=32)
         areas = step.boxes[:, 2] * step.boxes[:, 3]
         assert areas[0] == areas[1]  # the same size for every peer
         assert step.lam == pytest.approx(1 - areas[0] / 1024)  # and lam is exactly that area's complement
         assert (step.boxes[:, 0] + step.boxes[:, 2] <= 32).all() and (step.boxes[:, 1] + step.boxes[:, 3] <= 32).all()
         differing += int((step.boxes[0, :2] != step.boxes[1, :2]).any())
     assert differing > 40  # placed independently per peer
+
+
+def test_cutnmix_clipped_boxes_follow_cutmix_and_keep_the_sampled_lam():
+    """The default box law: each peer's box is Yun et al.'s (sides sqrt(1 - lam), centre uniform, clipped); one label
+    weight for every peer (paper 003 eq. 6-7): 1 - the mean of the peers' real box areas."""
+    differing = 0
+    for step_index in range(50):
+        spec = MixingSpec("cutnmix")
+        step = mixing.sample_step(spec, mixing.step_generator(0, 0, step_index), 6, 2, 32, 32)
+        rng = mixing.step_generator(0, 0, step_index)  # the same draws, in sample_step's order
+        rng.random()
+        lam = float(rng.beta(1.0, 1.0))
+        rng.permutation(6)
+        expected = [mixing.cutmix_box(rng, lam, 32, 32) for _ in range(2)]
+        assert [tuple(b) for b in step.boxes.tolist()] == expected
+        assert step.lam == pytest.approx(1 - (expected[0][2] * expected[0][3] + expected[1][2] * expected[1][3]) / 2048)
+        differing += int((step.boxes[0] != step.boxes[1]).any())
+    assert differing > 40
 
 
 def _loader(kind="cutnmix", views=2, class_pairs=False, seed=1):
@@ -78,7 +96,7 @@ def test_cutnmix_loader_batch_is_the_unmixed_views_with_per_view_boxes():
     partner, box = partners[0], boxes[0]
     assert batch.x.shape == (2, 16, 3, 16, 16) and batch.lam.dim() == 0
     assert torch.equal(batch.y, plain.y) and torch.equal(batch.y_b, plain.y[partner])  # one partner set for all views
-    assert float(batch.lam) == pytest.approx(1 - float(box[0, 2] * box[0, 3]) / 256)
+    assert float(batch.lam) == pytest.approx(1 - float((box[:, 2] * box[:, 3]).double().mean()) / 256)  # shared
     for v in range(2):  # view v: its own unmixed images with its own box filled from the partners' view v
         top, left, h, w = (int(t) for t in box[v])
         expected = plain.x[v].clone()
@@ -127,8 +145,9 @@ def test_dml_with_cutmix_short_run_beats_chance(tmp_path):
 
 
 def test_cutnmix_lam_follows_beta_1_1():
-    """lam (1 - the shared box's area) is Uniform(0, 1) up to the box's rounding to whole pixels."""
+    """With boxes kept inside the image, lam (1 - the shared box's area) is Uniform(0, 1) up to the rounding."""
     rng = np.random.default_rng(11)
-    lams = np.array([mixing.sample_step(MixingSpec("cutnmix"), rng, 4, 2, 32, 32).lam for _ in range(4000)])
+    lams = np.array([mixing.sample_step(MixingSpec("cutnmix", box="inside"), rng, 4, 2, 32, 32).lam
+                     for _ in range(4000)])
     assert abs(lams.mean() - 0.5) < 0.02 and abs(lams.var() - 1 / 12) < 0.01
     assert (lams >= 0).all() and (lams <= 1).all()

@@ -40,9 +40,9 @@ def test_dmfl_each_direction_trains_its_second_argument():
     assert torch.allclose(shallow.grad, s2.grad, atol=1e-6) and torch.allclose(deep.grad, d2.grad, atol=1e-6)
 
 
-def _kl(teacher, student):
-    p = F.softmax(teacher, -1)
-    return (p * (p.log() - F.log_softmax(student, -1))).sum(-1).mean()
+def _kl(teacher, student, t=1.0):
+    p = F.softmax(teacher / t, -1)
+    return (p * (p.log() - F.log_softmax(student / t, -1))).sum(-1).mean() * t * t
 
 
 def test_combined_loss_matches_eq_2_and_3():
@@ -55,21 +55,39 @@ def test_combined_loss_matches_eq_2_and_3():
     method.on_epoch_start(4, 10)  # a_t = 0.8 * 5 / 10
     with torch.no_grad():
         z, f = method.net(batch.x)
-    alpha_t, a, lam = 0.4, 0.1, 1e-6
+    alpha_t, a, lam, t = 0.4, 0.1, 1e-6, 3.0  # T = 3 and a batch-summed hint: the BYOT code's (see pskd_ml.py)
     y_soft = (1 - alpha_t) * torch.eye(5)[batch.y] + alpha_t * stored
 
     def ce(logits):
         return -(y_soft * F.log_softmax(logits, -1)).sum(-1).mean()
 
     loss_ce = ce(z[2])
-    self_kd = sum((1 - a) * ce(z[i]) + a * _kl(z[2], z[i]) + lam * ((f[i] - f[2]) ** 2).sum(1).mean()
-                  for i in range(3))  # i = N: KL and hint are 0
+    self_kd = sum((1 - a) * ce(z[i]) + a * _kl(z[2], z[i], t) + lam * ((f[i] - f[2]) ** 2).sum()
+                  for i in range(3))  # i = N: KL and hint are 0; the deepest's CE weight is 1 + (1 - a)
     p = [F.softmax(v, -1) for v in f]
     dmfl = sum(((p[i] * (p[i].log() - p[2].log())).sum(-1) + (p[2] * (p[2].log() - p[i].log())).sum(-1)).mean()
                for i in range(2)) / 2
     out = method(batch)
     assert float(out.loss.detach()) == pytest.approx(float(loss_ce + self_kd + dmfl), rel=1e-5)
     assert torch.allclose(method.memory.probs[batch.index], F.softmax(z[2], -1), atol=1e-6)
+
+
+def test_byot_terms_take_the_scale_of_the_byot_code_that_supplies_a_and_lambda():
+    """luanyunteng/pytorch-be-your-own-teacher train.py: --alpha 0.1, --beta 1e-6, --temperature 3, and a hint
+    (feature_loss_function) summed over the batch: at batch 128 the hint is 128 x its batch mean."""
+    task = tiny_task(num_classes=5, num_train=32)
+    options = build({"name": "pskd_ml", "model": "resnet8"}, task).options
+    assert (options.kl_weight, options.hint_weight, options.temperature) == (0.1, 1e-6, 3.0)
+    assert options.hint_reduction == "sum" and options.self_kd_includes_deepest
+    summed = build({"name": "pskd_ml", "model": "resnet8", "pskd": False, "dmfl": False, "kl_weight": 0.0,
+                    "hint_weight": 1.0}, task).train()
+    averaged = build({"name": "pskd_ml", "model": "resnet8", "pskd": False, "dmfl": False, "kl_weight": 0.0,
+                      "hint_weight": 1.0, "hint_reduction": "mean"}, task).train()
+    averaged.load_state_dict(summed.state_dict())
+    batch = random_batch(task, batch_size=8)
+    logs_sum, logs_mean = summed(batch).logs, averaged(batch).logs
+    for i in (1, 2):
+        assert float(logs_sum[f"hint{i}"]) == pytest.approx(8 * float(logs_mean[f"hint{i}"]), rel=1e-5)
 
 
 @pytest.mark.parametrize("pskd, byot, dmfl", [(True, False, False), (False, True, False), (False, False, True),

@@ -7,6 +7,15 @@ recomputed from the real (clipped) box: ``lam = 1 - box_area / (H * W)``.
 CutⁿMix (Shen et al., "Mixed Sample Augmentation for Online Distillation", eq. 5-7): every peer has its own
 augmented view; all views share the partner permutation and ``lam``, but each view's box is placed independently.
 
+Box law (``MixingSpec.box``, ``data.mixing_box``): ``"clip"`` (default) is Yun et al.'s for both CutMix and CutⁿMix
+-- paper 003 sec. 2.2 draws each peer's mask "following the previous sampling strategy in [9]" (CutMix), so the two
+rows of its Table 1 share one box law (mean pasted area 0.31 of the image, not the nominal 0.5, because the clip
+cuts the boxes near the border). CutMix then sets ``lam`` to the real clipped area (Yun et al.'s code); CutⁿMix
+must give every peer one label (eq. 6-7, ``lambda^j = lambda``) although its peers' boxes are clipped differently,
+so its ``lam`` is the peers' mean real area: unbiased, each peer off by half the difference of the two areas
+(J = 2). ``"inside"`` keeps every box wholly inside the image at the nominal size (mean pasted area 0.50, the label
+weight exact for every peer).
+
 Every mixed batch keeps its labels sparse: ``Batch.y`` (weight ``lam``), ``Batch.y_b`` = ``y[partner]`` (weight
 ``1 - lam``); ``peerkd.losses.hard_ce`` computes the mixed cross-entropy from them.
 
@@ -27,6 +36,7 @@ import numpy as np
 import torch
 
 KINDS = ("none", "mixup", "cutmix", "cutnmix")
+BOX_LAWS = ("clip", "inside")  # Yun et al.'s clipped box (CutMix and paper 003), or a box kept inside the image
 MIXING_STREAM = 1_000_003  # generator stream of the mixing numbers (distinct from the loader's crop/flip streams)
 
 
@@ -80,10 +90,10 @@ def cutmix_box(rng: np.random.Generator, lam: float, height: int, width: int) ->
     return int(top), int(left), int(bottom - top), int(right - left)
 
 
-def cutnmix_boxes(rng: np.random.Generator, lam: float, height: int, width: int, views: int) -> np.ndarray:
+def inside_boxes(rng: np.random.Generator, lam: float, height: int, width: int, views: int) -> np.ndarray:
     """One box per view, ``(views, 4)``: all of the same size ``round(sqrt(1 - lam) * side)``, each placed uniformly
     among the positions where it lies wholly inside the image, so no box is clipped and every view's real box area
-    is the same number of pixels (the reconciliation of eq. 7's shared lambda with a per-peer box)."""
+    is the same number of pixels (``box: inside``: eq. 7's shared lambda exact for every peer)."""
     ratio = math.sqrt(1.0 - lam)
     box_h, box_w = int(round(height * ratio)), int(round(width * ratio))
     tops = rng.integers(0, height - box_h + 1, size=views)
@@ -98,6 +108,7 @@ class MixingSpec:
     kind: str = "none"  # one of KINDS
     alpha: float = 1.0  # lam ~ Beta(alpha, alpha)
     probability: float = 1.0  # chance that a batch is mixed at all (else lam = 1 and partner = identity)
+    box: str = "clip"  # box law of cutmix / cutnmix: one of BOX_LAWS (see the module docstring)
 
     @property
     def active(self) -> bool:
@@ -121,7 +132,7 @@ def step_generator(seed: int, epoch: int, step: int, rank: int = 0) -> np.random
 def sample_step(spec: MixingSpec, rng: np.random.Generator, batch_size: int, views: int, height: int,
                 width: int) -> StepMixing:
     """Draw one step's mixing numbers. Plain CutMix uses one box for every view (the same mixed batch for every
-    peer, the paper's Fig. 1 setting); CutⁿMix one box per view of a shared size."""
+    peer, the paper's Fig. 1 setting); CutⁿMix one box per view with the same lam."""
     identity = StepMixing(np.arange(batch_size), 1.0, np.zeros((views, 4), dtype=np.int64))
     apply = rng.random() < spec.probability
     lam = float(rng.beta(spec.alpha, spec.alpha))
@@ -130,14 +141,17 @@ def sample_step(spec: MixingSpec, rng: np.random.Generator, batch_size: int, vie
         return identity
     if spec.kind == "mixup":
         return StepMixing(partner, lam, identity.boxes)
-    if spec.kind == "cutmix":
-        box = np.array(cutmix_box(rng, lam, height, width), dtype=np.int64)
-        boxes = np.repeat(box[None], views, axis=0)
-    elif spec.kind == "cutnmix":
-        boxes = cutnmix_boxes(rng, lam, height, width, views)
-    else:
+    if spec.kind not in ("cutmix", "cutnmix"):
         raise ValueError(f"unknown mixing '{spec.kind}'; choose one of {', '.join(KINDS)}")
-    real_lam = 1.0 - float(boxes[0, 2] * boxes[0, 3]) / (height * width)  # every view's box has this area
+    per_view = views if spec.kind == "cutnmix" else 1  # plain CutMix: one box shared by every view
+    if spec.box == "inside":
+        boxes = inside_boxes(rng, lam, height, width, per_view)
+    else:
+        boxes = np.array([cutmix_box(rng, lam, height, width) for _ in range(per_view)], dtype=np.int64)
+    boxes = np.repeat(boxes, views, axis=0) if per_view == 1 else boxes
+    # CutMix's label weight is its box's real area; CutnMix's one weight for every peer (eq. 7) the peers' mean real
+    # area (the boxes are the same size unless clipped, and then the mean is the weight closest to every peer's)
+    real_lam = 1.0 - float((boxes[:, 2] * boxes[:, 3]).mean()) / (height * width)
     return StepMixing(partner, real_lam, boxes)
 
 

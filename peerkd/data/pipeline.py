@@ -44,7 +44,7 @@ def mixing_spec(config: DataConfig, request) -> MixingSpec:
     if requested and config.mixing not in ("none", requested):
         raise ConfigError(f"data.mixing: the method mixes its batches with '{requested}'; leave data.mixing at "
                           f"none (or set it to '{requested}') instead of '{config.mixing}'")
-    return MixingSpec(requested or config.mixing, config.mixing_alpha, config.mixing_prob)
+    return MixingSpec(requested or config.mixing, config.mixing_alpha, config.mixing_prob, config.mixing_box)
 
 
 def check_subsets(config: DataConfig, name: str, num_train: int, num_test: int) -> None:

@@ -15,7 +15,9 @@ Readings where the paper leaves a choice:
 - The adapters: one bottleneck unit (1x1 reduce to a quarter, 3x3 stride 2, 1x1 expand, BN + ReLU after each) per
   halving of the resolution, channels doubling up to the deepest stage's; the paper only says "bottleneck layer".
 - ``F_i``: the pooled feature vector after the adapter (the input of classifier i), ``F_N`` the pooled last map;
-  the squared norm is summed over channels and averaged over the batch.
+  the squared norm is summed over channels and averaged over the batch (``hint_reduction: sum`` sums it over the
+  batch, as the BYOT code luanyunteng/pytorch-be-your-own-teacher ``train.py`` does for its lambda = 1e-6; the
+  lambda = 0.03 here is read as a per-image weight).
 - ``a = 0.3``, ``lambda = 0.03``, ``T = 3``: the values of the authors' released CIFAR recipe as we read it (the
   paper names them hyper-parameters without values in its text).
 - The deepest classifier's CE weight: eq. (the sum over all i) gives it ``1 - a`` like every classifier; the
@@ -27,9 +29,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from peerkd.config import check_choice
 from peerkd.methods.base import Method, StepOutput
 from peerkd.methods.registry import register_method
-from peerkd.methods.self_distillation import StageClassifierNet, label_distribution, self_kd_terms
+from peerkd.methods.self_distillation import HINT_REDUCTIONS, StageClassifierNet, label_distribution, self_kd_terms
 
 
 @register_method("byot")
@@ -45,9 +48,11 @@ class BYOT(Method):
         temperature: float = 3.0  # T softening both sides of the KL (T^2 scaling keeps gradients comparable)
         distil_blocks: list[int] = field(default_factory=list)  # 1-based shallow classifiers given KL + hint; [] = all
         deepest_full_ce: bool = False  # False: (1 - a) CE on the deepest (the paper's sum); True: weight 1 (their code)
+        hint_reduction: str = "mean"  # the hint over the batch: "mean" (per-image lambda) or "sum" (BYOT code's)
 
     def __init__(self, options, task):
         super().__init__(options, task)
+        check_choice("method.hint_reduction", options.hint_reduction, HINT_REDUCTIONS)
         self.net = StageClassifierNet(options.model, task.num_classes, options.model_options, task.image_size)
         bad = [b for b in options.distil_blocks if not 1 <= b < self.net.num_classifiers]
         if bad:
@@ -61,7 +66,8 @@ class BYOT(Method):
         o = self.options
         loss, logs = self_kd_terms(logits, features, target, kl_weight=o.kl_weight, hint_weight=o.hint_weight,
                                    temperature=o.temperature, distil_blocks=o.distil_blocks, include_deepest=True,
-                                   deepest_ce_weight=1.0 if o.deepest_full_ce else None)
+                                   deepest_ce_weight=1.0 if o.deepest_full_ce else None,
+                                   hint_reduction=o.hint_reduction)
         return StepOutput(loss, logs)
 
     def predict(self, x):

@@ -24,14 +24,21 @@ Readings where the paper is ambiguous:
   by eq. 8" and then "the peer teacher" separately), so no teacher gradient reaches the peers except through
   L_PT's target, which is detached too. ``teacher_trains_peers: true`` lets g's CE reach the peers' features
   instead (PCL's peer-ensemble reading).
-- tau^2 multiplies L_PT (eq. 10 writes it) and L_DML: eq. 4 writes the DML objective as ``alpha * tau^2 * L_DML``
-  with L_DML the bare KL, and eq. 8 re-uses "L_DML in eq. 4" with alpha alone; we keep eq. 4's tau^2 (Hinton's
-  gradient scaling, the same as L_PT's); ``dml_tau_squared: false`` is the literal eq. 8 (a 1/9 smaller DML term at
-  tau = 3). The MMD is the linear-kernel MMD of eq. 9 (``peerkd.losses.mean_feature_mmd``), no tau.
-- "Same lambda" with a per-peer box (eq. 7): every peer's box has the same size, round(sqrt(1 - lam) * side) on each
-  side, and is placed uniformly among the positions where it lies wholly inside the image. No box is clipped, so
-  every peer's real box area is the same number of pixels, and ``Batch.lam`` (1 minus that area fraction, exact) is
-  each peer's label weight: the peers' labels agree exactly and each matches its own box (see peerkd.data.mixing).
+- tau^2 multiplies L_DML as it multiplies L_PT: eq. 1 defines every KD term of the paper as ``tau^2 D_KL``, eq. 4
+  writes the DML objective as ``alpha * tau^2 * L_DML`` with L_DML the bare KL, eq. 10 puts tau^2 inside L_PT, and
+  eq. 8 only re-uses "L_DML in Eq.(4)" beside L_PT; reading eq. 8 without tau^2 would weigh the DML term at 0.6 / 9
+  = 0.067 against the peer teacher's 0.1 * 9 = 0.9 in bare-KL units although alpha = 0.6 > gamma = 0.1 (with
+  tau^2: 5.4 against 0.9, the order alpha > gamma states). ``dml_tau_squared: false`` is the literal eq. 8 (a 1/9
+  smaller DML term at tau = 3). The MMD is the linear-kernel MMD of eq. 9 (``peerkd.losses.mean_feature_mmd``), no
+  tau.
+- The boxes (sec. 2.2: each mask M^j is drawn "following the previous sampling strategy in [9]"): Yun et al.'s box
+  law, as the CutMix row's -- sides sqrt(1 - lambda) of the image's, centre uniform, clipped at the border -- drawn
+  independently per peer; every peer's label weight is one number (eq. 6-7: the peers' labels agree exactly), the
+  peers' mean real (clipped) box area, as Yun et al.'s code sets lambda to the real area. Mixing probability 0.5
+  in the configs, the CIFAR recipe of [9] that the CutMix row keeps ("original settings", sec. 3.2), so the two
+  rows mix alike (mean pasted area 0.31 of the image in both). ``data.mixing_box: inside`` keeps every box inside
+  the image at the nominal size (the label weight exact for every peer; mean pasted area 0.50);
+  ``data.mixing_prob: 1.0`` mixes every batch (see peerkd.data.mixing).
 - Ablation (its Table 2): ``use_mmd`` and ``use_peer_teacher`` drop L_MMD / L_PT (and g); ``mixing: cutmix`` with
   ``separate_views: false`` gives the Fig. 1 setting (DML on the very same CutMix batch for every peer; with separate
   views the peers share the box but not the crops and flips), ``mixing: none`` asks for none (``data.mixing``

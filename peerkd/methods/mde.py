@@ -18,15 +18,25 @@ Readings where the paper is silent (it says it follows OKDDip's settings; its al
   receive gradient through the target) -- ``target_gradient: weights`` detaches the logits inside ``t_e``;
 - ``t_avg``: the mean of the auxiliary branches' logits (OKDDip's code; "average the predictions of all branches"
   read as all *auxiliary* branches, since the leader cannot be its own teacher);
-- L_cd sums over all m classifiers, the leader's included, as eq. 5's indices run to m (``cd_include_leader``);
-  ``|W_i^T W_j|`` is the sum of absolute entries of the product of ``nn.Linear`` weights ``(C, d)`` read literally
-  (``d x d``); ``cd_product: class`` uses ``W_i W_j^T`` (``C x C``); biases do not enter;
+- L_cd sums over all m classifiers, the leader's included, as eq. 5's indices run to m (``cd_include_leader``),
+  and over the pairs (eq. 5's double sum, no mean); biases do not enter;
+- ``W_i^T W_j`` (``cd_product``): ``W_i`` is classifier i's weights as one row vector ``vec(W_i)``, so the product
+  is the outer product and ``|W_i^T W_j| = ||W_i||_1 ||W_j||_1`` (``outer``, the default). It is the one reading
+  under which the paper's gamma behaves as Fig. 3 and Table 6 say: at initialisation (ResNet-32, CIFAR-100, a
+  batch of 128) the gradient of gamma L_cd on the classifiers is ~ 4e-3 of CE's at gamma = 5e-8 (~ 1.7 x weight
+  decay's: it acts; Table 6 calls CD "the most important" part), ~ 7 x CE's at gamma = 1e-4 (Fig. 3's "too large
+  ... will not converge") and ~ 1e-5 at 1e-10 ("too small ... ineffective"). Reading ``nn.Linear``'s ``(C, d)``
+  weights literally (``feature``, ``d x d``; or ``class``, ``W_i W_j^T``, ``C x C``) makes L_cd ~ 1e3: gamma L_cd
+  ~ 5e-5 and a gradient ~ 500 x below weight decay, inert over the whole Fig. 3 range (kept as switches; see
+  :func:`peerkd.methods.multibranch.classifier_diversification`, measured in ``tests/test_mde.py``);
 - "we separate the last two blocks": read as OKDDip's code does for its ResNets -- every branch owns the last stage
   and the classifier (``split_at`` unset = all stages but the last shared); set ``split_at`` to branch earlier;
 - the KL terms ramp up over 80 epochs as in OKDDip's code (``rampup_epochs``); the CD term is not ramped;
 - the FFM's conv keeps one branch's channel count and uses a 3x3 kernel (``fusion_blocks`` such blocks).
 
-The ablation of its Table 6 is ``target`` in {gate, attention, ffm} x ``cd_weight`` in {0, 5e-8}.
+Table 6's Gate and SA rows are ONE and OKDDip themselves (its Gate row equals ONE's Table 2 number, 25.76, its SA row
+OKDDip's, 25.45), so ``configs/mde/table6`` runs ``one`` / ``okddip`` for them (each with ``cd_weight`` for "+ CD",
+the same :func:`~peerkd.methods.multibranch.classifier_diversification`) and ``mde`` for the FFM rows.
 """
 from __future__ import annotations
 

@@ -215,15 +215,35 @@ def peer_targets(builder: nn.Module, out: GroupOutput, peers: list[int], detach_
 
 # ----------------------------------------------------------------------------------------------- CD loss
 
-def classifier_diversification(weights: list[torch.Tensor], product: str = "feature") -> torch.Tensor:
-    """MDE's eq. 5, ``L_cd = sum_{i<j} |W_i^T W_j|`` with ``|.|`` the sum of the absolute entries.
+CD_PRODUCTS = ("outer", "feature", "class")  # readings of MDE's W_i^T W_j (see classifier_diversification)
 
-    ``weights`` are ``nn.Linear.weight`` matrices ``(C, d)``. ``product="feature"`` reads ``W_i^T W_j`` literally in
-    that layout (a ``d x d`` matrix); ``"class"`` uses ``W_i W_j^T`` (``C x C``: dot products of class vectors)."""
-    choose("method.cd_product", product, ("feature", "class"))
+
+def classifier_diversification(weights: list[torch.Tensor], product: str = "outer") -> torch.Tensor:
+    """MDE's eq. 5, ``L_cd = sum_{i<j} |W_i^T W_j|``, ``|.|`` the sum of the absolute entries, summed over the pairs.
+
+    ``weights`` are the classifiers' ``nn.Linear.weight`` matrices ``(C, d)`` (biases do not enter). What ``W_i`` is
+    in ``W_i^T W_j`` the paper does not say; three readings:
+
+    - ``"outer"`` (the default): ``W_i`` is the classifier's weights as one row vector ``vec(W_i)`` of ``C d``
+      entries (PyTorch's ``w.view(1, -1)``), so ``W_i^T W_j`` is the ``Cd x Cd`` outer product and
+      ``|W_i^T W_j| = sum_kl |w_ik| |w_jl| = ||W_i||_1 ||W_j||_1`` (computed in that closed form, never built).
+      It is the only reading under which the paper's gamma range behaves as its Fig. 3 says: on ResNet-32 /
+      CIFAR-100 at initialisation ``L_cd ~ 1e6`` (m = 4), so gamma = 5e-8 gives a gradient on the classifier
+      weights ~ 4e-3 of CE's (a real batch of 128; about 1.7 x weight decay's: a regulariser that acts, as
+      Table 6 says it does), gamma = 1e-4 ~ 7 x CE's (the CD term dominates: "too large ... will not converge")
+      and gamma = 1e-10 ~ 1e-5 (inert: "too small ... ineffective"). Measured by ``tests/test_mde.py``.
+    - ``"feature"``: ``W_i^T W_j`` with the ``(C, d)`` layout read literally, a ``d x d`` matrix. ``L_cd ~ 1e3``;
+      its gradient at gamma = 5e-8 is ~ 5e-6 of CE's (~500 x below weight decay) and stays below 1 % of CE's at
+      the figure's largest gamma = 1e-4, so the whole Fig. 3 range would be inert.
+    - ``"class"``: ``W_i W_j^T`` (``C x C``: dot products of class vectors); the same scale as ``"feature"``.
+    """
+    choose("method.cd_product", product, CD_PRODUCTS)
     total = weights[0].new_zeros((), dtype=torch.float32)
     for i in range(len(weights)):
         for j in range(i + 1, len(weights)):
             a, b = weights[i].float(), weights[j].float()
-            total = total + (a.t() @ b if product == "feature" else a @ b.t()).abs().sum()
+            if product == "outer":
+                total = total + a.abs().sum() * b.abs().sum()
+            else:
+                total = total + (a.t() @ b if product == "feature" else a @ b.t()).abs().sum()
     return total

@@ -38,7 +38,7 @@ from peerkd.config import ConfigError
 from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
 from peerkd.methods.base import Method, StepOutput
 from peerkd.methods.execution import check_fuse
-from peerkd.methods.multibranch import (TARGET_GRADIENTS, BranchGroup, build_target_builder, choose,
+from peerkd.methods.multibranch import (CD_PRODUCTS, TARGET_GRADIENTS, BranchGroup, build_target_builder, choose,
                                         classifier_diversification, peer_targets, sigmoid_rampup)
 from peerkd.methods.registry import register_method
 
@@ -62,7 +62,7 @@ class OKDDip(Method):
         peer_weight: float = 1.0  # alpha: weight of the first-level KL (peers <- their targets); their alpha = 1
         leader_weight: float = 1.0  # beta: weight of the second-level KL (leader <- t_avg); 1 in their code
         cd_weight: float = 0.0  # gamma: classifier-diversification loss weight (0: OKDDip has none)
-        cd_product: str = "feature"  # "feature": W_i^T W_j with nn.Linear's (C, d) weights; "class": W_i W_j^T
+        cd_product: str = "outer"  # reading of W_i^T W_j: outer (vec(W_i) vec(W_j)^T), feature (d x d), class (C x C)
         cd_include_leader: bool = True  # the leader's classifier enters L_cd (eq. 5 of MDE sums over all m)
         target_gradient: str = "full"  # "full": targets not detached (their code); "weights": logits detached
         rampup_epochs: float = 80.0  # epochs of the sigmoid ramp-up of the KL weight (their length = 80); 0: off
@@ -74,7 +74,7 @@ class OKDDip(Method):
         if options.branches < 3:
             raise ConfigError("method.branches: two-level distillation needs at least 2 peers and a leader (>= 3)")
         choose("method.target_gradient", options.target_gradient, TARGET_GRADIENTS)
-        choose("method.cd_product", options.cd_product, ("feature", "class"))
+        choose("method.cd_product", options.cd_product, CD_PRODUCTS)
         self.group = BranchGroup(options.model, task.num_classes, options.branches, options.split_at,
                                  options.network_based, options.model_options, options.fuse)
         self.peers = list(range(options.branches - 1))

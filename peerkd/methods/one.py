@@ -16,6 +16,11 @@ so the gate learns from the ensemble CE alone and no branch is pulled towards th
 over the first 80 epochs, as ONE's published ``cifar_one.py`` does (``consistency_rampup = 80``; the paper's loss
 does not show it); ``rampup_epochs: 0`` gives the paper's constant weight 1.
 
+``cd_weight`` (0: ONE has none) adds MDE's classifier-diversification loss ``gamma L_cd`` over the m branches'
+classifiers (paper 001, eq. 5; the one implementation,
+:func:`peerkd.methods.multibranch.classifier_diversification`, with ``cd_product`` its reading): MDE's Table 6
+"Gate + CD" row is ONE with it (its "Gate" row equals ONE's Table 2 number).
+
 ``predict`` keys: ``branch0 .. branch{m-1}`` and ``ensemble`` (the gated teacher's logits). ONE deploys one branch
 (its tables report their mean); ``export(key)`` gives branch ``key`` (default ``branch0``) as a plain model.
 """
@@ -28,7 +33,8 @@ import torch
 from peerkd.losses import hard_ce, kd_kl
 from peerkd.methods.base import Method, StepOutput
 from peerkd.methods.execution import check_fuse
-from peerkd.methods.multibranch import TARGET_GRADIENTS, BranchGroup, GateTarget, choose, peer_targets, sigmoid_rampup
+from peerkd.methods.multibranch import (CD_PRODUCTS, TARGET_GRADIENTS, BranchGroup, GateTarget, choose,
+                                        classifier_diversification, peer_targets, sigmoid_rampup)
 
 ONE_TARGET_GRADIENTS = ("none", *TARGET_GRADIENTS)
 from peerkd.methods.registry import register_method
@@ -50,12 +56,15 @@ class ONE(Method):
         ensemble_ce: bool = True  # CE on the gated ensemble too (trains the gate); ONE's loss has it
         target_gradient: str = "none"  # "none": teacher detached in the KL (ONE's code); "weights"; "full" (see above)
         rampup_epochs: float = 80.0  # epochs of the sigmoid ramp-up of the KL weight (ONE's code: 80); 0: none
+        cd_weight: float = 0.0  # gamma of MDE's CD loss over the branches' classifiers (0: ONE has none; 5e-8: MDE's)
+        cd_product: str = "outer"  # the reading of W_i^T W_j in the CD loss (see multibranch.CD_PRODUCTS)
         fuse: str = "auto"  # identical branches: "off", "on" (fused), "streams", "auto" (timed): methods/execution.py
 
     def __init__(self, options, task):
         super().__init__(options, task)
         check_fuse(options.fuse)
         choose("method.target_gradient", options.target_gradient, ONE_TARGET_GRADIENTS)
+        choose("method.cd_product", options.cd_product, CD_PRODUCTS)
         self.group = BranchGroup(options.model, task.num_classes, options.branches, options.split_at,
                                  model_options=options.model_options, fuse=options.fuse)
         self.gate = GateTarget(self.group.trunk_channels, options.branches, options.gate_bn_relu)
@@ -85,6 +94,10 @@ class ONE(Method):
             ce_ensemble = hard_ce(ensemble, batch)
             loss = loss + ce_ensemble
             logs["ce_ensemble"] = ce_ensemble.detach()
+        if opts.cd_weight:
+            cd = classifier_diversification(self.group.classifier_weights(), opts.cd_product)
+            loss = loss + opts.cd_weight * cd
+            logs["cd"] = cd.detach()
         return StepOutput(loss, logs)
 
     def predict(self, x):

@@ -11,16 +11,30 @@ the deepest (the network's own output). With switches ``pskd``, ``byot``, ``dmfl
 
 with a_t = a_T t / T (t the 1-based epoch, a_T = 0.8), a = 0.1, lambda = 1e-6 (the paper's values).
 
+The paper's a = 0.1 and lambda = 1e-6 are the defaults of the BYOT code it builds on (luanyunteng/
+pytorch-be-your-own-teacher, ``train.py``: ``--alpha 0.1``, ``--beta 1e-6``, ``--temperature 3``); where the paper
+is silent that code decides the scale of each term:
+
+- the hint ``||F_i - F_N||^2`` is *summed over the batch* (that code's ``feature_loss_function`` returns
+  ``.sum()`` of the squared differences of the pooled features, masked to entries where either side is positive:
+  a no-op for post-ReLU features), so lambda = 1e-6 multiplies a batch sum; a batch mean would make it 128 x
+  weaker at batch 128 (``hint_reduction: mean`` is that reading);
+- the KL runs at T = 3 with the T^2 factor (that code's ``kd_loss_function`` on ``softmax(output / T)`` times
+  ``T**2``); eq. 2 writes plain probabilities, but the paper takes a and lambda from that code, and its a was
+  tuned with T = 3 (``temperature: 1`` is the literal eq. 2).
+- the deepest classifier's CE weight is 1 + (1 - a): the paper is explicit, L = L_CE + L_Self-KD with L_CE the
+  PS-KD CE on the deepest classifier and eq. 2 summing i = 1..N (its (1 - a) CE term included). The BYOT code has no
+  L_CE and gives the deepest classifier (1 - a) alone; ``self_kd_includes_deepest: false`` gives it weight 1.
+
 Readings where the paper leaves a choice:
 - ``P^{prev}`` is the deepest classifier's prediction for the same image in the previous epoch, kept in a per-sample
   memory as in :mod:`peerkd.methods.pskd` (same storage options, checkpointed, all-gathered under DDP); the same
   y_soft is the CE target of every classifier ("distilled to each classifier").
-- Eq. 2 sums i = 1..N, so the deepest classifier has (1 - a) CE(P_N, y_soft) on top of L_CE (KL and hint vanish
-  for i = N); ``self_kd_includes_deepest: false`` drops that term.
 - KL and hint: the deepest side is detached (the deepest teaches, as in BYOT); eq. 2's D_KL(P_i, P_N) is read as
-  KL(P_N || P_i). T is not given: T = 1 (eq. 2 writes plain probabilities); the T^2 factor is kept for T != 1.
+  KL(P_N || P_i), at T = 3 (above); KL and hint vanish for i = N.
 - F_i: the pooled feature vector after classifier i's adapter (the FC's input), F_N the pooled last map (see
-  :mod:`peerkd.methods.byot` for the adapters); the hint is the squared norm summed over channels, batch mean.
+  :mod:`peerkd.methods.byot` for the adapters), as the BYOT code's ``middle*_fea`` / ``final_fea``; the hint is the
+  squared norm summed over channels and over the batch (above).
 - DMFL's feature-to-distribution mapping: softmax over the channels of the pooled feature vector, temperature
   ``dmfl_temperature`` (1). "Both forward and backward directions" is read as DML: each KL direction trains its
   second argument with the first fixed (``dmfl_detach_targets``), so KL(f_i || f_N) moves the deepest feature and
@@ -41,11 +55,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from peerkd.config import check_choice
 from peerkd.losses import soft_ce
 from peerkd.methods.base import Method, StepOutput
 from peerkd.methods.registry import register_method
-from peerkd.methods.self_distillation import (PredictionMemory, StageClassifierNet, dmfl_loss, label_distribution,
-                                              progressive_alpha, self_kd_terms)
+from peerkd.methods.self_distillation import (HINT_REDUCTIONS, PredictionMemory, StageClassifierNet, dmfl_loss,
+                                              label_distribution, progressive_alpha, self_kd_terms)
 
 
 @register_method("pskd_ml")
@@ -64,7 +79,8 @@ class PSKDMutualLearning(Method):
         alpha_final: float = 0.8  # a_T of PS-KD: weight of the past prediction in the last epoch (the paper's 0.8)
         kl_weight: float = 0.1  # a of eq. 2: KL share (1 - a on CE), the paper's 0.1
         hint_weight: float = 1e-6  # lambda of eq. 2, per squared feature unit, the paper's 1e-6
-        temperature: float = 1.0  # T of eq. 2's KL; the paper gives none, its equation uses plain probabilities
+        temperature: float = 3.0  # T of eq. 2's KL: the BYOT code's 3, the code a and lambda come from (1: literal)
+        hint_reduction: str = "sum"  # hint over the batch: "sum" (the BYOT code, lambda's unit) or "mean"
         distil_blocks: list[int] = field(default_factory=list)  # 1-based shallow classifiers with KL + hint; [] = all
         self_kd_includes_deepest: bool = True  # eq. 2's sum runs to N: (1 - a) CE on the deepest besides L_CE
         dmfl_temperature: float = 1.0  # tau of the feature-to-distribution softmax (none in the paper: 1)
@@ -74,6 +90,7 @@ class PSKDMutualLearning(Method):
 
     def __init__(self, options, task):
         super().__init__(options, task)
+        check_choice("method.hint_reduction", options.hint_reduction, HINT_REDUCTIONS)
         self.net = StageClassifierNet(options.model, task.num_classes, options.model_options, task.image_size,
                                       adapters=options.byot or options.dmfl, shallow_heads=options.byot)
         if options.byot:
@@ -103,7 +120,8 @@ class PSKDMutualLearning(Method):
         if o.byot:
             self_kd, parts = self_kd_terms(logits, features, target, kl_weight=o.kl_weight,
                                            hint_weight=o.hint_weight, temperature=o.temperature,
-                                           distil_blocks=o.distil_blocks, include_deepest=o.self_kd_includes_deepest)
+                                           distil_blocks=o.distil_blocks, include_deepest=o.self_kd_includes_deepest,
+                                           hint_reduction=o.hint_reduction)
             loss = loss + self_kd
             logs.update(parts)
             logs["self_kd"] = self_kd.detach()

@@ -221,14 +221,19 @@ def label_distribution(batch, num_classes: int) -> torch.Tensor:
     return lam * one_hot + (1 - lam) * F.one_hot(batch.y_b, num_classes).float()
 
 
-def hint_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """``||F_i - F_N||_2^2``: squared Euclidean distance of the pooled feature vectors, batch mean."""
-    return (student.float() - teacher.float()).pow(2).sum(-1).mean()
+HINT_REDUCTIONS = ("sum", "mean")  # over the batch: BYOT's code sums, a batch mean is 1 / batch size of that
+
+
+def hint_loss(student: torch.Tensor, teacher: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """``||F_i - F_N||_2^2``: squared Euclidean distance of the pooled feature vectors, summed over the channels and
+    then summed (``reduction="sum"``, the BYOT code's ``feature_loss_function``) or averaged over the batch."""
+    per_image = (student.float() - teacher.float()).pow(2).sum(-1)
+    return per_image.sum() if reduction == "sum" else per_image.mean()
 
 
 def self_kd_terms(logits: list[torch.Tensor], features: list[torch.Tensor], target: torch.Tensor, *,
                   kl_weight: float, hint_weight: float, temperature: float, distil_blocks: list[int],
-                  include_deepest: bool, deepest_ce_weight: float | None = None
+                  include_deepest: bool, deepest_ce_weight: float | None = None, hint_reduction: str = "mean"
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """BYOT's loss over the classifiers (1-based ``i``, ``N`` the deepest; the deepest's outputs detached):
 
@@ -236,7 +241,7 @@ def self_kd_terms(logits: list[torch.Tensor], features: list[torch.Tensor], targ
 
     The KL and hint terms only for ``i`` in ``distil_blocks`` (all shallow ones when empty; they vanish for
     ``i = N``); the deepest's ``(1 - a) CE`` term only with ``include_deepest``, weighted ``deepest_ce_weight``
-    instead of ``1 - a`` when that is given.
+    instead of ``1 - a`` when that is given. ``hint_reduction``: the hint summed or averaged over the batch.
     """
     n = len(logits)
     blocks = set(distil_blocks) if distil_blocks else set(range(1, n))
@@ -257,7 +262,7 @@ def self_kd_terms(logits: list[torch.Tensor], features: list[torch.Tensor], targ
         logs[f"ce{i}"] = ce.detach()
         if i in blocks:
             kl = kd_kl(z, teacher_logits, temperature)
-            hint = hint_loss(features[i - 1], teacher_feature)
+            hint = hint_loss(features[i - 1], teacher_feature, hint_reduction)
             part = part + kl_weight * kl + hint_weight * hint
             logs[f"kl{i}"], logs[f"hint{i}"] = kl.detach(), hint.detach()
         total = total + part
