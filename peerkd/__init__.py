@@ -22,5 +22,5 @@ from peerkd.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, tra
 __all__ = ["Backbone", "Batch", "Config", "ConfigError", "DataError", "DataRequest", "EpochContext", "Evaluator",
            "LoadedRun", "Method", "NonFiniteLossError", "RunError", "StepOutput", "TaskInfo", "Trainer",
            "TrainingInterrupted", "branched", "build_config", "build_model", "count_parameters", "dataset_names",
-           "hard_ce", "kd_kl", "load_config", "load_run", "method_names", "model_names", "parameter_summary", "register_method",
-           "register_model", "soft_ce", "train"]
+           "hard_ce", "kd_kl", "load_config", "load_run", "method_names", "model_names", "parameter_summary",
+           "register_method", "register_model", "soft_ce", "train"]
