@@ -1,4 +1,7 @@
-"""The CIFAR "ResNet-110" of the ONE / OKDDip code lineage, which MDE (paper 001) compares against.
+"""The CIFAR "ResNet-110" of the ONE / OKDDip code lineage: the ResNet-110 of MDE (paper 001), CSS (paper 000: its
+recipe and baselines are ONE's / OKDDip's; its baseline 76.21 sits next to MDE's 76.15 for this network) and CutnMix
+(paper 003: its authors' DLB code, Meta-knowledge-Lab/DLB ``models/resnet.py``, defines ``resnet110`` this way; its
+baseline 76.28).
 
 Unlike He et al.'s ResNet-110 (18 basic blocks per stage, 16-32-64 channels; ``resnet110``), this network uses
 bottleneck blocks (1x1, 3x3, 1x1, expansion 4) for depths of 44 and more: depth 9n + 2, three stages of n bottlenecks
