@@ -15,11 +15,12 @@ from peerkd.methods import (DataRequest, EpochContext, Method, StepOutput, TaskI
                             register_method)
 from peerkd.metrics import Evaluator  # noqa: E402
 from peerkd.models import Backbone, branched, build_model, model_names, register_model  # noqa: E402
+from peerkd.params import count_parameters, parameter_summary  # noqa: E402
 from peerkd.run import LoadedRun, RunError, load_run  # noqa: E402
 from peerkd.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, train  # noqa: E402
 
 __all__ = ["Backbone", "Batch", "Config", "ConfigError", "DataError", "DataRequest", "EpochContext", "Evaluator",
            "LoadedRun", "Method", "NonFiniteLossError", "RunError", "StepOutput", "TaskInfo", "Trainer",
-           "TrainingInterrupted", "branched", "build_config", "build_model", "dataset_names", "hard_ce", "kd_kl",
-           "load_config", "load_run", "method_names", "model_names", "register_method", "register_model", "soft_ce",
-           "train"]
+           "TrainingInterrupted", "branched", "build_config", "build_model", "count_parameters", "dataset_names",
+           "hard_ce", "kd_kl", "load_config", "load_run", "method_names", "model_names", "parameter_summary",
+           "register_method", "register_model", "soft_ce", "train"]

@@ -208,13 +208,27 @@ def _plot(args) -> int:
     return 0
 
 
+LIST_MODELS_CLASSES = 100  # `peerkd list models` counts each model's parameters at CIFAR-100's class count
+
+
+def _model_millions(name: str) -> str:
+    """``"1.73 M"``: the parameters of model ``name`` at LIST_MODELS_CLASSES classes (built on the meta device: no
+    memory, no initialisation)."""
+    import torch
+
+    from peerkd.models import build_model
+    from peerkd.params import count_parameters
+    with torch.device("meta"):
+        return f"{count_parameters(build_model(name, LIST_MODELS_CLASSES)) / 1e6:.2f} M"
+
+
 def _list(what: str) -> int:
     if what == "methods":
         from peerkd.methods import method_descriptions
         rows = method_descriptions()
     elif what == "models":
         from peerkd.models import model_descriptions
-        rows = model_descriptions()
+        rows = {name: f"{_model_millions(name):>7}  {text}" for name, text in model_descriptions().items()}
     else:
         from peerkd.data import dataset_descriptions
         rows = dataset_descriptions()

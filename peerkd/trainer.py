@@ -30,6 +30,7 @@ from peerkd.data.pipeline import build_loaders
 from peerkd.fast import FastStep
 from peerkd.methods import EpochContext, TaskInfo, build_method
 from peerkd.metrics import Evaluator
+from peerkd.params import parameter_summary
 from peerkd.run import CHECKPOINT, RunError, environment_info, load_checkpoint, save_checkpoint, write_json
 
 
@@ -443,6 +444,7 @@ class Trainer:
             out["keys"][key] = {"last": metrics, "best": self.history["best"].get(key)}
         if "diversity" in self.history["last"]:
             out["diversity"] = self.history["last"]["diversity"]
+        out["params"] = parameter_summary(self.method, list(out["keys"]))  # trained / exported / per predict key
         return out
 
 

@@ -18,7 +18,9 @@ def test_ffm_weights_sum_to_one_and_give_the_weighted_target():
         # by hand: concat maps, conv-BN-ReLU, pool, FC, softmax
         ffm = method.target_builder
         conv, bn = ffm.fuse[0], ffm.fuse[1]
-        fused = F.conv2d(torch.cat(out.maps[:3], 1), conv.weight, padding=1)
+        channels = out.maps[0].shape[1]  # the default reading: a 1x1 conv from 3 C to C / 16 channels
+        assert conv.weight.shape == (max(1, channels // 16), 3 * channels, 1, 1)
+        fused = F.conv2d(torch.cat(out.maps[:3], 1), conv.weight)
         fused = F.relu(F.batch_norm(fused, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps))
         expected_w = torch.softmax(fused.mean(dim=(2, 3)) @ ffm.fc.weight.t() + ffm.fc.bias, -1)
         t_e = sum(expected_w[:, i:i + 1] * out.logits[i] for i in range(3))
@@ -27,6 +29,12 @@ def test_ffm_weights_sum_to_one_and_give_the_weighted_target():
     torch.testing.assert_close(weights, expected_w, rtol=1e-5, atol=1e-6)
     for i in range(3):  # every auxiliary branch gets the same t_e
         torch.testing.assert_close(targets[:, i], t_e, rtol=1e-5, atol=1e-5)
+
+
+def test_ffm_earlier_reading_is_a_switch():
+    method = build({"name": "mde", "model": "resnet8", "fusion_kernel": 3, "fusion_reduction": 1}, tiny_task())
+    conv = method.target_builder.fuse[0]
+    assert conv.kernel_size == (3, 3) and conv.out_channels * 3 == conv.in_channels
 
 
 def test_cd_loss_on_small_matrices():

@@ -12,8 +12,11 @@ softmax of classifier i, ``F_i`` its feature and ``P_N``, ``F_N`` the deepest's 
 Table 2). The deployed network is the plain backbone (the deepest classifier).
 
 Readings where the paper leaves a choice:
-- The adapters: one bottleneck unit (1x1 reduce to a quarter, 3x3 stride 2, 1x1 expand, BN + ReLU after each) per
-  halving of the resolution, channels doubling up to the deepest stage's; the paper only says "bottleneck layer".
+- The adapters (``adapter``): the paper only says "bottleneck layer". Default ``bottleneck``, the BYOT CIFAR code's
+  one bottleneck per shallow stage (1x1 to a quarter of the deepest width, k x k stride k, 1x1; luanyunteng/
+  pytorch-be-your-own-teacher, ``models/resnet.py``); ``sepconv`` the authors' release (attention gate + separable
+  convs; ArchipLab-LinfengZhang/pytorch-self-distillation-final, ``resnet.py``); ``chain`` peerkd's earlier chain of
+  3x3 stride-2 bottlenecks. Counts and evidence: :mod:`peerkd.methods.stage_adapters`.
 - ``F_i``: the pooled feature vector after the adapter (the input of classifier i), ``F_N`` the pooled last map;
   the squared norm is summed over channels and averaged over the batch (``hint_reduction: sum`` sums it over the
   batch, as the BYOT code luanyunteng/pytorch-be-your-own-teacher ``train.py`` does for its lambda = 1e-6; the
@@ -49,11 +52,13 @@ class BYOT(Method):
         distil_blocks: list[int] = field(default_factory=list)  # 1-based shallow classifiers given KL + hint; [] = all
         deepest_full_ce: bool = False  # False: (1 - a) CE on the deepest (the paper's sum); True: weight 1 (their code)
         hint_reduction: str = "mean"  # the hint over the batch: "mean" (per-image lambda) or "sum" (BYOT code's)
+        adapter: str = "bottleneck"  # shallow-stage adapter design: bottleneck (BYOT CIFAR code), sepconv, chain
 
     def __init__(self, options, task):
         super().__init__(options, task)
         check_choice("method.hint_reduction", options.hint_reduction, HINT_REDUCTIONS)
-        self.net = StageClassifierNet(options.model, task.num_classes, options.model_options, task.image_size)
+        self.net = StageClassifierNet(options.model, task.num_classes, options.model_options, task.image_size,
+                                      adapter=options.adapter)
         bad = [b for b in options.distil_blocks if not 1 <= b < self.net.num_classifiers]
         if bad:
             from peerkd.config import ConfigError

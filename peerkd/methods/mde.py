@@ -32,7 +32,11 @@ Readings where the paper is silent (it says it follows OKDDip's settings; its al
 - "we separate the last two blocks": read as OKDDip's code does for its ResNets -- every branch owns the last stage
   and the classifier (``split_at`` unset = all stages but the last shared); set ``split_at`` to branch earlier;
 - the KL terms ramp up over 80 epochs as in OKDDip's code (``rampup_epochs``); the CD term is not ramped;
-- the FFM's conv keeps one branch's channel count and uses a 3x3 kernel (``fusion_blocks`` such blocks).
+- the FFM's centre block (sizes not given): one 1x1 conv from the concatenated maps to a sixteenth of one branch's
+  channels, BN, ReLU (``fusion_kernel: 1``, ``fusion_reduction: 16``, ``fusion_blocks: 1``): the reading under which
+  FFM is lighter than OKDDip's attention, as sec. 2 claims, and costs a few percent of the backbone ("without
+  additional training costs"); ``fusion_kernel: 3, fusion_reduction: 1`` is the earlier 3x3 conv keeping the
+  channels (113 M parameters on Xception and ResNeXt-50). Details: ``FusionTarget`` in methods/multibranch.py.
 
 Table 6's Gate and SA rows are ONE and OKDDip themselves (its Gate row equals ONE's Table 2 number, 25.76, its SA row
 OKDDip's, 25.45), so ``configs/mde/table6`` runs ``one`` / ``okddip`` for them (each with ``cd_weight`` for "+ CD",
@@ -57,6 +61,8 @@ class MDE(OKDDip):
         branches: int = 4  # m = 4: three auxiliary branches and a group leader (section 4.1)
         target: str = "ffm"  # the Feature Fusion Module (eq. 4); gate / attention for the Table 6 ablation
         fusion_blocks: int = 1  # conv-BN-ReLU blocks in the FFM (Fig. 2 shows one centre block)
+        fusion_kernel: int = 1  # FFM conv kernel: 1x1 (lighter than OKDDip's attention; 3: the earlier reading)
+        fusion_reduction: int = 16  # FFM conv width = one branch's channels / 16 (1: keep them, the earlier reading)
         temperature: float = 3.0  # T = 3 (section 4.1)
         peer_weight: float = 1.0  # alpha = 1 (section 4.1)
         leader_weight: float = 2.0  # beta = 2 (section 4.1)

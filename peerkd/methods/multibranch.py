@@ -151,18 +151,32 @@ class AttentionTarget(nn.Module):
 
 
 class FusionTarget(nn.Module):
-    """MDE's Feature Fusion Module: concatenated last-stage maps -> ``blocks`` x (3x3 conv, BN, ReLU) -> global pool
-    -> FC -> softmax over the peers. The conv keeps the channels of one branch's map."""
+    """MDE's Feature Fusion Module: concatenated last-stage maps -> ``blocks`` x (k x k conv, BN, ReLU) -> global pool
+    -> FC -> softmax over the peers.
+
+    The paper (Li et al. 2020, sec. 3.2 and Fig. 2) gives a "center block made of several convolutional layers, batch
+    normalization and ReLU", its last layer an FC, and no sizes; it presents FFM as lighter than OKDDip's self-attention
+    ("needs two fully connected layers ... which increases the complexity of time and space") and the method as
+    "without additional training and inference costs". Default reading: a 1x1 conv from the ``P * C`` concatenated
+    channels to ``C / reduction`` (``reduction`` 16), so the module has ``P C^2 / 16`` conv weights: fewer than
+    OKDDip's two ``C -> C / 8`` projections (``C^2 / 4``) for the paper's P = 3 peers, and a few percent of any MDE
+    backbone. ``kernel=3, reduction=1`` is the earlier reading (a 3x3 conv keeping C channels: 9 P C^2 weights,
+    113 M on Xception / ResNeXt-50, five times the backbone)."""
 
     shared_target = True
 
-    def __init__(self, map_channels: int, peers: int, blocks: int = 1):
+    def __init__(self, map_channels: int, peers: int, blocks: int = 1, kernel: int = 1, reduction: int = 16):
         super().__init__()
+        if kernel < 1 or kernel % 2 == 0:
+            raise ConfigError(f"method.fusion_kernel: must be an odd positive size (1, 3, ...), got {kernel}")
+        if reduction < 1:
+            raise ConfigError(f"method.fusion_reduction: must be 1 or more, got {reduction}")
+        width = max(1, map_channels // reduction)
         layers, channels = [], map_channels * peers
         for _ in range(blocks):
-            layers += [nn.Conv2d(channels, map_channels, 3, 1, 1, bias=False), nn.BatchNorm2d(map_channels),
+            layers += [nn.Conv2d(channels, width, kernel, 1, kernel // 2, bias=False), nn.BatchNorm2d(width),
                        nn.ReLU(inplace=True)]
-            channels = map_channels
+            channels = width
         self.fuse = nn.Sequential(*layers)
         self.fc = nn.Linear(channels, peers)
         for m in self.fuse.modules():
@@ -185,7 +199,8 @@ class MeanTarget(nn.Module):
 
 
 def build_target_builder(kind: str, group: BranchGroup, peers: int, *, gate_bn_relu: bool = True,
-                         attention_reduction: int = 8, fusion_blocks: int = 1) -> nn.Module:
+                         attention_reduction: int = 8, fusion_blocks: int = 1, fusion_kernel: int = 1,
+                         fusion_reduction: int = 16) -> nn.Module:
     choose("method.target", kind, TARGET_BUILDERS)
     if kind == "gate":
         if group.network_based:
@@ -195,7 +210,7 @@ def build_target_builder(kind: str, group: BranchGroup, peers: int, *, gate_bn_r
     if kind == "attention":
         return AttentionTarget(group.feature_dim, attention_reduction)
     if kind == "ffm":
-        return FusionTarget(group.map_channels, peers, fusion_blocks)
+        return FusionTarget(group.map_channels, peers, fusion_blocks, fusion_kernel, fusion_reduction)
     return MeanTarget()
 
 

@@ -58,6 +58,8 @@ class OKDDip(Method):
         attention_reduction: int = 8  # query/key dimension = feature_dim / this (their factor = 8)
         gate_bn_relu: bool = True  # gate target only: BN + ReLU between FC and softmax, as ONE's code
         fusion_blocks: int = 1  # ffm target only: conv-BN-ReLU blocks in the fusion module
+        fusion_kernel: int = 1  # ffm target only: conv kernel size (1: a 1x1 fusion conv; 3: the earlier reading)
+        fusion_reduction: int = 16  # ffm target only: conv output channels = one branch's channels / this (1: keep)
         temperature: float = 3.0  # T of every KL term (their default 3)
         peer_weight: float = 1.0  # alpha: weight of the first-level KL (peers <- their targets); their alpha = 1
         leader_weight: float = 1.0  # beta: weight of the second-level KL (leader <- t_avg); 1 in their code
@@ -81,7 +83,8 @@ class OKDDip(Method):
         self.leader = options.branches - 1
         self.target_builder = build_target_builder(
             options.target, self.group, len(self.peers), gate_bn_relu=options.gate_bn_relu,
-            attention_reduction=options.attention_reduction, fusion_blocks=options.fusion_blocks)
+            attention_reduction=options.attention_reduction, fusion_blocks=options.fusion_blocks,
+            fusion_kernel=options.fusion_kernel, fusion_reduction=options.fusion_reduction)
         self.register_buffer("distill_scale", torch.tensor(sigmoid_rampup(0, options.rampup_epochs)))
 
     def on_epoch_start(self, epoch, epochs):

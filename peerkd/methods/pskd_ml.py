@@ -32,9 +32,11 @@ Readings where the paper leaves a choice:
   y_soft is the CE target of every classifier ("distilled to each classifier").
 - KL and hint: the deepest side is detached (the deepest teaches, as in BYOT); eq. 2's D_KL(P_i, P_N) is read as
   KL(P_N || P_i), at T = 3 (above); KL and hint vanish for i = N.
-- F_i: the pooled feature vector after classifier i's adapter (the FC's input), F_N the pooled last map (see
-  :mod:`peerkd.methods.byot` for the adapters), as the BYOT code's ``middle*_fea`` / ``final_fea``; the hint is the
-  squared norm summed over channels and over the batch (above).
+- F_i: the pooled feature vector after classifier i's adapter (the FC's input), F_N the pooled last map, as the BYOT
+  code's ``middle*_fea`` / ``final_fea``. The adapter design (``adapter``) follows the code behind Table 1's
+  parameter counts (see :mod:`peerkd.methods.stage_adapters`): ``bottleneck`` (BYOT's CIFAR code: ResNet-18 13.0 M,
+  ResNet-50 50.4 M) by default, ``sepconv`` in the ResNeXt-50 configs (the BYOT authors' release: 37.9 M); the hint
+  is the squared norm summed over channels and over the batch (above).
 - DMFL's feature-to-distribution mapping: softmax over the channels of the pooled feature vector, temperature
   ``dmfl_temperature`` (1). "Both forward and backward directions" is read as DML: each KL direction trains its
   second argument with the first fixed (``dmfl_detach_targets``), so KL(f_i || f_N) moves the deepest feature and
@@ -87,12 +89,14 @@ class PSKDMutualLearning(Method):
         dmfl_detach_targets: bool = True  # each KL direction trains its second argument only (DML's reading)
         memory_dtype: str = "float32"  # PS-KD memory storage: float32, float16 or bfloat16 (2 bytes per entry)
         memory_topk: int = 0  # 0 stores whole distributions; k > 0 the top k classes (ImageNet: 10)
+        adapter: str = "bottleneck"  # shallow-stage adapter design: bottleneck (BYOT CIFAR code), sepconv, chain
 
     def __init__(self, options, task):
         super().__init__(options, task)
         check_choice("method.hint_reduction", options.hint_reduction, HINT_REDUCTIONS)
         self.net = StageClassifierNet(options.model, task.num_classes, options.model_options, task.image_size,
-                                      adapters=options.byot or options.dmfl, shallow_heads=options.byot)
+                                      adapters=options.byot or options.dmfl, shallow_heads=options.byot,
+                                      adapter=options.adapter)
         if options.byot:
             bad = [b for b in options.distil_blocks if not 1 <= b < self.net.num_classifiers]
             if bad:

@@ -1,8 +1,9 @@
 """Pieces shared by the self-distillation methods (BYOT, PS-KD and their combination with mutual feature learning).
 
 - :class:`StageClassifierNet`: one backbone cut after each stage, with a classifier after each shallow stage
-  (BYOT's "bottleneck" adapter that brings the stage's map to the deepest map's shape, then pooling + FC); the
-  deepest classifier is the backbone's own head, so the deployed network is the plain registered model.
+  (BYOT's "bottleneck" adapter of :mod:`peerkd.methods.stage_adapters`, bringing the stage's map to the deepest
+  map's shape, then pooling + FC); the deepest classifier is the backbone's own head, so the deployed network is
+  the plain registered model.
 - :class:`PredictionMemory`: PS-KD's per-sample memory of the last prediction for every training image, stored
   compactly (fp32 / fp16 / bf16, optionally only the top-k classes), all-gathered across DDP ranks on write.
 - Loss helpers: :func:`progressive_alpha`, :func:`label_distribution`, :func:`self_kd_terms`, :func:`dmfl_loss`.
@@ -10,7 +11,6 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.distributed as dist
@@ -19,45 +19,13 @@ from torch import nn
 
 from peerkd.config import ConfigError
 from peerkd.losses import kd_kl, mean_probs_logits, soft_ce
+from peerkd.methods.stage_adapters import make_adapters
 from peerkd.models import build_model
 
 MEMORY_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 # ------------------------------------------------------------------------------------------------ architecture
-
-class AdapterStep(nn.Module):
-    """One bottleneck unit of an adapter: 1x1 reduce, 3x3 (stride 1 or 2), 1x1 expand, each with BN and ReLU."""
-
-    def __init__(self, in_ch: int, out_ch: int, stride: int):
-        super().__init__()
-        mid = max(out_ch // 4, 1)
-        self.body = nn.Sequential(
-            nn.Conv2d(in_ch, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-
-def make_adapter(in_ch: int, in_size: int, out_ch: int, out_size: int) -> nn.Module:
-    """Bottleneck units taking a ``(in_ch, in_size, in_size)`` map to ``(out_ch, out_size, out_size)``: one stride-2
-    unit per halving of the resolution (channels doubling on the way, capped at ``out_ch``), or a single stride-1
-    unit where only the channels differ."""
-    ratio = in_size // out_size
-    if in_size % out_size or ratio & (ratio - 1):
-        raise ValueError(f"cannot adapt a {in_size}px map to {out_size}px: the ratio must be a power of 2")
-    halvings = int(math.log2(ratio))
-    if halvings == 0:
-        return nn.Identity() if in_ch == out_ch else AdapterStep(in_ch, out_ch, 1)
-    steps, ch = [], in_ch
-    for k in range(halvings):
-        nxt = out_ch if k == halvings - 1 else min(ch * 2, out_ch)
-        steps.append(AdapterStep(ch, nxt, 2))
-        ch = nxt
-    return nn.Sequential(*steps)
-
 
 class StageClassifierNet(nn.Module):
     """A registered backbone with a classifier after every stage (Zhang et al. 2019, "Be Your Own Teacher").
@@ -66,11 +34,12 @@ class StageClassifierNet(nn.Module):
     ``i + 1``'s output, ``features[i]`` its pooled feature vector (after the adapter for the shallow ones, the
     backbone's pooled last map for the deepest: all of the deepest's width). ``shallow_heads=False`` builds the
     adapters but no shallow FC layers (feature-only taps for DMFL without BYOT); ``logits`` then holds only the
-    deepest classifier. ``adapters=False`` builds neither: the plain backbone.
+    deepest classifier. ``adapters=False`` builds neither: the plain backbone. ``adapter`` names the adapter design
+    (:mod:`peerkd.methods.stage_adapters`: ``bottleneck``, the BYOT code's, by default).
     """
 
     def __init__(self, model: str, num_classes: int, model_options: dict, image_size: int, adapters: bool = True,
-                 shallow_heads: bool = True):
+                 shallow_heads: bool = True, adapter: str = "bottleneck"):
         super().__init__()
         try:
             self.backbone = build_model(model, num_classes, **model_options)
@@ -84,9 +53,9 @@ class StageClassifierNet(nn.Module):
         self.heads = nn.ModuleList()
         if adapters:
             shapes = self._stage_shapes(image_size)
-            out_ch, out_size = shapes[-1]
-            for in_ch, in_size in shapes[:-1]:
-                self.adapters.append(make_adapter(in_ch, in_size, out_ch, out_size))
+            out_ch = shapes[-1][0]
+            for module in make_adapters(adapter, shapes):
+                self.adapters.append(module)
                 if shallow_heads:
                     self.heads.append(nn.Linear(out_ch, num_classes))  # on the pooled adapter output
 

@@ -5,9 +5,11 @@ convolutions + 1x1 shortcut convs) with widths 16k, 32k, 64k after a 16-channel 
 convolution, a final BN-ReLU before pooling. Dropout between the two convolutions of a block is off by default,
 as in the online-KD papers' CIFAR recipes (``dropout`` sets it).
 
-Also accepts the depth 6n + 2 form used by CSS and CutnMix for "WRN-20-8" (n = 3): the same blocks, where the
-paper's text gives depth 20. Both name the same network (3 blocks per stage); ``wrn20_8`` and ``wrn22_8`` are
-registered as the same architecture so configs can use either paper's name.
+``wrn20_8`` is registered as the same architecture as ``wrn22_8`` (3 blocks per stage, 17.2 M parameters at 100
+classes) for runs that used that name. No paper config uses it: the "WRN-20-8" of CSS (paper 000) and CutnMix (paper
+003) is the ONE/OKDDip code's bottleneck network ``wide_resnet20_8`` (peerkd/models/cifar_resnet_one.py, 6.87 M):
+Zagoruyko's pre-activation WRN has depth 6n + 4, so depth 20 does not exist in that family (RepDistiller's
+``models/wrn.py`` asserts it), while OKDDip's ``models/model_cifar/resnet.py`` names ``wide_resnet20_8`` exactly.
 """
 from __future__ import annotations
 
@@ -79,4 +81,4 @@ def _register(name: str, blocks: int, widen: int, depth_text: str):
 
 for _n, _k in [(2, 1), (2, 2), (2, 4), (2, 8), (3, 2), (3, 4), (3, 8), (4, 10), (6, 2), (6, 4), (4, 2)]:
     _register(f"wrn{6 * _n + 4}_{_k}", _n, _k, str(6 * _n + 4))
-_register("wrn20_8", 3, 8, "20")  # the CSS / CutnMix name for WRN-22-8's block count
+_register("wrn20_8", 3, 8, "20")  # WRN-22-8's blocks under the name earlier runs used (papers: wide_resnet20_8)
