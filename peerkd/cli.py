@@ -123,7 +123,7 @@ def _eval(args) -> int:
     tree = load_checkpoint(run_dir / CHECKPOINT)["config"]
     overrides = [f"data.root={args.data_dir}"] if args.data_dir else []
     config = build_config(tree, overrides + [f"trainer.device={args.device}", "trainer.progress=off"])
-    trainer = Trainer(config, run_dir=run_dir, resume=True)  # resume: the checkpoint must be there
+    trainer = Trainer(config, run_dir=run_dir, resume=True, claim=False)  # a reader: no lock, the checkpoint there
     trainer.restore()
     metrics = trainer.evaluate()
     write_json(run_dir / "eval.json", {"epoch": trainer.epoch, "metrics": metrics})
