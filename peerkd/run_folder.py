@@ -53,6 +53,7 @@ class Claim:
     lock: RunLock
     resume: bool
     created: Path | None  # the topmost folder this claim created (removed again if the run does not start)
+    created_lock: bool  # the lock file is this claim's (removed again if the run does not start)
     state: dict | None = None  # the checkpoint's state (resume)
     source: Path | None = None  # the checkpoint file it came from (checkpoint.prev.pt after a damaged one)
     changed: dict = dataclasses.field(default_factory=dict)  # key -> [run's value, this resume's value]
@@ -61,9 +62,12 @@ class Claim:
     def release(self, started: bool = True) -> None:
         """Give the lock back; if the run never started in a folder this claim created, remove the folder."""
         self.lock.release()
-        if started or self.created is None:
+        if started:
             return
-        (self.run_dir / LOCK_FILE).unlink(missing_ok=True)
+        if self.created_lock:
+            (self.run_dir / LOCK_FILE).unlink(missing_ok=True)
+        if self.created is None:
+            return
         folder = self.run_dir
         while True:
             try:
@@ -88,12 +92,13 @@ def claim_run_folder(run_dir: Path, config, resume: bool) -> Claim:
     run_dir = Path(run_dir)
     created = _topmost_missing(run_dir)
     lock = RunLock(run_dir)
+    created_lock = not lock.path.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except OSError as err:
         raise RunError(_unwritable(run_dir, err)) from None
-    claim = Claim(run_dir, lock, resume, created, restart=elastic_restart_count())
+    claim = Claim(run_dir, lock, resume, created, created_lock, restart=elastic_restart_count())
     try:
         _remove_stale_temporaries(run_dir)
         _settle_kind(claim)
@@ -189,8 +194,9 @@ def resume_changes(state: dict, config, run_dir: Path) -> dict:
         raise RunError(f"--resume: schedule.epochs={config.schedule.epochs}, but {run_dir} has trained "
                        f"{done} epochs{' and part of the next' if mid_epoch else ''}; ask for at least "
                        f"{done + mid_epoch}")
-    if config.schedule.kind == "multistep":
-        passed = lambda milestones: sorted(m for m in milestones if m <= done)  # noqa: E731
+    if config.schedule.kind == "multistep":  # epoch e trains at lr x gamma^(milestones <= e)
+        last_trained = done - 1 + mid_epoch
+        passed = lambda milestones: sorted(m for m in milestones if m <= last_trained)  # noqa: E731
         if passed(saved.schedule.milestones) != passed(config.schedule.milestones):
             raise RunError(f"--resume: schedule.milestones {config.schedule.milestones} change milestones the run has "
                            f"passed (epoch {done}; the run's milestones: {saved.schedule.milestones}); only later "
