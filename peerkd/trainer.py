@@ -66,8 +66,26 @@ def init_distributed(device_kind: str) -> Distributed:
     if world <= 1:
         return Distributed()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+        backend = "nccl" if device_kind == "cuda" else "gloo"
+        store = _attempt_store(world)
+        if store is None:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]), world_size=world)
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _attempt_store(world: int):
+    """The process group's store under ``torchrun``, its keys prefixed by the restart attempt. torchrun (torch 2.14)
+    shares its rendezvous TCPStore with the workers of every attempt with unprefixed keys, so after a fault the
+    restarted ranks find the dead attempt's addresses and a rank may dial a dead peer (gloo: "connectFullMesh
+    failed ... Connection refused"); with the attempt in the prefix each attempt sees only its own keys."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    from peerkd.run_folder import elastic_restart_count
+
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
+    return dist.PrefixStore(f"peerkd/attempt-{elastic_restart_count()}", store)
 
 
 def resolve_device(name: str, ddp: Distributed) -> torch.device:
