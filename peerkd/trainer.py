@@ -417,14 +417,14 @@ class Trainer:
             self.release()
 
     def _out_of_space(self, err: OSError) -> str:
-        where = f" ({Path(err.filename).name})" if err.filename else ""
+        where = f" (writing {Path(err.filename).name})" if err.filename else ""
         if self.saved_at is None:
             kept = "no checkpoint was saved yet"
         else:
             epoch, step = self.saved_at
             kept = f"the last checkpoint ({CHECKPOINT}: {epoch} epochs" + (f" and {step} steps" if step else "") + \
                 " done) is kept"
-        return (f"no space left on the device of {self.run_dir} writing{where}; {kept}. Free some space, then "
+        return (f"no space left on the device of {self.run_dir}{where}; {kept}. Free some space, then "
                 f"continue with `peerkd train --resume {self.run_dir}`")
 
     def _fit(self) -> dict:

@@ -294,6 +294,6 @@ def test_every_file_of_a_run_follows_the_umask(tmp_path):
     finally:
         os.umask(previous)
     modes = {p.name: oct(p.stat().st_mode & 0o777) for p in run.iterdir()}
+    assert set(modes.values()) == {"0o644"}, modes
     assert {"checkpoint.pt", "checkpoint.prev.pt", "summary.json", "environment.json", "eval.json", "history.jsonl",
             LOCK_FILE} <= set(modes)
-    assert set(modes.values()) == {"0o644"}, modes
