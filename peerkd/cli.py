@@ -95,7 +95,7 @@ def _train(args) -> int:
         if args.config:
             tree = load_yaml(args.config)
         else:
-            tree = load_checkpoint(run_dir / CHECKPOINT)["config"]
+            tree = load_checkpoint(run_dir / CHECKPOINT, warn=False)["config"]  # the trainer names a damaged one
         config = build_config(tree, _cli_overrides(args))
     else:
         config = load_config(args.config, _cli_overrides(args))

@@ -78,8 +78,15 @@ def save_checkpoint(path: Path, state: dict) -> None:
     data = _checkpoint_bytes(dict(state, format=CHECKPOINT_FORMAT))
     previous = path.with_name(PREVIOUS_CHECKPOINT)
 
-    def keep_previous():
-        if path.is_file() and checkpoint_problem(path) is None:
+    def keep_previous():  # a hard link, so that checkpoint.pt never goes missing between the two renames
+        if not path.is_file() or checkpoint_problem(path) is not None:
+            return
+        link = path.with_name(f".{PREVIOUS_CHECKPOINT}.link.tmp")
+        try:
+            link.unlink(missing_ok=True)
+            os.link(path, link)
+            os.replace(link, previous)
+        except OSError:  # a file system without hard links
             os.replace(path, previous)
 
     atomic_write_bytes(path, lambda f: f.write(data), before_replace=keep_previous)
@@ -101,19 +108,19 @@ def _split_checkpoint(data: bytes) -> tuple[bytes | None, str | None]:
     (data, None) unchanged for a legacy file (a bare zip: no checksum to verify)."""
     if not data.startswith(CHECKPOINT_MAGIC):
         if data.startswith(CHECKPOINT_MAGIC[:10]):
-            return None, "its header is damaged"
+            return None, "unreadable: its header is damaged"
         return data, None
     end = data.find(b"\n", len(CHECKPOINT_MAGIC))
     try:
         header = json.loads(data[len(CHECKPOINT_MAGIC):end])
         digest, size = str(header["sha256"]), int(header["bytes"])
     except (ValueError, KeyError, TypeError):
-        return None, "its header is damaged"
+        return None, "unreadable: its header is damaged"
     payload = data[end + 1:]
     if len(payload) != size:
-        return None, f"it is truncated ({len(payload)} of {size} bytes)"
+        return None, f"unreadable: it is truncated ({len(payload)} of {size} bytes)"
     if hashlib.sha256(payload).hexdigest() != digest:
-        return None, "its checksum does not match (the file was damaged in place)"
+        return None, "damaged: its checksum does not match (the file was damaged in place)"
     return payload, None
 
 
@@ -122,7 +129,7 @@ def checkpoint_problem(path: Path) -> str | None:
     try:
         return _split_checkpoint(Path(path).read_bytes())[1]
     except OSError as err:
-        return f"it cannot be read ({err.strerror})"
+        return f"unreadable ({err.strerror})"
 
 
 def read_checkpoint(path: Path, map_location="cpu") -> dict:
@@ -137,7 +144,7 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
         raise RunError(f"checkpoint {path} cannot be read ({err.strerror})") from None
     payload, problem = _split_checkpoint(data)
     if problem is not None:
-        raise RunError(f"checkpoint {path} is damaged: {problem}")
+        raise RunError(f"checkpoint {path} is {problem}")
     legacy = not data.startswith(CHECKPOINT_MAGIC)  # a bare torch.save zip: the format before checksums
     allowed = _legacy_safe_globals() if legacy else []
     try:
@@ -179,9 +186,10 @@ def load_checkpoint_from(path: Path, map_location="cpu", warn=True) -> tuple[dic
     try:
         return read_checkpoint(path, map_location), path
     except RunError as err:
-        if path.name != CHECKPOINT or not previous.is_file():
-            raise
         first = str(err)
+    if path.name != CHECKPOINT or not previous.is_file():
+        advice = "" if "restore" in first else "; restore a good copy, or move it away to start the run over"
+        raise RunError(first + advice)
     try:
         state = read_checkpoint(previous, map_location)
     except RunError as err:

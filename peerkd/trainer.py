@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import math
 import os
@@ -35,7 +34,8 @@ from peerkd.data.pipeline import build_loaders
 from peerkd.fast import FastStep
 from peerkd.methods import EpochContext, TaskInfo, build_method
 from peerkd.metrics import Evaluator
-from peerkd.run import CHECKPOINT, RunError, environment_info, load_checkpoint, save_checkpoint, write_json
+from peerkd.run import (CHECKPOINT, RunError, environment_info, has_checkpoint, load_checkpoint, save_checkpoint,
+                        write_json)
 from peerkd.run_folder import OUT_OF_SPACE, Claim, append_history, claim_run_folder, truncate_metrics
 
 
@@ -179,8 +179,6 @@ class Trainer:
 
     # -- setup ------------------------------------------------------------------------------------------------
     def _check_run_dir(self) -> None:
-        from peerkd.run import has_checkpoint
-
         if self.resume and not has_checkpoint(self.run_dir):
             raise RunError(f"--resume: {self.run_dir} holds no {CHECKPOINT}; start the run without --resume")
 
