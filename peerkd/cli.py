@@ -140,7 +140,7 @@ def _train(args) -> int:
         if args.config:
             tree = load_yaml(args.config)
         else:
-            tree = load_checkpoint(run_dir / CHECKPOINT)["config"]
+            tree = load_checkpoint(run_dir / CHECKPOINT, warn=False)["config"]  # the trainer names a damaged one
         config = build_config(tree, _cli_overrides(args))
     else:
         config = load_config(args.config, _cli_overrides(args))
@@ -162,7 +162,7 @@ def _eval(args) -> int:
     tree = load_checkpoint(run_dir / CHECKPOINT)["config"]
     overrides = [f"data.root={args.data_dir}"] if args.data_dir else []
     config = build_config(tree, overrides + [f"trainer.device={args.device}", "trainer.progress=off"])
-    trainer = Trainer(config, run_dir=run_dir, resume=True)  # resume: the checkpoint must be there
+    trainer = Trainer(config, run_dir=run_dir, resume=True, claim=False)  # a reader: no lock, the checkpoint there
     trainer.restore()
     metrics = trainer.evaluate()
     write_json(run_dir / "eval.json", {"epoch": trainer.epoch, "metrics": metrics})

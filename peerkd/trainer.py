@@ -5,6 +5,11 @@ every step; bf16 autocast and channels_last on CUDA; optional ``torch.compile``;
 ``predict`` key; atomic checkpoints every epoch with every RNG state, and an exact resume from them, also in the
 middle of an epoch after SIGTERM; a non-finite loss stops the run and keeps the last good checkpoint; DDP under
 ``torchrun``.
+
+The run folder is taken before any set-up (:mod:`peerkd.run_folder`: writable, locked, a peerkd run or empty, the
+config of a resume checked against the checkpoint's). Under DDP rank 0 alone takes it and writes; the other ranks get
+its verdict (the same error, or whether the run resumes) by one broadcast. A write that finds the disk full ends the
+run with one line naming the folder and the checkpoint kept.
 """
 from __future__ import annotations
 
@@ -31,7 +36,9 @@ from peerkd.fast import FastStep
 from peerkd.methods import EpochContext, TaskInfo, build_method
 from peerkd.metrics import Evaluator
 from peerkd.params import parameter_summary
-from peerkd.run import CHECKPOINT, RunError, environment_info, load_checkpoint, save_checkpoint, write_json
+from peerkd.run import (CHECKPOINT, RunError, environment_info, has_checkpoint, load_checkpoint, save_checkpoint,
+                        write_json)
+from peerkd.run_folder import OUT_OF_SPACE, Claim, append_history, claim_run_folder, truncate_metrics
 
 
 class NonFiniteLossError(RuntimeError):
@@ -69,8 +76,26 @@ def init_distributed(device_kind: str) -> Distributed:
     if world <= 1:
         return Distributed()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+        backend = "nccl" if device_kind == "cuda" else "gloo"
+        store = _attempt_store(world)
+        if store is None:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]), world_size=world)
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _attempt_store(world: int):
+    """The process group's store under ``torchrun``, its keys prefixed by the restart attempt. torchrun (torch 2.14)
+    shares its rendezvous TCPStore with the workers of every attempt with unprefixed keys, so after a fault the
+    restarted ranks find the dead attempt's addresses and a rank may dial a dead peer (gloo: "connectFullMesh
+    failed ... Connection refused"); with the attempt in the prefix each attempt sees only its own keys."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    from peerkd.run_folder import elastic_restart_count
+
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
+    return dist.PrefixStore(f"peerkd/attempt-{elastic_restart_count()}", store)
 
 
 def resolve_device(name: str, ddp: Distributed) -> torch.device:
@@ -93,7 +118,10 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state in tensors and plain containers (a checkpoint loads with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = (kind, keys.tolist(), pos, has_gauss, cached_gaussian)
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -128,13 +156,14 @@ class Trainer:
     """Builds data, method and optimiser from a :class:`Config` and runs (or resumes) the run in ``run_dir``."""
 
     def __init__(self, config: Config, run_dir: str | Path | None = None, resume: bool = False,
-                 on_step: Callable[["Trainer"], None] | None = None):
+                 on_step: Callable[["Trainer"], None] | None = None, claim: bool = True):
+        """``claim``: take the run folder for writing (lock it, check it); False for a reader such as
+        ``peerkd eval``, which only needs the checkpoint there."""
         self.config = config
         self.resume = resume
         self.on_step = on_step
         self.stop_requested = False
         self.stop_signal: int | None = None  # the signal that requested the stop
-        self.last_saved: tuple[int, int] | None = None  # (epoch, step in epoch) of the checkpoint on disk, if any
         self.ddp = init_distributed("cuda" if config.trainer.device.startswith("cuda") or (
             config.trainer.device == "auto" and torch.cuda.is_available()) else "cpu")
         self.device = resolve_device(config.trainer.device, self.ddp)
@@ -147,17 +176,48 @@ class Trainer:
         self.bf16 = config.trainer.precision == "bf16" or (config.trainer.precision == "auto" and on_cuda)
         self.channels_last = config.trainer.channels_last == "on" or (
             config.trainer.channels_last == "auto" and on_cuda)
-        self._check_run_dir()
-        self._build()
+        self.claim: Claim | None = None
+        self.last_saved: tuple[int, int] | None = None  # (epoch, step in epoch) of the last checkpoint on disk
+        if claim:
+            self._claim_run_dir()
+        else:
+            self._check_run_dir()
+        try:
+            self._build()
+        except BaseException:
+            self.release(started=False)
+            raise
 
     # -- setup ------------------------------------------------------------------------------------------------
     def _check_run_dir(self) -> None:
-        has_checkpoint = (self.run_dir / CHECKPOINT).is_file()
-        if self.resume and not has_checkpoint:
+        if self.resume and not has_checkpoint(self.run_dir):
             raise RunError(f"--resume: {self.run_dir} holds no {CHECKPOINT}; start the run without --resume")
-        if not self.resume and has_checkpoint:
-            raise RunError(f"{self.run_dir} already holds a run; continue it with --resume, or choose another name "
-                           "(--set name=...) or --out folder")
+
+    def _claim_run_dir(self) -> None:
+        """Rank 0 takes the run folder (peerkd.run_folder.claim_run_folder); every rank learns the outcome."""
+        verdict: dict = {}
+        error: BaseException | None = None
+        if self.ddp.is_main:
+            try:
+                self.claim = claim_run_folder(self.run_dir, self.config, self.resume)
+                verdict = {"resume": self.claim.resume}
+            except (RunError, ConfigError) as err:
+                error, verdict = err, {"error": str(err)}
+        if self.ddp.world > 1:
+            box = [verdict]
+            dist.broadcast_object_list(box, src=0)
+            verdict = box[0]
+        if error is not None:
+            raise error
+        if "error" in verdict:
+            raise RunError(verdict["error"])
+        self.resume = verdict["resume"]
+
+    def release(self, started: bool = True) -> None:
+        """Give the run folder back (its lock; a folder created for a run that never started is removed)."""
+        if self.claim is not None:
+            claim, self.claim = self.claim, None
+            claim.release(started)
 
     def _build(self) -> None:
         cfg = self.config
@@ -247,7 +307,11 @@ class Trainer:
         self.last_saved = (self.epoch, self.step_in_epoch)
 
     def restore(self) -> None:
-        state = load_checkpoint(self.run_dir / CHECKPOINT, map_location=self.device)
+        claimed = self.claim is not None and self.claim.state is not None
+        if claimed:  # rank 0 loaded (and checked) it when it took the folder
+            state, self.claim.state = self.claim.state, None
+        else:
+            state = load_checkpoint(self.run_dir / CHECKPOINT, map_location=self.device, warn=self.ddp.is_main)
         try:
             self.method.load_state_dict(state["method"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -264,13 +328,27 @@ class Trainer:
         self.writer = None
         if not self.ddp.is_main:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(self.config.to_yaml())
-        write_json(self.run_dir / "environment.json", environment_info(self.device))
+        environment = environment_info(self.device)
+        claim = self.claim
+        record = {"event": "resume" if self.resume else "start", "epoch": self.epoch, "step": self.step_in_epoch,
+                  "global_step": self.global_step, "argv": environment["argv"], "git_sha": environment["git_sha"],
+                  "peerkd": environment["peerkd"], "torch": environment["torch"], "device": environment["device"]}
+        if claim is not None and claim.restart:
+            record["torchrun_restart"] = claim.restart
+        if self.resume:  # config.yaml stays the run's; what this resume changed goes to history.jsonl
+            record["changed"] = claim.changed if claim is not None else {}
+            if claim is not None and claim.source is not None and claim.source.name != CHECKPOINT:
+                record["from"] = claim.source.name
+            truncate_metrics(self.run_dir, self.global_step)  # the steps past the checkpoint are trained again
+        else:
+            (self.run_dir / "config.yaml").write_text(self.config.to_yaml())
+            write_json(self.run_dir / "environment.json", environment)
+        append_history(self.run_dir, record)
         self.metrics_file = open(self.run_dir / "metrics.jsonl", "a")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(self.run_dir))
+        # purge_step: TensorBoard hides the events a killed session logged past the checkpoint's step
+        self.writer = SummaryWriter(str(self.run_dir), purge_step=self.global_step + 1 if self.resume else None)
         if self.execution is not None:
             self.log(self.execution.as_record())
             if self.execution.measured:
@@ -342,7 +420,29 @@ class Trainer:
         return bool(flag.item() > 0)
 
     def fit(self) -> dict:
-        """Run (or continue) training to the configured number of epochs; return the summary."""
+        """Run (or continue) training to the configured number of epochs; return the summary. The run folder is
+        given back at the end, however training ends."""
+        try:
+            return self._fit()
+        except OSError as err:
+            if err.errno in OUT_OF_SPACE:
+                raise RunError(self._out_of_space(err)) from None
+            raise
+        finally:
+            self.release()
+
+    def _out_of_space(self, err: OSError) -> str:
+        where = f" (writing {Path(err.filename).name})" if err.filename else ""
+        if self.last_saved is None:
+            kept = "no checkpoint was saved yet"
+        else:
+            epoch, step = self.last_saved
+            kept = f"the last checkpoint ({CHECKPOINT}: {epoch} epochs" + (f" and {step} steps" if step else "") + \
+                " done) is kept"
+        return (f"no space left on the device of {self.run_dir}{where}; {kept}. Free some space, then "
+                f"continue with `peerkd train --resume {self.run_dir}`")
+
+    def _fit(self) -> dict:
         if self.resume:
             self.restore()
         self._open_logs()

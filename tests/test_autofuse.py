@@ -97,7 +97,9 @@ def test_choose_execution_skips_what_cannot_run_or_does_not_fuse():
 
 
 def _final_state(run_dir):
-    return torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["method"]
+    from peerkd.run import load_checkpoint
+
+    return load_checkpoint(run_dir / "checkpoint.pt")["method"]
 
 
 def test_trainer_auto_measures_then_trains_as_the_chosen_execution(tmp_path, monkeypatch):

@@ -74,7 +74,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "checkpoint saved" in err and "Traceback" not in err
-    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    state = load_checkpoint(run / "checkpoint.pt")
     assert 1 <= state["epoch"] < 50
     resumed = subprocess.run([sys.executable, "-m", "peerkd", "train", "--resume", str(run),
                               "--set", "schedule.epochs=" + str(state["epoch"] + 1)],
@@ -86,7 +86,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     run = tmp_path / "run"
     train(tiny_config(DML, epochs=1, train_size=128), run_dir=run)
-    good = torch.load(run / "checkpoint.pt", weights_only=False)
+    good = load_checkpoint(run / "checkpoint.pt")
 
     def poison(trainer):
         if trainer.epoch == 1 and trainer.step_in_epoch == 1:
@@ -96,7 +96,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     trainer = Trainer(tiny_config(DML, epochs=2, train_size=128), run_dir=run, resume=True, on_step=poison)
     with pytest.raises(NonFiniteLossError, match="non-finite.*last good checkpoint"):
         trainer.fit()
-    kept = torch.load(run / "checkpoint.pt", weights_only=False)
+    kept = load_checkpoint(run / "checkpoint.pt")
     assert kept["epoch"] == good["epoch"] == 1
     assert all(torch.equal(kept["method"][k], good["method"][k]) for k in good["method"])
 
