@@ -18,6 +18,7 @@ from helpers import tiny_config
 from peerkd.cli import main
 from peerkd.config import ConfigError, build_config, load_config
 from peerkd.data import DataError
+from peerkd.run import load_checkpoint
 from peerkd.trainer import NonFiniteLossError, Trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,13 +149,13 @@ def test_quickstart_saves_and_exits_cleanly_on_ctrl_c_and_sigterm(tmp_path, sign
     while time.time() < deadline and not checkpoint.exists() and proc.poll() is None:
         time.sleep(0.1)
     assert checkpoint.exists(), proc.communicate()[1][-2000:]
-    before = torch.load(checkpoint, weights_only=False)["global_step"]
+    before = load_checkpoint(checkpoint)["global_step"]
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err[-2000:]
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "checkpoint saved: continue with `peerkd train --resume" in err
-    saved = torch.load(checkpoint, weights_only=False)
+    saved = load_checkpoint(checkpoint)
     assert saved["global_step"] >= before  # the steps run since the last epoch's checkpoint are kept too
 
 
