@@ -7,8 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from peerkd.config import ConfigError, build_config, load_config, load_yaml
+from peerkd.config import ConfigError, build_config, load_yaml
 from peerkd.data import DataError
+from peerkd.plugins import load_imports
 from peerkd.run import CHECKPOINT, RunError, load_checkpoint
 
 EXIT_BAD_INPUT = 2  # a wrong config, missing data, an unusable run folder: nothing was trained
@@ -28,8 +29,12 @@ QUICKSTART = {
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peerkd", description="Online knowledge distillation.")
+    user_code = argparse.ArgumentParser(add_help=False)
+    user_code.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
+                           help="a module name or .py file that registers methods, models or datasets (repeatable; "
+                           "recorded in the run's config as imports)")
     sub = parser.add_subparsers(dest="command", required=True)
-    tr = sub.add_parser("train", help="train a run from a config (no config: the quickstart)")
+    tr = sub.add_parser("train", parents=[user_code], help="train a run from a config (no config: the quickstart)")
     tr.add_argument("-c", "--config", help="YAML config file (see configs/)")
     tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key, e.g. --set schedule.epochs=30 (repeatable)")
@@ -37,13 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--data-dir", help="folder holding the dataset (sets data.root)")
     tr.add_argument("--device", help="cpu, cuda, cuda:1 ... (sets trainer.device)")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
-    ev = sub.add_parser("eval", help="evaluate a run's checkpoint on its test set")
+    ev = sub.add_parser("eval", parents=[user_code], help="evaluate a run's checkpoint on its test set")
     ev.add_argument("run_dir")
     ev.add_argument("--data-dir", help="folder holding the dataset (sets data.root)")
     ev.add_argument("--device", default="auto")
-    ls = sub.add_parser("list", help="list methods, models or datasets")
+    ls = sub.add_parser("list", parents=[user_code], help="list methods, models or datasets")
     ls.add_argument("what", choices=["methods", "models", "datasets"])
-    pl = sub.add_parser("plot", help="draw a run's reliability diagram or its branch diversity over training")
+    pl = sub.add_parser("plot", parents=[user_code], help="draw a run's reliability diagram or its branch diversity over training")
     pl.add_argument("what", choices=["reliability", "diversity"])
     pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder (diversity: one or more)")
     pl.add_argument("-o", "--out", help="PNG to write (default: in the run folder / diversity.png)")
@@ -63,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
+        args.imports = load_imports(args.imports)  # the installed plugins and the user's code, before any config
         if args.command == "list":
             return _list(args.what)
         if args.command == "eval":
@@ -96,10 +102,13 @@ def _train(args) -> int:
             tree = load_yaml(args.config)
         else:
             tree = load_checkpoint(run_dir / CHECKPOINT)["config"]
-        config = build_config(tree, _cli_overrides(args))
     else:
-        config = load_config(args.config, _cli_overrides(args))
+        tree = load_yaml(args.config)
         run_dir = Path(args.out) if args.out else None
+    recorded = tree.get("imports") or []
+    recorded = [recorded] if isinstance(recorded, str) else list(recorded)
+    tree["imports"] = recorded + [spec for spec in args.imports if spec not in recorded]  # kept in config.yaml
+    config = build_config(tree, _cli_overrides(args))
     try:
         trainer = Trainer(config, run_dir=run_dir, resume=bool(args.resume))
         summary = trainer.fit()
