@@ -46,6 +46,17 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir")
     ev.add_argument("--data-dir", help="folder holding the dataset (sets data.root)")
     ev.add_argument("--device", default="auto")
+    ex = sub.add_parser("export", parents=[user_code], help="export one predict key of a run as a file that runs "
+                        "without peerkd, with a JSON beside it (how to feed it, its top-1, its commit)")
+    ex.add_argument("run_dir")
+    ex.add_argument("--key", help="the predict key to export: peer0, ensemble, net1, ... (default: the first)")
+    ex.add_argument("--format", default="torchscript", choices=["state_dict", "torchscript", "onnx",
+                                                                "exported_program"],
+                    help="state_dict (native library keys where the network mirrors one), torchscript (traced), "
+                    "onnx (needs peerkd[onnx]) or exported_program (torch.export); default torchscript")
+    ex.add_argument("--out", help="file to write (default: <run>/export/<key>.<suffix>); the JSON is <out>.json")
+    ex.add_argument("--normalize", action="store_true",
+                    help="build the run's input normalisation into the module (it then takes pixel / 255)")
     ls = sub.add_parser("list", parents=[user_code], help="list methods, models or datasets")
     ls.add_argument("what", choices=["methods", "models", "datasets"])
     pl = sub.add_parser("plot", parents=[user_code], help="draw a run's reliability diagram or its branch diversity over training")
@@ -73,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             return _list(args.what)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "plot":
             return _plot(args)
         if args.config is None and args.resume is None:
@@ -138,6 +151,31 @@ def _eval(args) -> int:
     write_json(run_dir / "eval.json", {"epoch": trainer.epoch, "metrics": metrics})
     print(format_metrics(metrics))
     return 0
+
+
+def _export(args) -> int:
+    from peerkd.export import export_run
+
+    info = export_run(args.run_dir, args.key, args.format, args.out, normalize=args.normalize)
+    folder = Path(args.out).parent if args.out else Path(args.run_dir) / "export"
+    norm = info["input"]["normalization"]
+    built = "built in: feed pixel / 255" if norm["built_in"] else "not built in: feed (pixel / 255 - mean) / std"
+    print(f"{info['key']} ({info['module']}) -> {folder / info['file']} ({info['format']})")
+    print(f"input {'x'.join(map(str, info['input']['shape'][1:]))} RGB, normalisation {built} "
+          f"(mean {_short_list(norm['mean'])}, std {_short_list(norm['std'])}); {info['num_classes']} classes; "
+          f"top-1 last {_percent(info['run']['top1_last'])}; read back: max |diff| {info['check']['max_abs_diff']:.1e}")
+    if info["constructor"]:
+        print(f"rebuild: {info['constructor']}")
+    print(f"details: {folder / info['file']}.json")
+    return 0
+
+
+def _short_list(values) -> str:
+    return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{value:.2f} %"
 
 
 def _plot(args) -> int:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from peerkd.cli import main
-from tests.helpers import tiny_config
+from helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = Path(__file__).resolve().parent / "plugins"
