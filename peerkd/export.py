@@ -91,17 +91,17 @@ def module_for_key(method: nn.Module, key: str, sample: torch.Tensor) -> tuple[n
     """The module that computes ``method.predict(x)[key]`` and whether it is the method's own plain export (one
     network) rather than a :class:`PredictKey` copy of the method."""
     with torch.no_grad():
-        keys = list(method.predict(sample))
-        if key not in keys:
-            raise ConfigError(f"--key: '{key}' is not a predict key of this run; choose one of: {', '.join(keys)}")
-        reference = method.predict(sample)[key]
+        predictions = method.predict(sample)
+        if key not in predictions:
+            raise ConfigError(f"--key: '{key}' is not a predict key of this run; choose one of: "
+                              f"{', '.join(predictions)}")
         try:
             plain = method.export(key)
         except (KeyError, NotImplementedError):
             plain = None
         if plain is not None:
             plain = plain.cpu().eval()
-            if _close(plain(sample), reference)[0]:
+            if _close(plain(sample), predictions[key])[0]:
                 return plain, True
     return PredictKey(copy.deepcopy(method).cpu().eval(), key).eval(), False
 
@@ -151,12 +151,11 @@ def _constructor(module: nn.Module, key: str):
     return module.state_dict(), line, lambda: build_model(spec["name"], spec["num_classes"], **spec["kwargs"])
 
 
-def _write(module: nn.Module, fmt: str, out: Path, sample: torch.Tensor, key: str):
-    """Write ``module`` to ``out``; for a state dict return its constructor line and function (else None, None)."""
+def _write(module: nn.Module, fmt: str, out: Path, sample: torch.Tensor, state: dict | None) -> None:
+    """Write ``module`` (for a state dict: ``state``, its weights in the layout its constructor expects) to ``out``."""
     if fmt == "state_dict":
-        state, line, rebuild = _constructor(module, key)
         torch.save({name: value.detach().clone().contiguous() for name, value in state.items()}, out)
-        return line, rebuild
+        return
     batch = torch.export.Dim("batch", min=1)
     if fmt == "torchscript":
         with torch.no_grad(), warnings.catch_warnings():  # TorchScript's deprecation notice in torch >= 2.10
@@ -169,7 +168,6 @@ def _write(module: nn.Module, fmt: str, out: Path, sample: torch.Tensor, key: st
     else:
         torch.onnx.export(module, (sample,), str(out), dynamo=True, input_names=["input"], output_names=["logits"],
                           dynamic_shapes=({0: batch},), verbose=False)
-    return None, None
 
 
 def _read_back(fmt: str, out: Path, rebuild, x: torch.Tensor) -> torch.Tensor:
@@ -248,6 +246,7 @@ def export_run(run_dir: str | Path, key: str | None = None, fmt: str = "torchscr
         with torch.no_grad():
             key = next(iter(run.method.predict(sample)))
     module, plain = module_for_key(run.method, key, sample)
+    state, line, rebuild = _constructor(module, key) if fmt == "state_dict" else (None, None, None)
     with torch.no_grad():
         num_classes = int(module(sample).shape[-1])
     if normalize:
@@ -255,7 +254,7 @@ def export_run(run_dir: str | Path, key: str | None = None, fmt: str = "torchscr
         sample = sample * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)  # pixel / 255
     out = Path(out) if out else default_out(run.path, key, fmt)
     out.parent.mkdir(parents=True, exist_ok=True)
-    line, rebuild = _write(module, fmt, out, sample, key)
+    _write(module, fmt, out, sample, state)
     check = sample[:CHECK_BATCH - 1]  # another batch size than the traced one: the batch dimension is free
     with torch.no_grad():
         expected = module(check)
