@@ -9,6 +9,7 @@ from pathlib import Path
 
 from peerkd.config import ConfigError, build_config, load_yaml
 from peerkd.data import DataError
+from peerkd.export import FORMATS as EXPORT_FORMATS
 from peerkd.plugins import load_imports
 from peerkd.run import CHECKPOINT, RunError, load_checkpoint
 
@@ -50,8 +51,7 @@ def _parser() -> argparse.ArgumentParser:
                         "without peerkd, with a JSON beside it (how to feed it, its top-1, its commit)")
     ex.add_argument("run_dir")
     ex.add_argument("--key", help="the predict key to export: peer0, ensemble, net1, ... (default: the first)")
-    ex.add_argument("--format", default="torchscript", choices=["state_dict", "torchscript", "onnx",
-                                                                "exported_program"],
+    ex.add_argument("--format", default="torchscript", choices=EXPORT_FORMATS,
                     help="state_dict (native library keys where the network mirrors one), torchscript (traced), "
                     "onnx (needs peerkd[onnx]) or exported_program (torch.export); default torchscript")
     ex.add_argument("--out", help="file to write (default: <run>/export/<key>.<suffix>); the JSON is <out>.json")
@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="build the run's input normalisation into the module (it then takes pixel / 255)")
     ls = sub.add_parser("list", parents=[user_code], help="list methods, models or datasets")
     ls.add_argument("what", choices=["methods", "models", "datasets"])
-    pl = sub.add_parser("plot", parents=[user_code], help="draw a run's reliability diagram or its branch diversity over training")
+    pl = sub.add_parser("plot", parents=[user_code],
+                        help="draw a run's reliability diagram or its branch diversity over training")
     pl.add_argument("what", choices=["reliability", "diversity"])
     pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder (diversity: one or more)")
     pl.add_argument("-o", "--out", help="PNG to write (default: in the run folder / diversity.png)")

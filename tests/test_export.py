@@ -167,3 +167,13 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys, monkeypatch):
     err = _refused(capsys, ["export", dml, "--format", "onnx"])
     assert "onnxruntime" in err and "pip install 'peerkd[onnx]'" in err
     assert not (runs / "dml" / "export").exists()  # nothing written by a refusal
+
+
+def test_a_run_saved_before_its_normalisation_was_recorded_takes_it_from_its_dataset(runs):
+    from peerkd.export import _normalisation
+
+    run = load_run(runs / "dml")
+    recorded = _normalisation(run)
+    assert recorded[2] == 32 and len(recorded[0]) == 3 and all(s > 0 for s in recorded[1])
+    run.input = None  # as load_run gives it for a checkpoint without "input"
+    assert _normalisation(run) == recorded
