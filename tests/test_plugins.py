@@ -71,8 +71,12 @@ def test_installed_package_registers_through_the_entry_point_group(tmp_path):
     (site / "peerkd_test_plugin-0.1.dist-info" / "entry_points.txt").write_text(
         "[peerkd.plugins]\ntiny = peerkd_test_plugin_models\n")
     shutil.copy(PLUGINS / "my_model.py", site / "peerkd_test_plugin_models.py")
-    listed = peerkd_cli("list", "models", env={"PYTHONPATH": str(site)})
+    script = ("import peerkd; print(type(peerkd.build_model('tiny_cnn', 3)).__name__); "  # the Python API finds it
+              "from peerkd.cli import main; main(['list', 'models'])")
+    listed = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(site)))
     assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("TinyCNN\n")
     assert "tiny_cnn" in listed.stdout and "a user's small CNN" in listed.stdout
 
 
