@@ -51,9 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                         "without peerkd, with a JSON beside it (how to feed it, its top-1, its commit)")
     ex.add_argument("run_dir")
     ex.add_argument("--key", help="the predict key to export: peer0, ensemble, net1, ... (default: the first)")
-    ex.add_argument("--format", default="torchscript", choices=EXPORT_FORMATS,
+    ex.add_argument("--format", required=True, choices=EXPORT_FORMATS,
                     help="state_dict (native library keys where the network mirrors one), torchscript (traced), "
-                    "onnx (needs peerkd[onnx]) or exported_program (torch.export); default torchscript")
+                    "onnx (needs peerkd[onnx]) or exported_program (torch.export)")
     ex.add_argument("--out", help="file to write (default: <run>/export/<key>.<suffix>); the JSON is <out>.json")
     ex.add_argument("--normalize", action="store_true",
                     help="build the run's input normalisation into the module (it then takes pixel / 255)")

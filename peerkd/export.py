@@ -221,7 +221,7 @@ def default_out(run_dir: Path, key: str, fmt: str) -> Path:
     return Path(run_dir) / "export" / f"{key}{SUFFIXES[fmt]}"
 
 
-def export_run(run_dir: str | Path, key: str | None = None, fmt: str = "torchscript", out: str | Path | None = None,
+def export_run(run_dir: str | Path, key: str | None = None, fmt: str = "exported_program", out: str | Path | None = None,
                normalize: bool = False) -> dict:
     """Export ``key`` of the run in ``run_dir`` as ``fmt`` to ``out`` (default ``<run>/export/<key><suffix>``), with
     the input normalisation built in when ``normalize``; write ``<out>.json`` and return what it holds."""

@@ -153,9 +153,9 @@ def _refused(capsys, argv) -> str:
 
 def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys, monkeypatch):
     dml = str(runs / "dml")
-    err = _refused(capsys, ["export", dml, "--key", "peer7"])
+    err = _refused(capsys, ["export", dml, "--key", "peer7", "--format", "torchscript"])
     assert "'peer7' is not a predict key" in err and "peer0, peer1, ensemble" in err
-    err = _refused(capsys, ["export", str(tmp_path / "absent"), "--key", "peer0"])
+    err = _refused(capsys, ["export", str(tmp_path / "absent"), "--key", "peer0", "--format", "onnx"])
     assert "not a run folder" in err
     err = _refused(capsys, ["export", dml, "--key", "ensemble", "--format", "state_dict"])
     assert "torchscript, onnx or exported_program" in err
