@@ -221,11 +221,11 @@ def default_out(run_dir: Path, key: str, fmt: str) -> Path:
     return Path(run_dir) / "export" / f"{key}{SUFFIXES[fmt]}"
 
 
-def export_run(run_dir: str | Path, key: str | None = None, fmt: str = "exported_program", out: str | Path | None = None,
-               normalize: bool = False) -> dict:
+def export_run(run_dir: str | Path, key: str | None = None, fmt: str = "exported_program",
+               out: str | Path | None = None, normalize: bool = False) -> dict:
     """Export ``key`` of the run in ``run_dir`` as ``fmt`` to ``out`` (default ``<run>/export/<key><suffix>``), with
     the input normalisation built in when ``normalize``; write ``<out>.json`` and return what it holds."""
-    from peerkd.run import load_run
+    from peerkd.run import CHECKPOINT, RunError, load_run, write_json
 
     _require(fmt)
     if normalize and fmt == "state_dict":
@@ -234,8 +234,6 @@ def export_run(run_dir: str | Path, key: str | None = None, fmt: str = "exported
     if fmt == "exported_program" and out is not None and not str(out).endswith(".pt2"):
         raise ConfigError(f"--out: torch.export.save writes a .pt2 archive (torch.export.load reads only those); name "
                           f"the file ending in .pt2, not '{out}'")
-    from peerkd.run import CHECKPOINT, RunError
-
     if not (Path(run_dir) / CHECKPOINT).is_file():
         raise RunError(f"'{run_dir}' is not a run folder (no {CHECKPOINT}); give a folder `peerkd train` wrote")
     run = load_run(run_dir, device="cpu")
@@ -277,8 +275,6 @@ def export_run(run_dir: str | Path, key: str | None = None, fmt: str = "exported
         "check": {"batch": CHECK_BATCH - 1, "max_abs_diff": diff, "tolerance": MATCH_TOLERANCE},
         "torch": torch.__version__,
     }
-    from peerkd.run import write_json
-
     write_json(Path(f"{out}.json"), info)
     return info
 
