@@ -5,22 +5,27 @@ Public API::
     from peerkd import load_config, train, load_run
     summary = train(load_config("configs/cifar100/dml_resnet32.yaml", ["schedule.epochs=30"]))
     student = load_run("runs/dml_resnet32").export("peer0")
+    export_run("runs/dml_resnet32", "peer0", "onnx", "peer0.onnx", normalize=True)  # runs without peerkd
 """
 __version__ = "0.1.0"
 
 from peerkd.config import Config, ConfigError, build_config, load_config  # noqa: E402
 from peerkd.data import Batch, DataError, dataset_names  # noqa: E402
+from peerkd.data.datasets import ArrayDataset, register_dataset  # noqa: E402
+from peerkd.export import export_run  # noqa: E402
 from peerkd.losses import hard_ce, kd_kl, soft_ce  # noqa: E402
 from peerkd.methods import (DataRequest, EpochContext, Method, StepOutput, TaskInfo, method_names,  # noqa: E402
                             register_method)
 from peerkd.metrics import Evaluator  # noqa: E402
 from peerkd.models import Backbone, branched, build_model, model_names, register_model  # noqa: E402
 from peerkd.params import count_parameters, parameter_summary  # noqa: E402
+from peerkd.plugins import load_imports  # noqa: E402
 from peerkd.run import LoadedRun, RunError, load_run  # noqa: E402
 from peerkd.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, train  # noqa: E402
 
-__all__ = ["Backbone", "Batch", "Config", "ConfigError", "DataError", "DataRequest", "EpochContext", "Evaluator",
-           "LoadedRun", "Method", "NonFiniteLossError", "RunError", "StepOutput", "TaskInfo", "Trainer",
+__all__ = ["ArrayDataset", "Backbone", "Batch", "Config", "ConfigError", "DataError", "DataRequest", "EpochContext",
+           "Evaluator", "LoadedRun", "Method", "NonFiniteLossError", "RunError", "StepOutput", "TaskInfo", "Trainer",
            "TrainingInterrupted", "branched", "build_config", "build_model", "count_parameters", "dataset_names",
-           "hard_ce", "kd_kl", "load_config", "load_run", "method_names", "model_names", "parameter_summary",
+           "export_run", "hard_ce", "kd_kl", "load_config", "load_imports", "load_run", "method_names", "model_names",
+           "parameter_summary", "register_dataset",
            "register_method", "register_model", "soft_ce", "train"]

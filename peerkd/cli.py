@@ -9,9 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from peerkd.config import ConfigError, build_config, load_config, load_yaml
+from peerkd.config import ConfigError, build_config, load_yaml
 from peerkd.data import DataError
 from peerkd.report import ReportError
+from peerkd.export import FORMATS as EXPORT_FORMATS
+from peerkd.plugins import load_imports
 from peerkd.run import CHECKPOINT, RunError, load_checkpoint
 
 EXIT_BAD_INPUT = 2  # a wrong config, missing data, an unusable run folder: nothing was trained
@@ -32,8 +34,12 @@ QUICKSTART = {
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peerkd", description="Online knowledge distillation.")
+    user_code = argparse.ArgumentParser(add_help=False)
+    user_code.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
+                           help="a module name or .py file that registers methods, models or datasets (repeatable; "
+                           "recorded in the run's config as imports)")
     sub = parser.add_subparsers(dest="command", required=True)
-    tr = sub.add_parser("train", help="train a run from a config (no config: the quickstart)")
+    tr = sub.add_parser("train", parents=[user_code], help="train a run from a config (no config: the quickstart)")
     tr.add_argument("-c", "--config", help="YAML config file (see configs/)")
     tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key, e.g. --set schedule.epochs=30 (repeatable)")
@@ -41,13 +47,24 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--data-dir", help="folder holding the dataset (sets data.root)")
     tr.add_argument("--device", help="cpu, cuda, cuda:1 ... (sets trainer.device)")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
-    ev = sub.add_parser("eval", help="evaluate a run's checkpoint on its test set")
+    ev = sub.add_parser("eval", parents=[user_code], help="evaluate a run's checkpoint on its test set")
     ev.add_argument("run_dir")
     ev.add_argument("--data-dir", help="folder holding the dataset (sets data.root)")
     ev.add_argument("--device", default="auto")
-    ls = sub.add_parser("list", help="list methods, models or datasets")
+    ex = sub.add_parser("export", parents=[user_code], help="export one predict key of a run as a file that runs "
+                        "without peerkd, with a JSON beside it (how to feed it, its top-1, its commit)")
+    ex.add_argument("run_dir")
+    ex.add_argument("--key", help="the predict key to export: peer0, ensemble, net1, ... (default: the first)")
+    ex.add_argument("--format", required=True, choices=EXPORT_FORMATS,
+                    help="state_dict (native library keys where the network mirrors one), torchscript (traced), "
+                    "onnx (needs peerkd[onnx]) or exported_program (torch.export)")
+    ex.add_argument("--out", help="file to write (default: <run>/export/<key>.<suffix>); the JSON is <out>.json")
+    ex.add_argument("--normalize", action="store_true",
+                    help="build the run's input normalisation into the module (it then takes pixel / 255)")
+    ls = sub.add_parser("list", parents=[user_code], help="list methods, models or datasets")
     ls.add_argument("what", choices=["methods", "models", "datasets"])
-    pl = sub.add_parser("plot", help="draw a run's reliability diagram or its branch diversity over training")
+    pl = sub.add_parser("plot", parents=[user_code],
+                        help="draw a run's reliability diagram or its branch diversity over training")
     pl.add_argument("what", choices=["reliability", "diversity"])
     pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder (diversity: one or more)")
     pl.add_argument("-o", "--out", help="PNG to write (default: in the (first) run's folder)")
@@ -73,10 +90,13 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
+        args.imports = load_imports(args.imports)  # the installed plugins and the user's code, before any config
         if args.command == "list":
             return _list(args.what)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "plot":
             return _plot(args)
         if args.command == "sweep":
@@ -141,10 +161,13 @@ def _train(args) -> int:
             tree = load_yaml(args.config)
         else:
             tree = load_checkpoint(run_dir / CHECKPOINT, warn=False)["config"]  # the trainer names a damaged one
-        config = build_config(tree, _cli_overrides(args))
     else:
-        config = load_config(args.config, _cli_overrides(args))
+        tree = load_yaml(args.config)
         run_dir = Path(args.out) if args.out else None
+    recorded = tree.get("imports") or []
+    recorded = [recorded] if isinstance(recorded, str) else list(recorded)
+    tree["imports"] = recorded + [spec for spec in args.imports if spec not in recorded]  # kept in config.yaml
+    config = build_config(tree, _cli_overrides(args))
     trainer = Trainer(config, run_dir=run_dir, resume=bool(args.resume))
     summary = trainer.fit()
     if trainer.ddp.is_main:
@@ -184,6 +207,31 @@ def require_run(run_dir: Path, command: str) -> None:
         raise RunError(f"{command}: {run_dir} is not a run but holds the runs {names}; pass one of them, e.g. "
                        f"`{example}`")
     raise RunError(f"{command}: {run_dir} holds no {CHECKPOINT} and no run folders: it is not a peerkd run")
+
+
+def _export(args) -> int:
+    from peerkd.export import export_run
+
+    info = export_run(args.run_dir, args.key, args.format, args.out, normalize=args.normalize)
+    folder = Path(args.out).parent if args.out else Path(args.run_dir) / "export"
+    norm = info["input"]["normalization"]
+    built = "built in: feed pixel / 255" if norm["built_in"] else "not built in: feed (pixel / 255 - mean) / std"
+    print(f"{info['key']} ({info['module']}) -> {folder / info['file']} ({info['format']})")
+    print(f"input {'x'.join(map(str, info['input']['shape'][1:]))} RGB, normalisation {built} "
+          f"(mean {_short_list(norm['mean'])}, std {_short_list(norm['std'])}); {info['num_classes']} classes; "
+          f"top-1 last {_percent(info['run']['top1_last'])}; read back: max |diff| {info['check']['max_abs_diff']:.1e}")
+    if info["constructor"]:
+        print(f"rebuild: {info['constructor']}")
+    print(f"details: {folder / info['file']}.json")
+    return 0
+
+
+def _short_list(values) -> str:
+    return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{value:.2f} %"
 
 
 def _plot(args) -> int:

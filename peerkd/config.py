@@ -146,6 +146,8 @@ class PaperConfig:
 class Config:
     name: str = "run"  # run folder name under trainer.out
     seed: int = 0  # seeds weights, data order, augmentation and every method's randomness
+    imports: list[str] = field(default_factory=list)  # user modules / .py files registering methods, models or
+    # datasets, loaded before the method is validated (peerkd/plugins.py); recorded resolved (absolute paths)
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -343,6 +345,11 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping at its top level")
+    imports = tree.get("imports")
+    if isinstance(imports, list) and all(isinstance(spec, str) for spec in imports):
+        from peerkd.plugins import resolve_import
+
+        tree["imports"] = [resolve_import(spec, path.parent) for spec in imports]  # relative to the file's folder
     return tree
 
 
@@ -358,6 +365,9 @@ def build_config(tree: dict | None = None, overrides: typing.Sequence[str] = ())
     if not isinstance(method_tree, dict):
         raise ConfigError("method: expected a mapping with at least 'name'")
     config = from_dict(Config, tree)
+    from peerkd.plugins import load_imports
+
+    config.imports = load_imports(config.imports)  # the user's code registers its method before it is looked up
     method_tree = dict(method_tree)
     name = _convert(method_tree.pop("name", "vanilla"), str, "method.name")
     options_cls = method_options_class(name)

@@ -238,6 +238,7 @@ class LoadedRun:
     method: Any
     summary: dict | None
     epoch: int
+    input: dict | None = None  # image_size, mean, std of the run's normalisation (None: a run saved before it)
 
     def export(self, key: str | None = None) -> torch.nn.Module:
         return self.method.export(key)
@@ -260,4 +261,4 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     method.to(device).eval()
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    return LoadedRun(run_dir, config, method, summary, state["epoch"])
+    return LoadedRun(run_dir, config, method, summary, state["epoch"], state.get("input"))

@@ -230,6 +230,9 @@ class Trainer:
         self.train_loader, self.test_loader, self.heldout_loader = loaders.train, loaders.test, loaders.heldout
         self.task = TaskInfo(num_classes=loaders.num_classes, image_size=loaders.image_size,
                              num_train=loaders.num_train, restoring=self.resume)
+        # how a deployed model must be fed (peerkd export): RGB NCHW, (pixel / 255 - mean) / std
+        self.input_spec = {"image_size": loaders.image_size, "mean": [float(m) for m in loaders.mean],
+                           "std": [float(s) for s in loaders.std]}
         self.method = self._place(build_method(cfg.method.name, cfg.method.options, self.task))
         self.execution = None  # method.fuse: auto on CUDA -> the measured choice (peerkd/autofuse.py)
         if should_measure(cfg.method.options, self.device):
@@ -299,7 +302,8 @@ class Trainer:
     def state(self) -> dict:
         return {"method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch, "global_step": self.global_step, "rng": rng_state(),
-                "history": self.history, "config": self.config.to_dict(), "task": dataclasses.asdict(self.task)}
+                "history": self.history, "config": self.config.to_dict(), "task": dataclasses.asdict(self.task),
+                "input": self.input_spec}
 
     def save(self) -> None:
         if self.ddp.is_main:

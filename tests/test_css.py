@@ -146,7 +146,37 @@ def test_export_gives_a_plain_model_with_the_transform_logits():
     assert plain.head.fc.out_features == task.num_classes
     assert torch.allclose(plain(x), method.predict(x)["net2_branch1"], atol=1e-5)
     with pytest.raises(KeyError, match="exportable keys"):
-        method.export("net1")
+        method.export("ensemble")  # both networks: peerkd export exports it as the method's own predict
+
+
+def _scrambled_statistics(method):
+    """``method`` in eval mode with random BatchNorm statistics, so an export that missed one would show."""
+    gen = torch.Generator().manual_seed(1)
+    state = method.state_dict()
+    for key, value in state.items():
+        if key.endswith("running_mean"):
+            state[key] = torch.randn(value.shape, generator=gen) * 0.2
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(value.shape, generator=gen) + 0.5
+    method.load_state_dict(state)
+    return method.eval()
+
+
+@pytest.mark.parametrize("fuse", ["off", "on"])
+def test_export_of_a_network_is_its_masked_m_branch_aggregate(fuse):
+    """Issue 12: the paper evaluates net 1 as eq. 3-4 (m tails behind quadrant masks, the mean of each tail's own
+    transform logits); export("net1") is that module, equal to predict()["net1"], in every execution."""
+    task = tiny_task()
+    method = _scrambled_statistics(css(task, branches=3, fuse=fuse))
+    x = torch.randn(3, 3, 32, 32)
+    predicted = method.predict(x)
+    for key in ("net1", "net2", "net1_branch2"):
+        exported = method.export(key)
+        assert not any(p is q for p in exported.parameters() for q in method.parameters())  # a copy, detached
+        assert torch.allclose(exported(x), predicted[key], atol=1e-5), key
+    assert torch.allclose(method.export()(x), predicted["net1"], atol=1e-5)  # the default is the evaluated net 1
+    plain_path = method.nets.export_branch(0, 2).eval()  # the unmasked path (the export before issue 12)
+    assert not torch.allclose(plain_path(x)[:, 2::3], predicted["net1_branch2"], atol=1e-3)
 
 
 def test_short_run_beats_chance_and_logs_diversity(tmp_path):

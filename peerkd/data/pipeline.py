@@ -28,6 +28,8 @@ class Loaders:
     num_classes: int
     image_size: int
     num_train: int
+    mean: tuple = (0.0, 0.0, 0.0)  # the normalisation the loaders apply, (x / 255 - mean) / std, per RGB channel
+    std: tuple = (1.0, 1.0, 1.0)
 
 
 def normalization(config: DataConfig, dataset_mean, dataset_std):
@@ -86,7 +88,7 @@ def build_loaders(config: DataConfig, request, *, seed: int, device: torch.devic
     test = EvalLoader(test_images, test_labels, batch_size=config.eval_batch_size, **common)
     heldout = EvalLoader(data.train_images[split.heldout], data.train_labels[split.heldout],
                          batch_size=config.eval_batch_size, **common) if heldout_per_class else None
-    return Loaders(train, test, heldout, data.num_classes, data.image_size, len(split.train))
+    return Loaders(train, test, heldout, data.num_classes, data.image_size, len(split.train), tuple(mean), tuple(std))
 
 
 def _folder_loaders(data: FolderDataset, config: DataConfig, request, *, seed, device, channels_last, rank,
@@ -119,4 +121,4 @@ def _folder_loaders(data: FolderDataset, config: DataConfig, request, *, seed, d
     test = FolderEvalLoader(test_samples, transform=eval_tf, batch_size=config.eval_batch_size, **common)
     heldout = FolderEvalLoader([data.train_samples[i] for i in split.heldout], transform=eval_tf,
                                batch_size=config.eval_batch_size, **common) if heldout_per_class else None
-    return Loaders(train, test, heldout, data.num_classes, size, len(split.train))
+    return Loaders(train, test, heldout, data.num_classes, size, len(split.train), tuple(mean), tuple(std))

@@ -35,10 +35,13 @@ Readings where the paper is ambiguous:
 - Without TD each branch has K outputs trained on y and the aggregate is still the mean of the branch logits.
 - ``predict``: ``net{n}`` (eq. 3-4 aggregate: Table 1 "Ours"), ``net{n}_branch{j}`` (branch j's K logits of transform
   j) and ``ensemble`` (the mean of the two networks' probabilities: Table 1 "Ensemble", Table 4).
-- ``export``: a network's aggregate needs m tails and the masks, so it is not a plain model; ``export("net1_branch0")``
-  (the default) returns the plain backbone of one branch path (trunk + that branch), its classifier cut to the K
-  logits of its transform (rows j, m + j, ...). It then scores like ``net1_branch0`` only if the mask is applied,
-  which a plain backbone cannot do: without SD it matches exactly, with SD it sees the unmasked map.
+- ``export`` gives what was evaluated. ``export("net1")`` (the default) is network 1's eq. 3-4 aggregate as one
+  module (:class:`CSSNetwork`: its trunk, the m quadrant masks under SD, the m tails, each tail's K logits of its own
+  transform and their mean), equal to ``predict(x)["net1"]``. ``export("net1_branch0")`` is one branch path: without
+  SD the plain registered backbone (trunk + that branch, its classifier cut to the K logits of its transform: rows
+  j, m + j, ...), which a library loads by name; with SD the path must apply its quadrant mask, which a plain
+  backbone cannot, so it is a :class:`CSSNetwork` of that one branch. ``ensemble`` mixes both networks and is
+  exported by ``peerkd export`` as the method's own ``predict`` (peerkd/export.py).
 """
 from __future__ import annotations
 
@@ -46,13 +49,14 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
 from peerkd.methods.base import Method, StepOutput
 from peerkd.methods.branching import build_branched_cohort
 from peerkd.methods.execution import check_fuse
 from peerkd.methods.registry import register_method
-from peerkd.models import build_model
+from peerkd.models import branched, build_model
 
 
 def quadrant_masks(branches: int, height: int, width: int, device=None, dtype=None) -> torch.Tensor:
@@ -189,12 +193,16 @@ class CSS(Method):
 
     # -- deployment -------------------------------------------------------------------------------------------
     def export(self, key=None):
-        key = key or "net1_branch0"
-        keys = [k for n in range(len(self.nets)) for k in self.branch_keys(n)]
-        if key not in keys:
-            raise KeyError(f"cannot export '{key}': a network's aggregate is m branches behind masks, not a plain "
-                           f"model; exportable keys are {', '.join(keys)}")
-        n, j = keys.index(key) // self.options.branches, keys.index(key) % self.options.branches
+        key = key or "net1"
+        nets = [f"net{n + 1}" for n in range(len(self.nets))]
+        paths = [k for n in range(len(self.nets)) for k in self.branch_keys(n)]
+        if key not in nets + paths:
+            raise KeyError(f"cannot export '{key}': exportable keys are {', '.join(nets + paths)}")
+        if key in nets:
+            return self.network_module(nets.index(key)).eval()
+        n, j = divmod(paths.index(key), self.options.branches)
+        if self.options.sample_diversity:
+            return self.network_module(n, only_branch=j).eval()
         path = self.nets.export_branch(n, j)
         if self.transforms == 1:
             return path.eval()
@@ -205,3 +213,35 @@ class CSS(Method):
             state[name] = state[name][j::self.transforms]
         plain.load_state_dict(state)
         return plain.eval()
+
+    def network_module(self, n: int, only_branch: int | None = None) -> "CSSNetwork":
+        """Network ``n`` (0-based) as a stand-alone :class:`CSSNetwork` with its trained weights, detached from the
+        cohort (whatever its execution): all m branches, or only branch ``only_branch``."""
+        o = self.options
+        net = branched(o.models[n], self.num_classes * self.transforms, o.split_at, o.branches, "off",
+                       **o.model_options)
+        prefix = f"{n}."
+        net.load_state_dict({k[len(prefix):]: v for k, v in self.nets.state_dict().items() if k.startswith(prefix)})
+        device = next(self.parameters()).device
+        return CSSNetwork(net, self.transforms, o.sample_diversity, only_branch).to(device)
+
+
+class CSSNetwork(nn.Module):
+    """One CSS network as the paper evaluates it (eq. 3-4): the trunk's map F, branch j on A_j * F (quadrant mask j
+    under SD), the K logits of transform j from branch j's joint classifier, and their mean over the branches (whose
+    softmax is P_i). With ``only_branch`` set, that branch's K logits alone (``predict``'s ``net{n}_branch{j}``)."""
+
+    def __init__(self, net, transforms: int, masked: bool, only_branch: int | None = None):
+        super().__init__()
+        self.net, self.transforms, self.masked = net, transforms, masked
+        self.branches = list(range(len(net.branches))) if only_branch is None else [only_branch]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shared = self.net.trunk(x)
+        masks = quadrant_masks(len(self.net.branches), shared.shape[-2], shared.shape[-1], shared.device,
+                               shared.dtype) if self.masked else None
+        logits = []
+        for j in self.branches:
+            z = self.net.branches[j](shared * masks[j] if self.masked else shared)
+            logits.append(z[:, j::self.transforms] if self.transforms > 1 else z)
+        return torch.stack(logits).float().mean(0)

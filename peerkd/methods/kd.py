@@ -73,7 +73,10 @@ class KD(Method):
         except KeyError as err:
             raise ConfigError(f"method.teacher_key: {err.args[0]}") from None
         spec = getattr(teacher, "peerkd_spec", None)
-        if spec is None or spec["num_classes"] != task.num_classes:
+        if spec is None:  # e.g. CSS's masked networks: the student's checkpoint could not rebuild it by name
+            raise ConfigError(f"method.teacher_key: the teacher run exports '{options.teacher_key or 'its default'}' "
+                              "as a composite module, not one registered network; name a key that is one")
+        if spec["num_classes"] != task.num_classes:
             raise ConfigError(f"method.teacher_run: the teacher predicts {spec and spec['num_classes']} classes, "
                               f"this dataset has {task.num_classes}")
         options.teacher_model, options.teacher_model_options = spec["name"], dict(spec["kwargs"])

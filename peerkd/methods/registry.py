@@ -36,9 +36,14 @@ def method_descriptions() -> dict[str, str]:
 def method_class(name: str) -> type:
     _ensure_loaded()
     if name not in _METHODS:
+        from peerkd.plugins import load_entry_points
+
+        load_entry_points()  # an installed package's method (a no-op once loaded)
+    if name not in _METHODS:
         close = difflib.get_close_matches(name, list(_METHODS), n=1, cutoff=0.5)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ConfigError(f"method.name: unknown method '{name}'; {hint}choose one of: {', '.join(sorted(_METHODS))}")
+        raise ConfigError(f"method.name: unknown method '{name}'; {hint}choose one of: {', '.join(sorted(_METHODS))} "
+                          "(a method of your own: load its file with --import or imports:)")
     return _METHODS[name]
 
 

@@ -32,6 +32,10 @@ def model_descriptions() -> dict[str, str]:
 
 def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     if name not in _MODELS:
+        from peerkd.plugins import load_entry_points
+
+        load_entry_points()  # an installed package's model (a no-op once loaded)
+    if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=1, cutoff=0.5)
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise KeyError(f"unknown model '{name}'; {hint}see `peerkd list models`")
