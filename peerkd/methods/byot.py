@@ -46,6 +46,10 @@ class BYOT(Method):
         distil_blocks: list[int] = field(default_factory=list)  # 1-based shallow classifiers given KL + hint; [] = all
         deepest_full_ce: bool = False  # False: (1 - a) CE on the deepest (the paper's sum); True: weight 1 (their code)
 
+    @classmethod
+    def model_requirements(cls, options):
+        return {"model": ("stages",)}  # a classifier after every stage
+
     def __init__(self, options, task):
         super().__init__(options, task)
         self.net = StageClassifierNet(options.model, task.num_classes, options.model_options, task.image_size)

@@ -52,6 +52,10 @@ class ONE(Method):
         rampup_epochs: float = 80.0  # epochs of the sigmoid ramp-up of the KL weight (ONE's code: 80); 0: none
         fuse: str = "auto"  # identical branches: "off", "on" (fused), "streams", "auto" (timed): methods/execution.py
 
+    @classmethod
+    def model_requirements(cls, options):
+        return {"model": ("stages",)}  # branches split a backbone's stages: ONE's trunk + tails
+
     def __init__(self, options, task):
         super().__init__(options, task)
         check_fuse(options.fuse)

@@ -72,6 +72,10 @@ class PSKDMutualLearning(Method):
         memory_dtype: str = "float32"  # PS-KD memory storage: float32, float16 or bfloat16 (2 bytes per entry)
         memory_topk: int = 0  # 0 stores whole distributions; k > 0 the top k classes (ImageNet: 10)
 
+    @classmethod
+    def model_requirements(cls, options):
+        return {"model": ("stages",)}  # a classifier (or feature tap) after every stage
+
     def __init__(self, options, task):
         super().__init__(options, task)
         self.net = StageClassifierNet(options.model, task.num_classes, options.model_options, task.image_size,
