@@ -313,7 +313,7 @@ def _timm_layout(net: nn.Module, spec: dict) -> LibraryBackbone:
         raise NotStaged("timm gives it no feature_info")
     classifier = net.get_classifier()
     if not isinstance(classifier, nn.Linear):
-        raise NotStaged(f"its classifier is a {type(classifier).__name__}, not a Linear")
+        raise NotStaged(f"its classifier is {type(classifier).__name__}, not an nn.Linear")
     _top_level_params(net)
     taps = [f["module"] for f in info]
     stem_taps = []
@@ -400,7 +400,7 @@ def _torchvision_layout(net: nn.Module, spec: dict) -> LibraryBackbone:
     classifier_name, classifier = children[-1]
     linear = classifier[-1] if isinstance(classifier, nn.Sequential) and len(classifier) else classifier
     if not isinstance(linear, nn.Linear):
-        raise NotStaged(f"its last module is a {type(linear).__name__}, not a Linear classifier")
+        raise NotStaged(f"its last module is {type(linear).__name__}, not an nn.Linear classifier")
     pre = list(classifier[:-1]) if isinstance(classifier, nn.Sequential) else []
     pre_names = [f"{classifier_name}.{i}" for i in range(len(pre))]
     pool_index = max((i for i, (_, m) in enumerate(children[:-1]) if isinstance(m, nn.AdaptiveAvgPool2d)), default=None)
