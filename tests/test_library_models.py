@@ -15,7 +15,8 @@ timm = pytest.importorskip("timm")
 
 TIMM = "timm:test_resnet"  # timm's 2-stage-per-block test network: random init, no download
 TIMM_OPTIONS = {"zero_init_last": False}  # timm zero-inits each block's last BN: its other convs get no gradient yet
-TV = "tv:mobilenet_v3_small"
+TV = "tv:mobilenet_v3_small"  # a classifier with a hidden layer: the pooled features are that layer's output
+TV_SMALL = "tv:mnasnet0_5"  # the lightest torchvision CNN for the training steps
 
 
 def _native(spec: dict) -> nn.Module:
@@ -80,14 +81,14 @@ def test_a_model_whose_forward_is_not_its_children_is_kept_whole():
         torch.testing.assert_close(model(x), native(x))
 
 
-@pytest.mark.parametrize("model, options", [(TIMM, TIMM_OPTIONS), (TV, {})])
+@pytest.mark.parametrize("model, options", [(TIMM, TIMM_OPTIONS), (TV_SMALL, {})])
 def test_library_models_train_as_dml_peers(model, options):
     task = tiny_task()
     method = build({"name": "dml", "models": [model, model], "model_options": options}, task)
     assert_one_step(method, random_batch(task, batch_size=4))
 
 
-@pytest.mark.parametrize("model, options", [(TIMM, TIMM_OPTIONS), (TV, {})])
+@pytest.mark.parametrize("model, options", [(TIMM, TIMM_OPTIONS), (TV_SMALL, {})])
 def test_library_models_train_in_cutnmix(model, options):
     task = tiny_task()
     method = build({"name": "cutnmix", "models": [model, model], "model_options": options, "mixing": "none"}, task)
@@ -95,7 +96,7 @@ def test_library_models_train_in_cutnmix(model, options):
     assert set(method.predict(torch.randn(2, 3, 32, 32))) == {"peer0", "peer1", "ensemble", "peer_teacher"}
 
 
-@pytest.mark.parametrize("model, options", [(TIMM, TIMM_OPTIONS), (TV, {})])
+@pytest.mark.parametrize("model, options", [(TIMM, TIMM_OPTIONS), (TV_SMALL, {})])
 def test_library_models_branch_in_one_and_export_a_native_branch(model, options):
     task = tiny_task()
     method = build({"name": "one", "model": model, "model_options": options, "branches": 2}, task)
@@ -128,14 +129,15 @@ def test_an_instance_is_accepted_where_it_can_be_and_otherwise_named_by_its_clas
     from peerkd.methods.dml import DML
 
     task = tiny_task()
-    plain = torchvision.models.resnet18(num_classes=task.num_classes)  # a plain nn.Module: logits only
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, task.num_classes))  # a plain nn.Module: logits only
     dml = DML(DML.Options(models=[plain, plain]), task)
     assert dml.models[0] is not plain  # a copy per member, the caller's module untouched
     assert_one_step(dml, random_batch(task, batch_size=4))
     with pytest.raises(ConfigError) as err:
         CutnMix(CutnMix.Options(models=[plain, plain], mixing="none"), task)
     message = str(err.value)
-    assert "a torchvision.models.resnet.ResNet instance has no forward_stages, head.features" in message
+    assert "a torch.nn.modules.container.Sequential instance has no forward_stages, head.features" in message
     assert len(message) < 600 and "Conv2d(" not in message  # named by its class, not printed
     staged = build_model(TIMM, task.num_classes, **TIMM_OPTIONS)
     cutnmix = CutnMix(CutnMix.Options(models=[staged, staged], mixing="none"), task)
