@@ -202,7 +202,7 @@ class Trainer:
         return method.to(memory_format=torch.channels_last) if self.channels_last else method
 
     def _settle_execution(self) -> None:
-        """Measure the method's member executions (off / on / streams) on the first batch; keep the fastest."""
+        """Measure the method's member executions (off / on / streams / vmap) on the first batch; keep the fastest."""
         cfg = self.config
         build = lambda options: build_method(cfg.method.name, options, self.task)  # noqa: E731
         first_batch = next(iter(self.train_loader.epoch(0)))

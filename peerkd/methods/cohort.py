@@ -39,7 +39,7 @@ def build_cohort(names: list[str], num_classes: int, model_options: dict, fuse: 
     except KeyError as err:
         raise ConfigError(f"method.models: {err.args[0]}") from None
     execution = resolved(fuse)
-    if execution == "on" and len(set(names)) > 1:
+    if execution in ("on", "vmap") and len(set(names)) > 1:
         labels = ", ".join(model_label(name) for name in names)
         warnings.warn(f"method.fuse: the cohort [{labels}] is not identical; it runs unfused", stacklevel=2)
         execution = "off"
