@@ -191,7 +191,8 @@ class Trainer:
         self.step = FastStep(step_module, self.method.trainable_parameters(), lr=cfg.optim.lr,
                              momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
                              weight_decay=cfg.optim.weight_decay, device=self.device, autocast=self.autocast,
-                             grad_scaler=self.precision == "fp16", mode=mode, compile_mode=compile_mode, fallback=cfg.trainer.fast == "auto")
+                             grad_scaler=self.precision == "fp16", mode=mode, compile_mode=compile_mode,
+                             fallback=cfg.trainer.fast == "auto")
         self.optimizer = self.step.optimizer  # checkpoints save and restore this one
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.history: dict = {"best": {}, "last": {}}

@@ -14,8 +14,8 @@ never changes with it, and neither do its maths, its state_dict keys or its expo
 - ``"vmap"``: the members' tensors stacked and one member's forward vectorised over them (``torch.func``: any module
   type, BatchNorm included; :class:`peerkd.models.members.VmappedMembers`);
 - ``"auto"``: the trainer measures "off", "on", "streams" and "vmap" on the run's first batch and device, keeps the
-  fastest (:mod:`peerkd.autofuse`); on a CPU, or a method built outside the trainer, it is "off" (grouped convolutions are
-  slower than separate ones on CPU: BENCHMARKS.md).
+  fastest (:mod:`peerkd.autofuse`); on a CPU, or a method built outside the trainer, it is "off" (grouped
+  convolutions are slower than separate ones on CPU: BENCHMARKS.md).
 
 A YAML ``true`` / ``false`` reads as "on" / "off". A cohort that cannot fuse (heterogeneous members, an unknown
 module type) runs unfused with a warning.

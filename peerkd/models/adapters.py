@@ -445,7 +445,8 @@ def _torchvision_layout(net: nn.Module, spec: dict) -> LibraryBackbone:
                 continue
         if head is None:
             raise NotStaged("its forward is not its children in order followed by pool + classifier")
-    keys = [("head.fc.", f"{classifier_name}." if linear is classifier else f"{classifier_name}.{len(pre) - len(middle)}.")]
+    fc_name = classifier_name if linear is classifier else f"{classifier_name}.{len(pre) - len(middle)}"
+    keys = [("head.fc.", f"{fc_name}.")]
     keys += [(f"head.pre.{i}.", f"{q}.") for i, q in enumerate(pre_names)]
     if pool_index is not None:
         keys.append(("head.pool.", f"{children[pool_index][0]}."))
