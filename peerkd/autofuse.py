@@ -1,9 +1,10 @@
 """``method.fuse: auto``: measure the executions of a method's identical members on the run's device and keep the
 fastest.
 
-Whether one fused module (grouped convolutions) beats separate modules, on CUDA streams or not, depends on the
-shape (network, peers, batch, device): fusion saves launches but grouped convolutions run other kernels than dense
-ones. So the trainer measures instead of guessing. For each of "off", "on", "streams" it builds the method, loads the
+Whether one fused module (grouped convolutions), or one vmapped forward over stacked members (the path for module
+types fusion cannot translate), beats separate modules, on CUDA streams or not, depends on the shape (network, peers,
+batch, device): fusion saves launches but grouped convolutions run other kernels than dense ones. So the trainer
+measures instead of guessing. For each of "off", "on", "streams", "vmap" it builds the method, loads the
 weights of the run's own initial method (every execution keeps the same state_dict keys), and times ``steps`` full
 training steps (forward, loss, backward, SGD update through :class:`peerkd.fast.FastStep`, the run's precision) on
 the run's first batch after ``warmup`` untimed ones; in ``trainer.fast_mode: graph`` the timed steps are graph
@@ -77,11 +78,11 @@ def _synchronize(device: torch.device) -> None:
 
 def _executes_as(method: nn.Module, choice: str) -> bool:
     """True when ``method`` holds a member group of two or more members executing as ``choice``."""
-    from peerkd.models.members import FusedMembers, StreamedMembers
+    from peerkd.models.members import FusedMembers, StreamedMembers, VmappedMembers
 
     if choice == "off":
         return True
-    kind = FusedMembers if choice == "on" else StreamedMembers
+    kind = {"on": FusedMembers, "streams": StreamedMembers, "vmap": VmappedMembers}[choice]
     return any(isinstance(module, kind) and len(module) > 1 for module in method.modules())
 
 

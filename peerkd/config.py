@@ -84,7 +84,8 @@ class ScheduleConfig:
 @dataclass
 class TrainerConfig:
     device: str = "auto"  # "auto" (cuda if present, else cpu), "cpu", "cuda", "cuda:1", ...
-    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16" or "fp32"
+    precision: str = "auto"  # "auto": bf16 autocast on a CUDA device that supports it, fp16 autocast with a gradient
+    # scaler on one that does not (V100, T4, RTX 20xx), fp32 on CPU; or "bf16", "fp16" (with the scaler), "fp32"
     channels_last: str = "auto"  # "auto" (on for CUDA), "on" or "off"
     compile: bool = False  # torch.compile the training step (torch's default mode)
     fast: str = "auto"  # graph-captured step (peerkd/fast.py): "auto" (on for CUDA, falls back to eager if the
@@ -389,7 +390,7 @@ DEVICE_FORM = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # the device strings trai
 def _check_values(config: Config) -> None:
     choose = check_choice
     choose("schedule.kind", config.schedule.kind, ["multistep", "cosine"])
-    choose("trainer.precision", config.trainer.precision, ["auto", "bf16", "fp32"])
+    choose("trainer.precision", config.trainer.precision, ["auto", "bf16", "fp16", "fp32"])
     choose("trainer.channels_last", config.trainer.channels_last, ["auto", "on", "off"])
     choose("trainer.progress", config.trainer.progress, ["auto", "on", "off"])
     choose("trainer.fast_mode", config.trainer.fast_mode, ["compile", "graph"])

@@ -8,7 +8,11 @@ but cannot be captured. :class:`FastStep` keeps everything the step touches on t
   sync), so a captured graph sees each new value;
 - the loss parts are summed on the device (``drain_logs`` reads them once per log interval);
 - a non-finite loss is or-ed into a device flag, checked when the logs are drained;
-- SGD is the fused kernel on CUDA (one launch for every parameter) and the foreach kernels elsewhere.
+- SGD is the fused kernel on CUDA (one launch for every parameter) and the foreach kernels elsewhere;
+- with ``grad_scaler`` (fp16 autocast: ``trainer.precision: fp16``, or "auto" on a GPU without bf16) the loss is
+  scaled before backward and the step goes through ``torch.amp.GradScaler``: on CUDA the fused SGD takes the scale and
+  the inf flag as tensors (``_step_supports_amp_scaling``), so the step skips itself on overflow and the scale grows or
+  backs off in place with no host sync, graph-capturable; elsewhere the scaler checks the inf flag on the host.
 
 Three ways to run the same step function (``mode``):
 
@@ -54,6 +58,7 @@ class FastStep:
     module: called as ``module(batch) -> StepOutput``; its trained parameters are ``params``.
     lr: the first learning rate (``set_lr`` changes it every step).
     autocast: a context-manager factory (the trainer's ``autocast``), or None for full precision.
+    grad_scaler: scale the loss and step through a ``torch.amp.GradScaler`` (fp16 autocast), kept in ``scaler``.
     mode: ``"eager"``, ``"compile"`` or ``"graph"`` (see the module docstring).
     compile_mode: ``torch.compile``'s mode in ``"compile"`` mode (None is torch's default; "reduce-overhead" on CUDA).
     compile_backend: ``torch.compile``'s backend ("inductor", torch's default, generates kernels; "aot_eager" traces
@@ -65,9 +70,9 @@ class FastStep:
 
     def __init__(self, module: nn.Module, params: list[nn.Parameter], *, lr: float, momentum: float = 0.9,
                  nesterov: bool = True, weight_decay: float = 5e-4, device: torch.device | str = "cpu",
-                 autocast: Callable[[], contextlib.AbstractContextManager] | None = None, mode: str = "eager",
-                 compile_mode: str | None = None, compile_backend: str = "inductor", warmup_steps: int = 3,
-                 fallback: bool = False):
+                 autocast: Callable[[], contextlib.AbstractContextManager] | None = None, grad_scaler: bool = False,
+                 mode: str = "eager", compile_mode: str | None = None, compile_backend: str = "inductor",
+                 warmup_steps: int = 3, fallback: bool = False):
         if mode not in ("eager", "compile", "graph"):
             raise ValueError(f"FastStep mode must be 'eager', 'compile' or 'graph', got '{mode}'")
         self.device = torch.device(device)
@@ -78,6 +83,7 @@ class FastStep:
         self.autocast = autocast or contextlib.nullcontext
         self.lr = torch.tensor(float(lr), dtype=torch.float32, device=self.device)
         self.optimizer = build_sgd(self.params, self.lr, momentum, nesterov, weight_decay, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type) if grad_scaler else None
         self.log_keys: list[str] | None = None  # fixed by the first step: a method logs the same parts every step
         self.log_sums: list[torch.Tensor] = []
         self.steps_since_drain = torch.zeros((), dtype=torch.float32, device=self.device)
@@ -99,10 +105,19 @@ class FastStep:
             self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             out = self.module(batch)
-        out.loss.backward()
-        self.optimizer.step()
+        self._backward_and_update(out.loss)
         logs = dict(out.logs, loss=out.loss.detach())
         return out.loss.detach(), tuple(logs[key] for key in sorted(logs))
+
+    def _backward_and_update(self, loss: torch.Tensor) -> None:
+        """Backward and the SGD update; with the scaler: scaled backward, a step skipped on overflow, scale update."""
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     def _accumulate(self, loss: torch.Tensor, values: tuple[torch.Tensor, ...]) -> None:
         torch._foreach_add_(self.log_sums, [v.float() for v in values])
@@ -116,8 +131,7 @@ class FastStep:
         self.log_keys = sorted(dict(out.logs, loss=out.loss))
         self.log_sums = [torch.zeros((), dtype=torch.float32, device=self.device) for _ in self.log_keys]
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        self.optimizer.step()
+        self._backward_and_update(out.loss)
         logs = dict(out.logs, loss=out.loss.detach())
         self._accumulate(out.loss.detach(), tuple(logs[key] for key in self.log_keys))
 

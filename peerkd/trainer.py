@@ -1,10 +1,10 @@
 """One training loop for every method (it never asks which method it runs).
 
 SGD with Nesterov momentum and weight decay; multistep or cosine learning rate with optional linear warm-up, set
-every step; bf16 autocast and channels_last on CUDA; optional ``torch.compile``; evaluation (always fp32) of every
-``predict`` key; atomic checkpoints every epoch with every RNG state, and an exact resume from them, also in the
-middle of an epoch after SIGTERM; a non-finite loss stops the run and keeps the last good checkpoint; DDP under
-``torchrun``.
+every step; bf16 autocast (fp16 with a gradient scaler where the GPU has no bf16) and channels_last on CUDA;
+optional ``torch.compile``; evaluation (always fp32) of every ``predict`` key; atomic checkpoints every epoch with
+every RNG state, and an exact resume from them, also in the middle of an epoch after SIGTERM; a non-finite loss stops
+the run and keeps the last good checkpoint; DDP under ``torchrun``.
 
 The run folder is taken before any set-up (:mod:`peerkd.run_folder`: writable, locked, a peerkd run or empty, the
 config of a resume checked against the checkpoint's). Under DDP rank 0 alone takes it and writes; the other ranks get
@@ -111,6 +111,25 @@ def resolve_device(name: str, ddp: Distributed) -> torch.device:
     return device
 
 
+PRECISIONS = ("bf16", "fp16", "fp32")  # what trainer.precision resolves to
+
+
+def resolve_precision(choice: str, device: torch.device) -> str:
+    """``trainer.precision`` on ``device``: "auto" is bf16 on a CUDA device that supports it
+    (``torch.cuda.is_bf16_supported``: Ampere and later), fp16 (with a gradient scaler) on one that does not (V100,
+    T4, RTX 20xx), fp32 on CPU; an explicit bf16 on a CUDA device without it is refused."""
+    if choice == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if choice == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"trainer.precision: bf16 asked for, but {torch.cuda.get_device_name(device)} has no bf16; "
+                          "use fp16 (autocast with a gradient scaler) or auto")
+    if choice not in PRECISIONS:
+        raise ConfigError(f"trainer.precision: expected auto, {', '.join(PRECISIONS)}, got {choice!r}")
+    return choice
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -173,7 +192,7 @@ class Trainer:
         on_cuda = self.device.type == "cuda"
         if on_cuda:
             torch.backends.cudnn.benchmark = config.trainer.cudnn_benchmark
-        self.bf16 = config.trainer.precision == "bf16" or (config.trainer.precision == "auto" and on_cuda)
+        self.precision = resolve_precision(config.trainer.precision, self.device)
         self.channels_last = config.trainer.channels_last == "on" or (
             config.trainer.channels_last == "auto" and on_cuda)
         self.claim: Claim | None = None
@@ -246,7 +265,8 @@ class Trainer:
         self.step = FastStep(step_module, self.method.trainable_parameters(), lr=cfg.optim.lr,
                              momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
                              weight_decay=cfg.optim.weight_decay, device=self.device, autocast=self.autocast,
-                             mode=mode, compile_mode=compile_mode, fallback=cfg.trainer.fast == "auto")
+                             grad_scaler=self.precision == "fp16", mode=mode, compile_mode=compile_mode,
+                             fallback=cfg.trainer.fast == "auto")
         self.optimizer = self.step.optimizer  # checkpoints save and restore this one
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.history: dict = {"best": {}, "last": {}}
@@ -257,7 +277,7 @@ class Trainer:
         return method.to(memory_format=torch.channels_last) if self.channels_last else method
 
     def _settle_execution(self) -> None:
-        """Measure the method's member executions (off / on / streams) on the first batch; keep the fastest."""
+        """Measure the method's member executions (off / on / streams / vmap) on the first batch; keep the fastest."""
         cfg = self.config
         build = lambda options: build_method(cfg.method.name, options, self.task)  # noqa: E731
         first_batch = next(iter(self.train_loader.epoch(0)))
@@ -294,13 +314,14 @@ class Trainer:
         return "eager", None
 
     def autocast(self):
-        if self.bf16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def state(self) -> dict:
-        return {"method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
+        return {"method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "grad_scaler": None if self.step.scaler is None else self.step.scaler.state_dict(), "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch, "global_step": self.global_step, "rng": rng_state(),
                 "history": self.history, "config": self.config.to_dict(), "task": dataclasses.asdict(self.task),
                 "input": self.input_spec}
@@ -319,6 +340,8 @@ class Trainer:
         try:
             self.method.load_state_dict(state["method"])
             self.optimizer.load_state_dict(state["optimizer"])
+            if self.step.scaler is not None and state.get("grad_scaler"):
+                self.step.scaler.load_state_dict(state["grad_scaler"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise RunError(f"{self.run_dir / CHECKPOINT} does not fit this config ({str(err)[:160]}); resume with "
                            "the run's own config.yaml") from None

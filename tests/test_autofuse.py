@@ -70,7 +70,7 @@ def test_choose_execution_measures_every_execution_and_leaves_no_trace():
     rng_before = rng_state()
     choice = choose_execution(lambda o: build_method("dml", o, task), options, reference,
                               random_batch(task, batch_size=4), device=torch.device("cpu"), warmup=1, steps=1)
-    assert set(choice.ms_per_step) == {"off", "on", "streams"}
+    assert set(choice.ms_per_step) == {"off", "on", "streams", "vmap"}
     assert all(v is not None and v > 0 for v in choice.ms_per_step.values())
     assert choice.choice == min(choice.ms_per_step, key=choice.ms_per_step.get)
     assert choice.as_record()["kind"] == "execution"
@@ -93,6 +93,7 @@ def test_choose_execution_skips_what_cannot_run_or_does_not_fuse():
         choice = choose_execution(build_failing_streams, mixed, reference, random_batch(task, batch_size=4),
                                   device=torch.device("cpu"), warmup=1, steps=1)
     assert choice.ms_per_step["on"] is None and choice.ms_per_step["streams"] is None
+    assert choice.ms_per_step["vmap"] is None  # nor does vmap map different networks
     assert choice.choice == "off"
 
 
@@ -111,7 +112,7 @@ def test_trainer_auto_measures_then_trains_as_the_chosen_execution(tmp_path, mon
     Trainer(config, run_dir=tmp_path / "auto").fit()
     records = [json.loads(line) for line in (tmp_path / "auto" / "metrics.jsonl").read_text().splitlines()]
     execution = [r for r in records if r["kind"] == "execution"]
-    assert len(execution) == 1 and execution[0]["fuse"] in ("off", "on", "streams")
+    assert len(execution) == 1 and execution[0]["fuse"] in ("off", "on", "streams", "vmap")
     chosen = execution[0]["fuse"]
     explicit = tiny_config(dict(method, fuse=chosen), epochs=1, train_size=64, overrides=("data.batch_size=16",))
     Trainer(explicit, run_dir=tmp_path / "explicit").fit()

@@ -63,12 +63,20 @@ class Method(nn.Module):
         super().__init__()
         self.options = options
         self.task = task
+        check_model_requirements(type(self), options, task)
 
     # -- data -------------------------------------------------------------------------------------------------
     @classmethod
     def data_request(cls, options: Any) -> DataRequest:
         """What the method needs from the data, known from its options before it is built."""
         return DataRequest()
+
+    @classmethod
+    def model_requirements(cls, options: Any) -> dict[str, tuple[str, ...]]:
+        """What the method asks of the models its options name beyond their logits: option field (``models``,
+        ``model``) -> capabilities (``peerkd.models.base.CAPABILITIES``: "features", "stages"). Checked for every
+        named model before the method builds anything (:func:`check_model_requirements`)."""
+        return {}
 
     ddp_find_unused_parameters = False  # True for methods that leave some trained parameters unused in a step
     ddp_broadcast_buffers = True  # False for methods that keep rank-synchronised buffers themselves (per-sample memory)
@@ -102,3 +110,51 @@ class Method(nn.Module):
         as one (CSS's masked m-branch networks). ``peerkd export`` (peerkd/export.py) checks it against ``predict``
         and exports keys a method does not export here (ensembles, leader aggregates) as the method's ``predict``."""
         raise NotImplementedError(f"{type(self).__name__} has no exportable model")
+
+
+def _capability_gaps(name, num_classes: int, model_options: dict, needs: tuple[str, ...]) -> list[str]:
+    """The reasons the model ``name`` (a name or an instance) lacks each of ``needs``; a named model is built once
+    per process (under a forked random state: the check draws no random number of the run) and remembered."""
+    from peerkd.models.base import missing_capability
+    from peerkd.models.registry import build_model
+
+    if isinstance(name, nn.Module):
+        probe = name
+    else:
+        key = (name, num_classes, repr(sorted(model_options.items())), needs)
+        if key in _GAPS:
+            return _GAPS[key]
+        with torch.random.fork_rng(devices=[]):
+            probe = build_model(name, num_classes, **model_options)
+    gaps = [why for why in (missing_capability(probe, need) for need in needs) if why]
+    if not isinstance(name, nn.Module):
+        _GAPS[key] = gaps
+    return gaps
+
+
+_GAPS: dict[tuple, list[str]] = {}
+
+
+def check_model_requirements(method: type, options: Any, task: TaskInfo) -> None:
+    """Refuse, before anything is built, a model that lacks what ``method.model_requirements(options)`` declares:
+    a ConfigError naming the option, the method, the model (by name, or by class for an instance) and what it
+    lacks."""
+    from peerkd.config import ConfigError
+    from peerkd.models.registry import model_label
+
+    if options is None:
+        return
+    method_name = getattr(method, "method_name", method.__name__)
+    for field_name, needs in method.model_requirements(options).items():
+        value = getattr(options, field_name)
+        for name in value if isinstance(value, (list, tuple)) else [value]:
+            try:
+                gaps = _capability_gaps(name, task.num_classes, dict(getattr(options, "model_options", {}) or {}),
+                                        tuple(needs))
+            except KeyError as err:
+                raise ConfigError(f"method.{field_name}: {err.args[0]}") from None
+            if gaps:
+                raise ConfigError(f"method.{field_name}: {method_name} needs {' and '.join(needs)} from its models, "
+                                  f"but {model_label(name)} {'; '.join(gaps)}. Use a model of the stem / stages / head "
+                                  "contract (`peerkd list models`; timm: and tv: models whose forward is their "
+                                  "children in order), or a method that needs only logits (dml, kdcl, vanilla)")

@@ -54,6 +54,10 @@ class BYOT(Method):
         hint_reduction: str = "mean"  # the hint over the batch: "mean" (per-image lambda) or "sum" (BYOT code's)
         adapter: str = "bottleneck"  # shallow-stage adapter design: bottleneck (BYOT CIFAR code), sepconv, chain
 
+    @classmethod
+    def model_requirements(cls, options):
+        return {"model": ("stages",)}  # a classifier after every stage
+
     def __init__(self, options, task):
         super().__init__(options, task)
         check_choice("method.hint_reduction", options.hint_reduction, HINT_REDUCTIONS)

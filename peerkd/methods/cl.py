@@ -117,6 +117,10 @@ class CL(Method):
         detach_target: bool = True  # the consensus target carries no gradient (treated as a constant)
         fuse: str = "auto"  # identical heads: "off", "on" (fused), "streams", "auto" (measured): methods/execution.py
 
+    @classmethod
+    def model_requirements(cls, options):
+        return {"model": ("stages",)}  # the head tree cuts the backbone at its stages
+
     def __init__(self, options, task):
         super().__init__(options, task)
         check_fuse(options.fuse)

@@ -21,6 +21,7 @@ from peerkd.methods.base import Method
 from peerkd.methods.execution import resolved
 from peerkd.models import build_model
 from peerkd.models.members import build_members
+from peerkd.models.registry import model_label
 
 CohortInputs = torch.Tensor | list[torch.Tensor]  # (B, C, H, W) for every member; (P, B, C, H, W) or a list: one each
 
@@ -38,8 +39,9 @@ def build_cohort(names: list[str], num_classes: int, model_options: dict, fuse: 
     except KeyError as err:
         raise ConfigError(f"method.models: {err.args[0]}") from None
     execution = resolved(fuse)
-    if execution == "on" and len(set(names)) > 1:
-        warnings.warn(f"method.fuse: the cohort {names} is not identical; it runs unfused", stacklevel=2)
+    if execution in ("on", "vmap") and len(set(names)) > 1:
+        labels = ", ".join(model_label(name) for name in names)
+        warnings.warn(f"method.fuse: the cohort [{labels}] is not identical; it runs unfused", stacklevel=2)
         execution = "off"
     return build_members(models, execution)
 

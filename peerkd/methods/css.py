@@ -99,6 +99,10 @@ class CSS(Method):
         fuse: str = "auto"  # "off", "on" (fused), "streams", "auto" (timed): methods/execution.py; "on" with two
         # identical networks fuses both trunks as one group and all 2*m tails as one (models/branched_cohort.py)
 
+    @classmethod
+    def model_requirements(cls, options):
+        return {"models": ("stages",)}  # branched networks: trunk + tails of each backbone's stages
+
     def __init__(self, options, task):
         super().__init__(options, task)
         from peerkd.config import ConfigError

@@ -84,6 +84,10 @@ class CutnMix(CohortMethod):
         dml_tau_squared: bool = True  # L_DML carries tau^2 (eq. 4's objective); False: eq. 8's bare KL of eq. 4
         fuse: str = "auto"  # identical peers: "off", "on" (fused), "streams", "auto" (measured); execution.py
 
+    @classmethod
+    def model_requirements(cls, options):
+        return {"models": ("features",)}  # feature MMD and the peer teacher read every peer's pooled features
+
     def __init__(self, options, task):
         super().__init__(options, task)
         from peerkd.config import ConfigError

@@ -38,6 +38,10 @@ class DDGSD(Method):
         mmd_weight: float = 1.0  # weight of the feature MMD (likewise)
         detach_targets: bool = True  # each KL direction's target carries no gradient
 
+    @classmethod
+    def model_requirements(cls, options):
+        return {"model": ("features",)}  # feature MMD between the two views' pooled features
+
     def __init__(self, options, task):
         super().__init__(options, task)
         self.models = build_cohort([options.model], task.num_classes, options.model_options)

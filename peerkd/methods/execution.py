@@ -11,17 +11,19 @@ never changes with it, and neither do its maths, its state_dict keys or its expo
 - ``"on"``: one fused module (:mod:`peerkd.models.fused`: grouped convolutions, one BatchNorm over all copies'
   channels, batched heads);
 - ``"streams"``: separate modules, each on its own CUDA stream so their kernels may overlap (on CPU: "off");
-- ``"auto"``: the trainer measures "off", "on" and "streams" on the run's first batch and device and keeps the fastest
-  (:mod:`peerkd.autofuse`); on a CPU, or a method built outside the trainer, it is "off" (grouped convolutions are
-  slower than separate ones on CPU: BENCHMARKS.md).
+- ``"vmap"``: the members' tensors stacked and one member's forward vectorised over them (``torch.func``: any module
+  type, BatchNorm included; :class:`peerkd.models.members.VmappedMembers`);
+- ``"auto"``: the trainer measures "off", "on", "streams" and "vmap" on the run's first batch and device, keeps the
+  fastest (:mod:`peerkd.autofuse`); on a CPU, or a method built outside the trainer, it is "off" (grouped
+  convolutions are slower than separate ones on CPU: BENCHMARKS.md).
 
 A YAML ``true`` / ``false`` reads as "on" / "off". A cohort that cannot fuse (heterogeneous members, an unknown
 module type) runs unfused with a warning.
 """
 from __future__ import annotations
 
-FUSE_CHOICES = ("off", "on", "streams", "auto")
-MEASURED_CHOICES = ("off", "on", "streams")  # what "auto" picks from
+FUSE_CHOICES = ("off", "on", "streams", "vmap", "auto")
+MEASURED_CHOICES = ("off", "on", "streams", "vmap")  # what "auto" picks from
 
 
 def check_fuse(value: str) -> str:

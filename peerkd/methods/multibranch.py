@@ -83,7 +83,7 @@ class BranchGroup(nn.Module):
             raise ConfigError(f"method.model: {err.args[0]}") from None
         self.network_based = network_based
         self.count = branches
-        self.map_channels = probe.stage_channels[-1]
+        self.map_channels = getattr(probe, "stage_channels", [None])[-1]  # the ffm target's input (needs stages)
         self.feature_dim = probe.head.in_features
         if network_based:
             self.nets = build_members([probe] + [build_model(model, num_classes, **model_options)

@@ -70,6 +70,13 @@ class OKDDip(Method):
         rampup_epochs: float = 80.0  # epochs of the sigmoid ramp-up of the KL weight (their length = 80); 0: off
         fuse: str = "auto"  # identical branches: "off", "on" (fused), "streams", "auto" (timed): methods/execution.py
 
+    @classmethod
+    def model_requirements(cls, options):
+        # branch-based: trunk + tails of the backbone's stages; network-based: the attention reads pooled features
+        # (MDE's feature-fusion target also each network's last map)
+        whole_networks = options.network_based and options.target != "ffm"
+        return {"model": ("features",) if whole_networks else ("stages",)}
+
     def __init__(self, options, task):
         super().__init__(options, task)
         check_fuse(options.fuse)

@@ -60,6 +60,10 @@ class ONE(Method):
         cd_product: str = "outer"  # the reading of W_i^T W_j in the CD loss (see multibranch.CD_PRODUCTS)
         fuse: str = "auto"  # identical branches: "off", "on" (fused), "streams", "auto" (timed): methods/execution.py
 
+    @classmethod
+    def model_requirements(cls, options):
+        return {"model": ("stages",)}  # branches split a backbone's stages: ONE's trunk + tails
+
     def __init__(self, options, task):
         super().__init__(options, task)
         check_fuse(options.fuse)

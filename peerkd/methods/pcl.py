@@ -73,6 +73,10 @@ class PCL(Method):
         separate_views: bool = True  # each peer its own augmentation of the batch (asks m views); false: one view
         fuse: str = "auto"  # identical peers: "off", "on" (fused), "streams", "auto" (measured): methods/execution.py
 
+    @classmethod
+    def model_requirements(cls, options):
+        return {"model": ("stages",)}  # branches split the backbone's stages
+
     def __init__(self, options, task):
         super().__init__(options, task)
         from peerkd.config import ConfigError

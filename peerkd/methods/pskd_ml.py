@@ -91,6 +91,10 @@ class PSKDMutualLearning(Method):
         memory_topk: int = 0  # 0 stores whole distributions; k > 0 the top k classes (ImageNet: 10)
         adapter: str = "bottleneck"  # shallow-stage adapter design: bottleneck (BYOT CIFAR code), sepconv, chain
 
+    @classmethod
+    def model_requirements(cls, options):
+        return {"model": ("stages",)}  # a classifier (or feature tap) after every stage
+
     def __init__(self, options, task):
         super().__init__(options, task)
         check_choice("method.hint_reduction", options.hint_reduction, HINT_REDUCTIONS)

@@ -21,6 +21,7 @@ from peerkd.config import ConfigError
 from peerkd.losses import kd_kl, mean_probs_logits, soft_ce
 from peerkd.methods.stage_adapters import make_adapters
 from peerkd.models import build_model
+from peerkd.models.registry import model_label
 
 MEMORY_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -47,7 +48,8 @@ class StageClassifierNet(nn.Module):
             raise ConfigError(f"method.model: {err.args[0]}") from None
         stages = len(self.backbone.stages)
         if adapters and stages < 2:
-            raise ConfigError(f"method.model: {model} has {stages} stage; self-distillation needs 2 or more")
+            raise ConfigError(f"method.model: {model_label(model)} has {stages} stage; self-distillation needs 2 "
+                              "or more")
         self.num_classifiers = stages
         self.adapters = nn.ModuleList()
         self.heads = nn.ModuleList()

@@ -61,3 +61,40 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_stages(x)[-1])
+
+
+# ------------------------------------------------------------------------------------------------ capabilities
+
+CAPABILITIES = {  # what a method may ask of a model beyond its logits, and what that takes of the model
+    "features": "the pooled features and linear classifier of the contract (forward_stages, head.features, "
+                "head.classify, head.fc: an nn.Linear)",
+    "stages": "the stem / stages / head contract (stem, stages, stage_channels, forward_stages, head.features, "
+              "head.fc: an nn.Linear)",
+}
+
+
+def missing_capability(model: nn.Module, need: str) -> str | None:
+    """Why ``model`` lacks capability ``need`` (one of CAPABILITIES), or None when it has it. A model that explains
+    its own structure (``structure_note``: a timm / torchvision model kept whole) gives that reason."""
+    if need not in CAPABILITIES:
+        raise ValueError(f"unknown model capability '{need}'; one of {', '.join(CAPABILITIES)}")
+    head = getattr(model, "head", None)
+    lacks = [name for name, ok in (
+        ("forward_stages", callable(getattr(model, "forward_stages", None))),
+        ("head.features", callable(getattr(head, "features", None))),
+        ("head.classify", callable(getattr(head, "classify", None))),
+        ("head.fc (an nn.Linear)", isinstance(getattr(head, "fc", None), nn.Linear)),
+    ) if not ok]
+    if need == "stages":
+        stages = getattr(model, "stages", None)
+        channels = getattr(model, "stage_channels", None)
+        lacks += [name for name, ok in (
+            ("stem", isinstance(getattr(model, "stem", None), nn.Module)),
+            ("stages (an nn.ModuleList)", isinstance(stages, nn.ModuleList) and len(stages) > 0),
+            ("stage_channels", isinstance(channels, (list, tuple)) and isinstance(stages, nn.ModuleList)
+             and len(channels) == len(stages)),
+        ) if not ok]
+    if not lacks:
+        return None
+    note = getattr(model, "structure_note", None)
+    return f"has no {', '.join(lacks)}" + (f" ({note})" if note else "")

@@ -17,7 +17,7 @@ from torch import nn
 from peerkd.models.base import Backbone
 from peerkd.models.fused import register_channelwise
 from peerkd.models.members import Inputs, MemberOutputs, build_members
-from peerkd.models.registry import build_model
+from peerkd.models.registry import build_model, model_label
 
 
 @register_channelwise  # its forward runs its stages and head one after another: fusable
@@ -52,8 +52,8 @@ class BranchedNet(nn.Module):
         if split_at <= 0:  # counted from the end: -1 shares every stage but the last (the ONE / OKDDip / CSS split)
             split_at += depth
         if not 0 < split_at < depth + 1:
-            raise ValueError(f"split_at must be in 1..{depth} (or -{depth - 1}..0 from the end) for {name} "
-                             f"({depth} stages), got {split_at}")
+            raise ValueError(f"split_at must be in 1..{depth} (or -{depth - 1}..0 from the end) for "
+                             f"{model_label(name)} ({depth} stages), got {split_at}")
         self.name, self.num_classes, self.split_at, self.model_kwargs = name, num_classes, split_at, model_kwargs
         first = backbones[0]
         self.stem = first.stem

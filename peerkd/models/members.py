@@ -15,7 +15,10 @@ as the method resolved it: :mod:`peerkd.methods.execution`) picks the class:
 
 - "off": :class:`MemberList`, an ``nn.ModuleList`` that calls its members one after another (the reference);
 - "streams": :class:`StreamedMembers`, the same with member i on CUDA side stream i (:mod:`peerkd.models.streams`);
-- "on": :class:`FusedMembers`, one :class:`~peerkd.models.fused.FusedCopies` on peer-major stacked channels.
+- "on": :class:`FusedMembers`, one :class:`~peerkd.models.fused.FusedCopies` on peer-major stacked channels;
+- "vmap": :class:`VmappedMembers`, the members' tensors stacked (``torch.func.stack_module_state``) and one member's
+  forward mapped over them (``torch.func.vmap`` of ``functional_call``): the general path, for identical members of
+  any module type (timm and torchvision blocks, which the fusion translator does not know).
 
 All three keep the ModuleList's state_dict keys (``{j}.<name>``; the fused group converts on save and on load), so a
 checkpoint saved under one execution loads under another, and all compute the same maths (fused: up to the order of
@@ -34,7 +37,7 @@ from torch import nn
 from peerkd.models.fused import FusedCopies, FusionError, split_member
 from peerkd.models.streams import StreamedModels
 
-EXECUTIONS = ("off", "on", "streams")  # what build_members accepts ("auto" is resolved by the method first)
+EXECUTIONS = ("off", "on", "streams", "vmap")  # what build_members accepts ("auto" is resolved by the method first)
 
 Inputs = torch.Tensor | Sequence[torch.Tensor]  # one input for every member, or one per member
 
@@ -196,6 +199,131 @@ def _member_to_fused_keys(module: FusedMembers, state: dict, prefix: str, local_
         state[f"{prefix}fused.body.{name}"] = parts[0] if parts[0].dim() == 0 else torch.cat(parts)
 
 
+class VmappedMembers(nn.Module):
+    """Execution "vmap": P identical members of any type as one vectorised forward.
+
+    ``torch.func.stack_module_state`` stacks every parameter and buffer of the members along a new first dimension;
+    the forward is ``vmap(functional_call(member, (params_j, buffers_j), x_j))`` over j, so each of P members runs
+    with its own tensors in one batched pass (vmap turns a convolution with per-member weights into one grouped
+    convolution). BatchNorm in training mode works: its running statistics are stacked buffers, updated in place per
+    member under vmap (tested against separate modules: outputs, gradients and statistics agree). Dropout draws
+    independent masks per member (``randomness="different"``), as separate modules do, though not the same numbers.
+    The stacked tensors are stored flat, ``(P, numel)``, so a channels-last conversion of the method leaves them alone
+    (a 5-d stacked convolution weight cannot be channels-last); the state_dict keys are the ModuleList's
+    (``{j}.<name>``), converted on save and on load, so checkpoints move between executions.
+    """
+
+    def __init__(self, modules: Sequence[nn.Module]):
+        super().__init__()
+        from torch.func import stack_module_state
+
+        modules = list(modules)
+        if len({type(m) for m in modules}) > 1 or len({tuple((k, tuple(v.shape)) for k, v in m.state_dict().items())
+                                                       for m in modules}) > 1:
+            raise FusionError("vmap needs identical members (same type and tensor shapes)")
+        params, buffers = stack_module_state(modules)
+        self.copies = len(modules)
+        self.param_names, self.buffer_names = list(params), list(buffers)
+        self.shapes = {name: tuple(t.shape[1:]) for name, t in {**params, **buffers}.items()}
+        self.params = nn.ParameterList([nn.Parameter(params[n].detach().reshape(self.copies, -1).clone())
+                                        for n in self.param_names])
+        for i, name in enumerate(self.buffer_names):
+            self.register_buffer(f"buffer{i}", buffers[name].reshape(self.copies, -1).clone())
+        # one member on the meta device: the function vmap maps (functional_call supplies every tensor)
+        object.__setattr__(self, "_base", copy.deepcopy(modules[0]).to("meta"))
+        object.__setattr__(self, "_template", copy.deepcopy(modules[0]).cpu())
+        self.register_state_dict_post_hook(_stacked_to_member_keys)
+        self.register_load_state_dict_pre_hook(_member_to_stacked_keys)
+
+    def __len__(self) -> int:
+        return self.copies
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._base.train(mode)  # the mapped member's BatchNorm / dropout follow the group's mode
+        return self
+
+    def _stacked(self) -> dict[str, torch.Tensor]:
+        tensors = {n: p.view(self.copies, *self.shapes[n]) for n, p in zip(self.param_names, self.params)}
+        for i, name in enumerate(self.buffer_names):
+            tensors[name] = getattr(self, f"buffer{i}").view(self.copies, *self.shapes[name])
+        return tensors
+
+    def _map(self, fn: Callable[[nn.Module, torch.Tensor], object], inputs: Inputs):
+        from torch.func import functional_call, vmap
+
+        base, names = self._base, self.param_names
+
+        def one(tensors, x):
+            params = {n: tensors[n] for n in names}
+            buffers = {n: t for n, t in tensors.items() if n not in params}
+            return functional_call(_Apply(base, fn), ({f"member.{k}": v for k, v in params.items()},
+                                                      {f"member.{k}": v for k, v in buffers.items()}), (x,))
+
+        shared = isinstance(inputs, torch.Tensor)
+        xs = inputs if shared else torch.stack(_per_member(inputs, self.copies))
+        return vmap(one, in_dims=(0, None if shared else 0), randomness="different")(self._stacked(), xs)
+
+    def run(self, inputs: Inputs) -> list[torch.Tensor]:
+        """Every member's ``forward`` on its input, as one vectorised forward."""
+        return list(self._map(lambda member, x: member(x), inputs).unbind(0))
+
+    def outputs(self, inputs: Inputs) -> MemberOutputs:
+        """Every member's last map, pooled feature and logits (see :func:`head_outputs`), vectorised."""
+        maps, features, logits = self._map(head_outputs, inputs)
+        return MemberOutputs(list(maps.unbind(0)), list(features.unbind(0)), list(logits.unbind(0)))
+
+    def member_parameter(self, member: int, name: str) -> torch.Tensor:
+        """Member ``member``'s parameter ``name``: a view of the stacked tensor, so gradients flow into it."""
+        return self.params[self.param_names.index(name)][member].view(self.shapes[name])
+
+    def member_state_dict(self, member: int) -> dict[str, torch.Tensor]:
+        return {name: t[member].clone() for name, t in self._stacked().items()}
+
+    def export(self, member: int) -> nn.Module:
+        """Member ``member`` as a plain module of its own type, detached from the group."""
+        model = copy.deepcopy(self._template)
+        model.load_state_dict(self.member_state_dict(member))
+        return model.to(self.params[0].device).train(self.training)
+
+
+class _Apply(nn.Module):
+    """``fn(member, x)`` as a module's forward, for ``functional_call`` (the member's keys under ``member.``)."""
+
+    def __init__(self, member: nn.Module, fn: Callable[[nn.Module, torch.Tensor], object]):
+        super().__init__()
+        self.member = member
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor):
+        return self.fn(self.member, x)
+
+
+def _stacked_to_member_keys(module: VmappedMembers, state: dict, prefix: str, local_metadata) -> None:
+    """state_dict post-hook: the stacked ``params.{i}`` / ``buffer{i}`` -> ``{prefix}{j}.<name>`` per member j."""
+    stacked = module._stacked()
+    for key in [k for k in state if k.startswith(prefix + "params.") or k.startswith(prefix + "buffer")]:
+        state.pop(key)
+    for member in range(module.copies):
+        for name, tensor in stacked.items():
+            state[f"{prefix}{member}.{name}"] = tensor[member].detach().clone()
+
+
+def _member_to_stacked_keys(module: VmappedMembers, state: dict, prefix: str, local_metadata, strict, missing_keys,
+                            unexpected_keys, error_msgs) -> None:
+    """load_state_dict pre-hook: the members' ``{prefix}{j}.<name>`` stacked flat into the group's tensors."""
+    if f"{prefix}0.{(module.param_names + module.buffer_names)[0]}" not in state:
+        return
+    targets = [(n, f"params.{i}") for i, n in enumerate(module.param_names)]
+    targets += [(n, f"buffer{i}") for i, n in enumerate(module.buffer_names)]
+    for name, key in targets:
+        parts = [state.pop(f"{prefix}{member}.{name}", None) for member in range(module.copies)]
+        if any(part is None for part in parts):
+            missing_keys.extend(f"{prefix}{member}.{name}" for member, part in enumerate(parts) if part is None)
+            continue
+        state[prefix + key] = torch.stack([part.reshape(-1) for part in parts])
+
+
 def build_members(modules: Sequence[nn.Module], execution: str = "off") -> nn.Module:
     """A group of identical ``modules`` executing as ``execution`` ("off", "on" or "streams"). Members fusion cannot
     translate (or that are not identical) run as "off", with a warning."""
@@ -204,6 +332,11 @@ def build_members(modules: Sequence[nn.Module], execution: str = "off") -> nn.Mo
     modules = list(modules)
     if execution == "streams":
         return StreamedMembers(modules)
+    if execution == "vmap" and len(modules) > 1:
+        try:
+            return VmappedMembers(modules)
+        except FusionError as err:
+            warnings.warn(f"method.fuse: {err}; these members run unfused", stacklevel=2)
     if execution == "on" and len(modules) > 1:
         try:
             return FusedMembers(modules)
@@ -212,5 +345,5 @@ def build_members(modules: Sequence[nn.Module], execution: str = "off") -> nn.Mo
     return MemberList(modules)
 
 
-__all__ = ["EXECUTIONS", "FusedMembers", "MemberList", "MemberOutputs", "StreamedMembers", "build_members",
-           "head_outputs"]
+__all__ = ["EXECUTIONS", "FusedMembers", "MemberList", "MemberOutputs", "StreamedMembers", "VmappedMembers",
+           "build_members", "head_outputs"]
