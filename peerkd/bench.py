@@ -57,6 +57,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the papers' configs
 QUICK_MODELS = {  # --quick: each row's backbone -> (a tiny one of the same family, factory keywords)
     "resnet32": ("resnet8", {}),
     "resnet110": ("resnet14", {}),
+    "resnet110_one": ("resnet14", {}),  # CSS's bottleneck ResNet-110: a 14-layer basic ResNet keeps the smoke run small
     "resnet18": ("resnet18", {"width": 8}),  # 4-stage CIFAR ResNet-18 with 8-16-32-64 planes instead of 64-512
 }
 
