@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
-        args.imports = load_imports(args.imports)  # the installed plugins and the user's code, before any config
+        # the installed plugins and the user's code, before any config (sweep and report take no --import)
+        args.imports = load_imports(getattr(args, "imports", []))
         if args.command == "list":
             return _list(args.what)
         if args.command == "eval":

@@ -146,6 +146,9 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
     if problem is not None:
         raise RunError(f"checkpoint {path} is {problem}")
     legacy = not data.startswith(CHECKPOINT_MAGIC)  # a bare torch.save zip: the format before checksums
+    if not zipfile.is_zipfile(io.BytesIO(payload)):  # torch.save writes a zip: anything else is no checkpoint at all
+        raise RunError(f"checkpoint {path} is unreadable: it is not a torch.save file (truncated, or not a peerkd "
+                       "checkpoint); restore a good copy, or move it away to start the run over")
     allowed = _legacy_safe_globals() if legacy else []
     try:
         with torch.serialization.safe_globals(allowed):

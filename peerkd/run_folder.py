@@ -30,6 +30,7 @@ from peerkd.run import CHECKPOINT, RunError, atomic_write_bytes, has_checkpoint,
 from peerkd.run_lock import LOCK_FILE, RunLock
 
 HISTORY = "history.jsonl"
+SWEEP_LOG = "sweep.log"  # a run's output, written by `peerkd sweep` into the folder before the run starts: peerkd's own
 METRICS = "metrics.jsonl"
 # Config keys a resume may change: they decide how far and how the run goes on, what is evaluated or logged, and
 # where and how fast it runs, not what the weights so far were trained with.
@@ -145,7 +146,7 @@ def _settle_kind(claim: Claim) -> None:
         return
     if claim.resume:
         raise RunError(f"--resume: {run_dir} holds no {CHECKPOINT}; start the run without --resume")
-    others = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
+    others = sorted(p.name for p in run_dir.iterdir() if p.name not in (LOCK_FILE, SWEEP_LOG))
     if not others:
         return
     if HISTORY not in others:

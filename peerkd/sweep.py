@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from peerkd.config import Config, ConfigError, load_config
+from peerkd.run_folder import SWEEP_LOG  # each run's stdout and stderr, in its run folder (appended across restarts)
 
-SWEEP_LOG = "sweep.log"  # each run's stdout and stderr, inside its run folder (appended across restarts)
 POLL_S = 0.2  # seconds between looks at the running processes
 STOP_WAIT_S = 120.0  # seconds a stopped run gets to save its checkpoint before it is killed
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, as peerkd train

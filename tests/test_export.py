@@ -14,6 +14,7 @@ import torch
 
 from helpers import short_run
 from peerkd.cli import main
+from peerkd.run import load_checkpoint
 from peerkd.export import export_run
 from peerkd.run import load_run
 
@@ -124,7 +125,7 @@ def test_every_format_runs_without_peerkd_and_equals_the_runs_predict(runs, tmp_
     assert peer0["run"]["top1_last"] == summary["keys"]["peer0"]["last"]["top1"]
     assert peer0["run"]["commit"] == json.loads((runs / "dml" / "environment.json").read_text())["git_sha"]
     assert peer0["input"]["shape"] == ["batch", 3, 32, 32] and peer0["num_classes"] == 4
-    recorded = torch.load(runs / "dml" / "checkpoint.pt", weights_only=False)["input"]
+    recorded = load_checkpoint(runs / "dml" / "checkpoint.pt")["input"]
     assert peer0["input"]["normalization"]["mean"] == recorded["mean"]
     assert json.loads(Path(f"{tmp_path / 'dml_peer0_torchscript.pt'}.json").read_text()) == peer0
 

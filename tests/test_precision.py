@@ -85,8 +85,8 @@ def test_an_fp16_run_autocasts_to_fp16_and_checkpoints_its_scaler(tmp_path):
     trainer.step.scaler.scale(torch.ones(()))  # the scaler's first use allocates its scale
     trainer.step.scaler.update(1024.0)  # as after a few overflows
     assert trainer.state()["grad_scaler"]["scale"] == 1024.0
-    (tmp_path / "run").mkdir()
     trainer.save()
+    trainer.release()  # the folder's lock: the resumed trainer below takes the same folder
     resumed = Trainer(config, run_dir=tmp_path / "run", resume=True)
     resumed.restore()
     assert resumed.step.scaler.get_scale() == 1024.0
