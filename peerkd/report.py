@@ -344,7 +344,7 @@ def rows_of(groups: Sequence[Group], metrics: Sequence[str] = (), best: bool = F
     rows = []
     for group in groups:
         paper = group.paper
-        if paper is None:
+        if paper is None or not paper.cells:  # no paper table (or a foundation config): every key, ours only
             keys = list(group.runs[0].summary["keys"])
             cells = [(("", "", group.name, key, metric, key), None, None) for metric in (metrics or ["top1"])
                      for key in keys]

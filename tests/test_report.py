@@ -236,3 +236,12 @@ def test_a_mean_over_members_and_a_cell_of_another_table(capsys, tmp_path):
     assert code == 0
     (row,) = csv_rows(out)
     assert float(row["ours"]) == pytest.approx((70.0 + 74.0) / 2) and row["table"] == "5"
+
+
+def test_a_foundation_config_without_cells_reports_every_key(capsys, tmp_path):
+    """paper: {id: foundation} (no cells) is reported like a config without a block: one row per predict key."""
+    make_run(tmp_path / "runs" / "dml-s0", "dml", 0, 66.0, paper={"id": "foundation"}, method="dml")
+    code, out, _ = report(capsys, tmp_path / "runs", "--format", "csv")
+    assert code == 0
+    (row,) = csv_rows(out)
+    assert row["key"] == "net1" and float(row["ours"]) == 66.0 and row["verdict"] == "no paper value"
