@@ -334,6 +334,17 @@ def read_yaml(text: str):
     return yaml.load(text, Loader=UniqueKeyLoader)
 
 
+def flatten_tree(tree: dict, prefix: str = "") -> dict:
+    """A nested config tree as ``{"a.b.c": value}`` (the dotted keys of ``--set``)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten_tree(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():

@@ -40,7 +40,8 @@ from typing import Sequence
 
 import yaml
 
-from peerkd.config import PAPER_MEAN_PREFIX, PAPER_METRICS, ConfigError, PaperConfig, _check_paper, from_dict
+from peerkd.config import (PAPER_MEAN_PREFIX, PAPER_METRICS, ConfigError, PaperConfig, _check_paper, flatten_tree,
+                           from_dict)
 
 # keys that say where and how visibly a run ran, not what it computed: runs differing only here are seeds of one group
 PLACEMENT_KEYS = (("seed",), ("data", "root"), ("data", "download"), ("data", "workers"), ("trainer", "device"),
@@ -211,19 +212,10 @@ def group_runs(runs: Sequence[Run], warn=None) -> list[Group]:
     return out
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
 
 def _difference(group: Group, namesakes: list[Group]) -> str:
-    mine = _flat(json.loads(group_key(group.runs[0].config)))
-    others = [_flat(json.loads(group_key(g.runs[0].config))) for g in namesakes if g is not group]
+    mine = flatten_tree(json.loads(group_key(group.runs[0].config)))
+    others = [flatten_tree(json.loads(group_key(g.runs[0].config))) for g in namesakes if g is not group]
     keys = sorted(k for k in mine if any(o.get(k) != mine[k] for o in others))
     return ", ".join(f"{k}={mine[k]}" for k in keys[:3]) or "same config"
 

@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from peerkd.config import flatten_tree
 from peerkd.run import CHECKPOINT, RunError, atomic_write_bytes, has_checkpoint, load_checkpoint_from
 from peerkd.run_lock import LOCK_FILE, RunLock
 
@@ -163,15 +164,6 @@ def _settle_kind(claim: Claim) -> None:
 
 # -------------------------------------------------------------------------------------------- resume and config
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
 
 def resume_changes(state: dict, config, run_dir: Path) -> dict:
     """The keys in which ``config`` differs from the config of the checkpoint ``state`` (key -> [old, new]);
@@ -182,7 +174,7 @@ def resume_changes(state: dict, config, run_dir: Path) -> dict:
         saved = build_config(state["config"])
     except ConfigError as err:
         raise RunError(f"the config saved in {run_dir / CHECKPOINT} no longer validates: {err}") from None
-    old, new = _flatten(saved.to_dict()), _flatten(config.to_dict())
+    old, new = flatten_tree(saved.to_dict()), flatten_tree(config.to_dict())
     changed = {k: [old.get(k), new.get(k)] for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
     refused = [k for k in changed if k not in RESUME_CHANGEABLE]
     if refused:
