@@ -61,6 +61,14 @@ def assert_one_step(method, batch: Batch, frozen: tuple[str, ...] = ()) -> torch
     return out.loss.detach()
 
 
+TINY_VANILLA = {"name": "vanilla", "models": ["resnet8"]}  # one ResNet-8: the cheapest real run
+
+
+def tiny_vanilla_config(epochs: int, **kwargs):
+    """tiny_config of one ResNet-8 on 128 generated images (4 steps an epoch): the run-folder and checkpoint tests."""
+    return tiny_config(TINY_VANILLA, epochs=epochs, train_size=128, **kwargs)
+
+
 def tiny_config(method_tree: dict, *, epochs: int = 3, train_size: int = 1200, num_classes: int = 4,
                 overrides: tuple[str, ...] = (), **top):
     """A run on generated data small enough for a CPU test (ResNet-8 by default in the method tree)."""

@@ -8,18 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import tiny_config
+from helpers import tiny_vanilla_config
 from peerkd import cli
 from peerkd.run import (CHECKPOINT, PREVIOUS_CHECKPOINT, RunError, checkpoint_problem, load_checkpoint, load_run,
                         read_checkpoint)
 from peerkd.trainer import Trainer, train
 
-VANILLA = {"name": "vanilla", "models": ["resnet8"]}
-
-
-def _config(**kwargs):
-    kwargs.setdefault("epochs", 2)
-    return tiny_config(VANILLA, train_size=128, **kwargs)
+def _config(epochs: int = 2, **kwargs):
+    return tiny_vanilla_config(epochs, **kwargs)
 
 
 @pytest.fixture(scope="module")

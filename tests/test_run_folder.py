@@ -12,18 +12,14 @@ import sys
 
 import pytest
 
-from helpers import tiny_config
+from helpers import tiny_vanilla_config
 from peerkd import cli
 from peerkd.run import CHECKPOINT, RunError, load_checkpoint
 from peerkd.run_lock import LOCK_FILE, RunLock
 from peerkd.trainer import Trainer, train
 
-VANILLA = {"name": "vanilla", "models": ["resnet8"]}
-
-
-def _config(**kwargs):
-    kwargs.setdefault("epochs", 1)
-    return tiny_config(VANILLA, train_size=128, **kwargs)
+def _config(epochs: int = 1, **kwargs):
+    return tiny_vanilla_config(epochs, **kwargs)
 
 
 @pytest.fixture(scope="module")
