@@ -2,8 +2,8 @@
 # The measurements only a GPU can make, in as few device calls as a lease allows (see BENCHMARKS.md, RESULTS.md).
 # Run from the repository root on the GPU machine; results go to $OUT (default /tmp/peerkd_out).
 #
-#   bash benchmarks/gpu_session.sh check                  # CUDA tests (tests/test_cuda.py), device and versions
-#   bash benchmarks/gpu_session.sh bench [ROWS] [MODE]    # peerkd bench with the fuse comparison; ROWS: a row-name
+#   bash benchmarks/gpu_session.sh check                  # CUDA tests (tests/train/test_cuda.py), device and versions
+#   bash benchmarks/gpu_session.sh bench [ROWS] [MODE]    # python benchmarks/bench.py with the fuse comparison; ROWS: a row-name
 #                                                         # substring (every row compiles: all of them overrun one
 #                                                         # 10-minute call, so split: dml, css, one, ...); MODE:
 #                                                         # compile (default) or graph
@@ -41,7 +41,7 @@ environment() {
 case "${1:-}" in
 check)
     environment | tee "$OUT/environment.txt"
-    "$PYTHON" -m pytest -q -x tests/test_cuda.py 2>&1 | tail -40 | tee "$OUT/test_cuda.txt"
+    "$PYTHON" -m pytest -q -x tests/train/test_cuda.py 2>&1 | tail -40 | tee "$OUT/test_cuda.txt"
     ;;
 bench)
     environment | tee "$OUT/environment.txt"
@@ -54,7 +54,7 @@ bench)
     ;;
 call1)
     environment | tee "$OUT/environment.txt"
-    timeout 150 "$PYTHON" -m pytest -q -x tests/test_cuda.py 2>&1 | tail -40 | tee "$OUT/test_cuda.txt"
+    timeout 150 "$PYTHON" -m pytest -q -x tests/train/test_cuda.py 2>&1 | tail -40 | tee "$OUT/test_cuda.txt"
     # one row per run, each under its own limit, so a row that hangs in compilation costs only its own minute
     for row in "vanilla R32" "DML 2xR32" "CSS 2xR110x3" "ONE R32x4" "KDCL 2xR32" "PS-KD+BYOT+DMFL R18"; do
         tag=$(echo "$row" | tr ' +' '__')

@@ -9,21 +9,23 @@ Public API::
 """
 __version__ = "0.1.0"
 
-from peerkd.config import Config, ConfigError, build_config, load_config  # noqa: E402
-from peerkd.data import Batch, DataError, dataset_names  # noqa: E402
-from peerkd.data.datasets import ArrayDataset, register_dataset  # noqa: E402
-from peerkd.export import export_run  # noqa: E402
+from peerkd.config import Config, build_config, load_config  # noqa: E402
+from peerkd.core.errors import ConfigError, DataError, RunError  # noqa: E402
+from peerkd.core.method import DataRequest, EpochContext, Method, StepOutput, TaskInfo  # noqa: E402
+from peerkd.core.plugins import load_imports  # noqa: E402
+from peerkd.core.registry import (DATASETS, METHODS, MODELS, Registry, dataset_names, method_names,  # noqa: E402
+                                  model_names, register_dataset, register_method, register_model)
+from peerkd.data import Batch  # noqa: E402
+from peerkd.data.datasets import ArrayDataset  # noqa: E402
+from peerkd.deploy.export import export_run  # noqa: E402
 from peerkd.losses import hard_ce, kd_kl, soft_ce  # noqa: E402
-from peerkd.methods import (DataRequest, EpochContext, Method, StepOutput, TaskInfo, method_names,  # noqa: E402
-                            register_method)
 from peerkd.metrics import Evaluator  # noqa: E402
-from peerkd.models import Backbone, branched, build_model, model_names, register_model  # noqa: E402
+from peerkd.models import Backbone, branched, build_model  # noqa: E402
 from peerkd.params import count_parameters, parameter_summary  # noqa: E402
-from peerkd.plugins import load_imports  # noqa: E402
-from peerkd.run import LoadedRun, RunError, load_run  # noqa: E402
-from peerkd.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, train  # noqa: E402
+from peerkd.train.checkpoint import LoadedRun, load_run  # noqa: E402
+from peerkd.train.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, train  # noqa: E402
 
-__all__ = ["ArrayDataset", "Backbone", "Batch", "Config", "ConfigError", "DataError", "DataRequest", "EpochContext",
+__all__ = ["ArrayDataset", "Backbone", "DATASETS", "METHODS", "MODELS", "Registry", "Batch", "Config", "ConfigError", "DataError", "DataRequest", "EpochContext",
            "Evaluator", "LoadedRun", "Method", "NonFiniteLossError", "RunError", "StepOutput", "TaskInfo", "Trainer",
            "TrainingInterrupted", "branched", "build_config", "build_model", "count_parameters", "dataset_names",
            "export_run", "hard_ce", "kd_kl", "load_config", "load_imports", "load_run", "method_names", "model_names",

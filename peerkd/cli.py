@@ -1,4 +1,4 @@
-"""The ``peerkd`` command: train, eval, list, plot, sweep, report, bench (``peerkd train`` with no config runs the
+"""The ``peerkd`` command: train, eval, list, plot, export, sweep, report (``peerkd train`` with no config runs the
 quickstart)."""
 from __future__ import annotations
 
@@ -9,17 +9,16 @@ import sys
 import time
 from pathlib import Path
 
-from peerkd.config import ConfigError, build_config, load_yaml
-from peerkd.data import DataError
-from peerkd.report import ReportError
-from peerkd.export import FORMATS as EXPORT_FORMATS
-from peerkd.plugins import load_imports
-from peerkd.run import CHECKPOINT, RunError, load_checkpoint
+from peerkd.config import build_config, load_yaml
+from peerkd.core.errors import ConfigError
+from peerkd.core.errors import DataError
+from peerkd.experiments.aggregate import ReportError
+from peerkd.deploy.export import FORMATS as EXPORT_FORMATS
+from peerkd.core.plugins import load_imports
+from peerkd.train.checkpoint import CHECKPOINT, load_checkpoint
+from peerkd.core.errors import RunError
 
-EXIT_BAD_INPUT = 2  # a wrong config, missing data, an unusable run folder: nothing was trained
-EXIT_NONFINITE = 1  # training diverged; the last good checkpoint is kept
-EXIT_INTERRUPTED = 143  # 128 + SIGTERM: stopped on request after saving a checkpoint to resume from
-EXIT_CTRL_C = 130  # 128 + SIGINT: Ctrl-C, handled like SIGTERM (checkpoint saved when training had started)
+from peerkd.core.process import EXIT_BAD_INPUT, EXIT_CTRL_C, EXIT_INTERRUPTED, EXIT_NONFINITE  # noqa: F401 (re-exported)
 
 # The quickstart: ResNet-8 (the smallest CIFAR ResNet) on 5,000 generated 32x32 images of 10 classes, 12 epochs with
 # a cosine schedule; a vanilla network, then a DML pair. About 2 minutes on 2 CPU cores, no download.
@@ -71,23 +70,21 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--key", help="reliability: the predict key to draw (default: ensemble, else the first)")
     pl.add_argument("--group", action="append", help="diversity: the group(s) to draw (default: branches)")
     pl.add_argument("--data-dir", help="reliability: folder holding the dataset (sets data.root)")
-    from peerkd import report, sweep
+    from peerkd.experiments import report, sweep
 
     sweep.add_arguments(sub.add_parser("sweep", help="train configs under several seeds, one run folder each "
                                                      "(local processes or SLURM jobs)"))
     report.add_arguments(sub.add_parser("report", help="run folders back into the papers' tables, next to the "
                                                        "papers' numbers"))
-    sub.add_parser("bench", add_help=False, help="time a training step: published-code style vs peerkd's fast path "
-                   "(peerkd bench --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # the harness parses its own options
-        from peerkd.bench import main as bench_main
-
-        return bench_main(argv[1:])
+    if argv[:1] == ["bench"]:
+        print("peerkd: the speed harness runs from a source checkout: python benchmarks/bench.py --help "
+              "(benchmarks/README.md)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     args = _parser().parse_args(argv)
     try:
         # the installed plugins and the user's code, before any config (sweep and report take no --import)
@@ -101,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "plot":
             return _plot(args)
         if args.command == "sweep":
-            from peerkd.sweep import main as sweep_main
+            from peerkd.experiments.sweep import main as sweep_main
 
             return sweep_main(args)
         if args.command == "report":
-            from peerkd.report import main as report_main
+            from peerkd.experiments.report import main as report_main
 
             return report_main(args)
         if args.config is None and args.resume is None:
@@ -126,13 +123,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def training_stops() -> tuple[type, ...]:
     """The exceptions that end training with a one-line message: a requested stop and a diverged loss."""
-    from peerkd.trainer import NonFiniteLossError, TrainingInterrupted
+    from peerkd.train.trainer import NonFiniteLossError, TrainingInterrupted
 
     return TrainingInterrupted, NonFiniteLossError
 
 
 def _report_stop(err: Exception) -> int:
-    from peerkd.trainer import TrainingInterrupted
+    from peerkd.train.trainer import TrainingInterrupted
 
     print(f"peerkd: {err}", file=sys.stderr)
     if not isinstance(err, TrainingInterrupted):
@@ -150,7 +147,7 @@ def _cli_overrides(args) -> list[str]:
 
 
 def _train(args) -> int:
-    from peerkd.trainer import Trainer
+    from peerkd.train.trainer import Trainer
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -178,8 +175,8 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    from peerkd.run import write_json
-    from peerkd.trainer import Trainer
+    from peerkd.train.checkpoint import write_json
+    from peerkd.train.trainer import Trainer
 
     run_dir = Path(args.run_dir)
     require_run(run_dir, "eval")
@@ -211,7 +208,7 @@ def require_run(run_dir: Path, command: str) -> None:
 
 
 def _export(args) -> int:
-    from peerkd.export import export_run
+    from peerkd.deploy.export import export_run
 
     info = export_run(args.run_dir, args.key, args.format, args.out, normalize=args.normalize)
     folder = Path(args.out).parent if args.out else Path(args.run_dir) / "export"
@@ -238,12 +235,12 @@ def _percent(value) -> str:
 def _plot(args) -> int:
     try:
         if args.what == "reliability":
-            from peerkd.plots import reliability_diagram
+            from peerkd.plots.reliability import reliability_diagram
 
             paths = [reliability_diagram(run, out=args.out if len(args.runs) == 1 else None, key=args.key,
                                          data_dir=args.data_dir) for run in args.runs]
         else:
-            from peerkd.plot_diversity import default_output, plot_diversity
+            from peerkd.plots.diversity import default_output, plot_diversity
 
             paths = [plot_diversity(args.runs, args.out or default_output(args.runs), args.group)]
     except (ImportError, FileNotFoundError) as err:
@@ -273,7 +270,7 @@ def _model_millions(name: str) -> str:
 
 def _list(what: str) -> int:
     if what == "methods":
-        from peerkd.methods import method_descriptions
+        from peerkd.core.registry import method_descriptions
         rows = method_descriptions()
     elif what == "models":
         from peerkd.models import model_descriptions
@@ -317,7 +314,7 @@ def format_summary(summary: dict) -> str:
 
 def quickstart(args) -> int:
     """A vanilla ResNet-8, then a DML pair of ResNet-8, on generated data; ends with a comparison table."""
-    from peerkd.trainer import train
+    from peerkd.train.trainer import train
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(args.out) if args.out else Path("runs") / f"quickstart-{stamp}"

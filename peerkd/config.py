@@ -21,9 +21,8 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message says which key and what to do."""
+from peerkd.core.errors import ConfigError
+from peerkd.core.registry import DATASETS, METHODS
 
 
 @dataclass
@@ -88,7 +87,7 @@ class TrainerConfig:
     # scaler on one that does not (V100, T4, RTX 20xx), fp32 on CPU; or "bf16", "fp16" (with the scaler), "fp32"
     channels_last: str = "auto"  # "auto" (on for CUDA), "on" or "off"
     compile: bool = False  # torch.compile the training step (torch's default mode)
-    fast: str = "auto"  # graph-captured step (peerkd/fast.py): "auto" (on for CUDA, falls back to eager if the
+    fast: str = "auto"  # graph-captured step (peerkd/train/step.py): "auto" (on for CUDA, falls back to eager if the
     # compile/capture fails), "on", "off"; a CPU runs the same step eagerly (nothing to capture)
     fast_mode: str = "compile"  # with fast: "compile" (torch.compile reduce-overhead) or "graph" (one CUDA graph)
     cudnn_benchmark: bool = True  # CUDA: cuDNN times its convolution algorithms once per shape and keeps the fastest
@@ -148,7 +147,7 @@ class Config:
     name: str = "run"  # run folder name under trainer.out
     seed: int = 0  # seeds weights, data order, augmentation and every method's randomness
     imports: list[str] = field(default_factory=list)  # user modules / .py files registering methods, models or
-    # datasets, loaded before the method is validated (peerkd/plugins.py); recorded resolved (absolute paths)
+    # datasets, loaded before the method is validated (peerkd/core/plugins.py); recorded resolved (absolute paths)
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -179,6 +178,14 @@ def _convert(value, tp, key: str):
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
+    if origin is typing.Literal:  # a choice: the schema lists the allowed values, checked here before any work
+        allowed = typing.get_args(tp)
+        choice = _convert(value, type(allowed[0]), key)
+        if choice not in allowed:
+            close = difflib.get_close_matches(str(choice), [str(a) for a in allowed], n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{key}: '{choice}' is not one of {', '.join(map(str, allowed))}{hint}")
+        return choice
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -359,7 +366,7 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file '{path}' must hold a mapping at its top level")
     imports = tree.get("imports")
     if isinstance(imports, list) and all(isinstance(spec, str) for spec in imports):
-        from peerkd.plugins import resolve_import
+        from peerkd.core.plugins import resolve_import
 
         tree["imports"] = [resolve_import(spec, path.parent) for spec in imports]  # relative to the file's folder
     return tree
@@ -367,8 +374,6 @@ def load_yaml(path: str | Path) -> dict:
 
 def build_config(tree: dict | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Validate a raw config tree (from YAML) plus ``--set`` overrides into a :class:`Config`."""
-    from peerkd.methods.registry import method_options_class
-
     tree = dict(tree or {})
     for text in overrides:
         path, value = parse_override(text)
@@ -377,12 +382,12 @@ def build_config(tree: dict | None = None, overrides: typing.Sequence[str] = ())
     if not isinstance(method_tree, dict):
         raise ConfigError("method: expected a mapping with at least 'name'")
     config = from_dict(Config, tree)
-    from peerkd.plugins import load_imports
+    from peerkd.core.plugins import load_imports
 
     config.imports = load_imports(config.imports)  # the user's code registers its method before it is looked up
     method_tree = dict(method_tree)
     name = _convert(method_tree.pop("name", "vanilla"), str, "method.name")
-    options_cls = method_options_class(name)
+    options_cls = METHODS.get(name).Options
     config.method = MethodConfig(name=name, options=from_dict(options_cls, method_tree, prefix="method."))
     _check_values(config)
     check_method_options(config.method.options)
@@ -452,10 +457,8 @@ def _check_values(config: Config) -> None:
             raise ConfigError(f"schedule.milestones[{i}]: must not be negative, got {milestone}")
     if config.paper is not None:
         _check_paper(config.paper)
-    from peerkd.data.datasets import dataset_names
-
-    if config.data.dataset not in dataset_names():
-        raise unknown_name_error("data.dataset", config.data.dataset, dataset_names())
+    if config.data.dataset not in DATASETS:
+        raise DATASETS.unknown(config.data.dataset)
 
 
 def check_method_options(options) -> None:

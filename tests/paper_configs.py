@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import peerkd
-from paper_tables import METRIC, NOT_RUN, PROTOCOL, TABLES
+from tests.paper_tables import METRIC, NOT_RUN, PROTOCOL, TABLES
 
 ROOT = Path(__file__).resolve().parents[1] / "configs"
 OTHER_HELPER = ("mde/table6", "mde/fig3")  # configs/mde/table6/** and fig3/** carry their own blocks and tests
@@ -111,7 +111,7 @@ def _signature(config) -> str:
 @lru_cache(maxsize=None)
 def _keys(signature: str, path: Path) -> frozenset:
     from peerkd.methods import build_method
-    from peerkd.methods.base import TaskInfo
+    from peerkd.core.method import TaskInfo
 
     config = load(path)
     options = _small(config.method.options, config.method.name)

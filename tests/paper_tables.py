@@ -4,7 +4,7 @@
 no ±); ``METRIC[paper][table]`` names the metric of a one-metric table. Row and column labels are the paper's.
 Only the cells of runs peerkd can train are listed; ``NOT_RUN`` names the other cells and why. Not typed: KDCL's
 Table 8 (COCO detection, not a peerkd task), Table 3's parameter counts and PS-KD's training times (no run
-metric), MDE's Table 6 and Fig. 3 (their configs and tests are the MDE ablation's: tests/test_configs_mde.py).
+metric), MDE's Table 6 and Fig. 3 (their configs and tests are the MDE ablation's: tests/configs/test_configs_mde.py).
 """
 from __future__ import annotations
 

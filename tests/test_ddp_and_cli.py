@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import SHARED_CIFAR100, tiny_config, torchrun_train
+from tests.helpers import SHARED_CIFAR100, tiny_config, torchrun_train
 from peerkd.config import build_config
-from peerkd.trainer import train
+from peerkd.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from peerkd.config import DataConfig
-from peerkd.data.datasets import ArrayDataset, DataError, cache_dir, register_dataset
+from peerkd.data.datasets import ArrayDataset, cache_dir, register_dataset
+from peerkd.core.errors import DataError
 
 CINIC_MEAN = (0.47889522, 0.47227842, 0.43047404)  # per-channel mean of the training split (CINIC-10's README)
 CINIC_STD = (0.24205776, 0.23828046, 0.25874835)

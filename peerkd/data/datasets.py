@@ -11,17 +11,14 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from peerkd.config import DataConfig
+from peerkd.core.errors import DataError
+from peerkd.core.registry import DATASETS, dataset_descriptions, dataset_names, register_dataset  # noqa: F401
 from peerkd.data import augment
 from peerkd.data.synthetic import generate
-
-
-class DataError(RuntimeError):
-    """A dataset that is missing or unreadable; the message says what to put where."""
 
 
 @dataclass
@@ -40,31 +37,10 @@ class ArrayDataset:
         return int(self.train_images.shape[1])
 
 
-_DATASETS: dict[str, Callable[[DataConfig], ArrayDataset]] = {}
-_DESCRIPTIONS: dict[str, str] = {}
-
-
-def register_dataset(name: str, description: str):
-    def wrap(fn):
-        _DATASETS[name] = fn
-        _DESCRIPTIONS[name] = description
-        return fn
-    return wrap
-
-
-def dataset_names() -> list[str]:
-    return sorted(_DATASETS)
-
-
-def dataset_descriptions() -> dict[str, str]:
-    return dict(sorted(_DESCRIPTIONS.items()))
-
-
 def load_dataset(config: DataConfig):
-    """An :class:`ArrayDataset` (small sets, loaded whole) or a :class:`peerkd.data.folder.FolderDataset`."""
-    if config.dataset not in _DATASETS:
-        raise DataError(f"unknown dataset '{config.dataset}'; choose one of {', '.join(dataset_names())}")
-    return _DATASETS[config.dataset](config)
+    """An :class:`ArrayDataset` (small sets, loaded whole) or a :class:`peerkd.data.folder.FolderDataset`; the
+    loader is registered in :data:`peerkd.core.registry.DATASETS` (a name it does not hold: ConfigError)."""
+    return DATASETS.get(config.dataset)(config)
 
 
 def cache_dir(name: str) -> Path:

@@ -21,7 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from peerkd.config import DataConfig
-from peerkd.data.datasets import DataError, cache_dir, register_dataset
+from peerkd.data.datasets import cache_dir, register_dataset
+from peerkd.core.errors import DataError
 from peerkd.data.folder import FolderDataset, imagefolder_samples
 
 FINE_GRAINED = dict(train_transform="resize_crop", image_size=224, resize=256)

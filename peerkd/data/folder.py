@@ -52,7 +52,7 @@ def imagefolder_samples(root: str | Path, name: str) -> tuple[list[tuple[str, in
     """``(path, class index)`` for every image under ``root/<class>/``, classes in sorted order."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-    from peerkd.data.datasets import DataError
+    from peerkd.core.errors import DataError
 
     root = Path(root)
     if not root.is_dir():

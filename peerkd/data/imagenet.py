@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from peerkd.config import DataConfig
-from peerkd.data.datasets import DataError, register_dataset
+from peerkd.data.datasets import register_dataset
+from peerkd.core.errors import DataError
 
 IMAGENET_CLASSES = 1000
 

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from peerkd.config import ConfigError, DataConfig
+from peerkd.config import DataConfig
+from peerkd.core.errors import ConfigError
 from peerkd.data import augment
 from peerkd.data.datasets import load_dataset
 from peerkd.data.device_loader import DeviceLoader, EvalLoader, make_split

@@ -1,26 +1,12 @@
-"""Methods: one file per paper; importing this package registers them all."""
-from peerkd.methods import (  # noqa: F401  (each module registers itself)
-    byot,
-    cl,
-    cskd,
-    css,
-    cutnmix,
-    ddgsd,
-    dml,
-    kd,
-    kdcl,
-    mde,
-    okddip,
-    one,
-    pcl,
-    pskd,
-    pskd_ml,
-    tfkd,
-    vanilla,
-)
-from peerkd.methods.base import DataRequest, EpochContext, Method, StepOutput, TaskInfo
-from peerkd.methods.cohort import CohortMethod
-from peerkd.methods.registry import build_method, method_class, method_descriptions, method_names, register_method
+"""Methods: one file per paper, each registering its class in :data:`peerkd.core.registry.METHODS`.
+
+Every module of this package (not ``parts/``, the building blocks several methods share) is a method, found by the
+registry when a method is first looked up: a new method is one new file here, or one file of your own loaded with
+``--import``. The contract every method follows is :mod:`peerkd.core.method`.
+"""
+from peerkd.core.method import DataRequest, EpochContext, Method, StepOutput, TaskInfo
+from peerkd.core.registry import build_method, method_class, method_descriptions, method_names, register_method
+from peerkd.methods.parts.cohort import CohortMethod
 
 __all__ = ["CohortMethod", "DataRequest", "EpochContext", "Method", "StepOutput", "TaskInfo", "build_method",
            "method_class", "method_descriptions", "method_names", "register_method"]

@@ -16,7 +16,7 @@ Readings where the paper leaves a choice:
   one bottleneck per shallow stage (1x1 to a quarter of the deepest width, k x k stride k, 1x1; luanyunteng/
   pytorch-be-your-own-teacher, ``models/resnet.py``); ``sepconv`` the authors' release (attention gate + separable
   convs; ArchipLab-LinfengZhang/pytorch-self-distillation-final, ``resnet.py``); ``chain`` peerkd's earlier chain of
-  3x3 stride-2 bottlenecks. Counts and evidence: :mod:`peerkd.methods.stage_adapters`.
+  3x3 stride-2 bottlenecks. Counts and evidence: :mod:`peerkd.methods.parts.stage_adapters`.
 - ``F_i``: the pooled feature vector after the adapter (the input of classifier i), ``F_N`` the pooled last map;
   the squared norm is summed over channels and averaged over the batch (``hint_reduction: sum`` sums it over the
   batch, as the BYOT code luanyunteng/pytorch-be-your-own-teacher ``train.py`` does for its lambda = 1e-6; the
@@ -33,9 +33,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peerkd.config import check_choice
-from peerkd.methods.base import Method, StepOutput
-from peerkd.methods.registry import register_method
-from peerkd.methods.self_distillation import HINT_REDUCTIONS, StageClassifierNet, label_distribution, self_kd_terms
+from peerkd.core.method import Method, StepOutput
+from peerkd.core.registry import register_method
+from peerkd.methods.parts.self_distillation import HINT_REDUCTIONS, StageClassifierNet, label_distribution, self_kd_terms
 
 
 @register_method("byot")
@@ -65,7 +65,7 @@ class BYOT(Method):
                                       adapter=options.adapter)
         bad = [b for b in options.distil_blocks if not 1 <= b < self.net.num_classifiers]
         if bad:
-            from peerkd.config import ConfigError
+            from peerkd.core.errors import ConfigError
             raise ConfigError(f"method.distil_blocks: {bad} are not shallow classifiers "
                               f"(1..{self.net.num_classifiers - 1})")
 

@@ -25,11 +25,11 @@ import torch
 from torch import nn
 
 from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
-from peerkd.methods.base import Method, StepOutput
-from peerkd.config import ConfigError
-from peerkd.methods.execution import check_fuse, resolved
-from peerkd.methods.multibranch import scale_gradient
-from peerkd.methods.registry import register_method
+from peerkd.core.method import Method, StepOutput
+from peerkd.core.errors import ConfigError
+from peerkd.models.execution import check_fuse, resolved
+from peerkd.methods.parts.multibranch import scale_gradient
+from peerkd.core.registry import register_method
 from peerkd.models import build_model
 from peerkd.models.members import build_members
 
@@ -49,10 +49,7 @@ class HeadTree(nn.Module):
         if len(split_stages) != len(fanouts) or not split_stages:
             raise ConfigError("method.split_stages / method.fanouts: give one fanout per split stage (at least one)")
         heads = math.prod(fanouts)
-        try:
-            backbones = [build_model(name, num_classes, **model_options) for _ in range(heads)]
-        except KeyError as err:
-            raise ConfigError(f"method.model: {err.args[0]}") from None
+        backbones = [build_model(name, num_classes, key="method.model", **model_options) for _ in range(heads)]
         depth = len(backbones[0].stages)
         if sorted(set(split_stages)) != list(split_stages) or split_stages[0] < 1 or split_stages[-1] > depth:
             raise ConfigError(f"method.split_stages: increasing stage indices in 1..{depth} for {name}, "

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import torch
 
 from peerkd.losses import hard_ce, kd_kl
-from peerkd.methods.base import DataRequest, Method, StepOutput
-from peerkd.methods.cohort import build_cohort, export_member
-from peerkd.methods.registry import register_method
+from peerkd.core.method import DataRequest, Method, StepOutput
+from peerkd.methods.parts.cohort import build_cohort, export_member
+from peerkd.core.registry import register_method
 
 
 @register_method("cskd")

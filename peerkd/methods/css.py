@@ -41,7 +41,7 @@ Readings where the paper is ambiguous:
   SD the plain registered backbone (trunk + that branch, its classifier cut to the K logits of its transform: rows
   j, m + j, ...), which a library loads by name; with SD the path must apply its quadrant mask, which a plain
   backbone cannot, so it is a :class:`CSSNetwork` of that one branch. ``ensemble`` mixes both networks and is
-  exported by ``peerkd export`` as the method's own ``predict`` (peerkd/export.py).
+  exported by ``peerkd export`` as the method's own ``predict`` (peerkd/deploy/export.py).
 """
 from __future__ import annotations
 
@@ -52,10 +52,10 @@ import torch
 from torch import nn
 
 from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
-from peerkd.methods.base import Method, StepOutput
-from peerkd.methods.branching import build_branched_cohort
-from peerkd.methods.execution import check_fuse
-from peerkd.methods.registry import register_method
+from peerkd.core.method import Method, StepOutput
+from peerkd.methods.parts.branching import build_branched_cohort
+from peerkd.models.execution import check_fuse
+from peerkd.core.registry import register_method
 from peerkd.models import branched, build_model
 
 
@@ -105,7 +105,7 @@ class CSS(Method):
 
     def __init__(self, options, task):
         super().__init__(options, task)
-        from peerkd.config import ConfigError
+        from peerkd.core.errors import ConfigError
 
         check_fuse(options.fuse)
         if len(options.models) not in (1, 2):

@@ -45,7 +45,7 @@ Readings where the paper is ambiguous:
   decides).
 
 Predict keys: ``peer{j}``, ``ensemble`` (mean of the peers' probabilities) and ``peer_teacher`` (g on the peers'
-features). Identical peers may run fused or on CUDA streams (``fuse``, :mod:`peerkd.methods.execution`); the maths,
+features). Identical peers may run fused or on CUDA streams (``fuse``, :mod:`peerkd.models.execution`); the maths,
 checkpoints and exports are those of separate peers.
 """
 from __future__ import annotations
@@ -56,11 +56,11 @@ import torch
 from torch import nn
 
 from peerkd.losses import hard_ce, kd_kl, mean_feature_mmd
-from peerkd.methods.base import DataRequest, StepOutput
-from peerkd.methods.cohort import (CohortMethod, build_cohort, cohort_predictions, feature_widths,
+from peerkd.core.method import DataRequest, StepOutput
+from peerkd.methods.parts.cohort import (CohortMethod, build_cohort, cohort_predictions, feature_widths,
                                    run_cohort_features)
-from peerkd.methods.execution import check_fuse
-from peerkd.methods.registry import register_method
+from peerkd.models.execution import check_fuse
+from peerkd.core.registry import register_method
 
 
 @register_method("cutnmix")
@@ -90,7 +90,7 @@ class CutnMix(CohortMethod):
 
     def __init__(self, options, task):
         super().__init__(options, task)
-        from peerkd.config import ConfigError
+        from peerkd.core.errors import ConfigError
 
         check_fuse(options.fuse)
         if len(options.models) < 2:

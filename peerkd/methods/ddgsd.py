@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peerkd.losses import hard_ce, kd_kl, mean_feature_mmd
-from peerkd.methods.base import DataRequest, Method, StepOutput
-from peerkd.methods.cohort import build_cohort, export_member
-from peerkd.methods.registry import register_method
+from peerkd.core.method import DataRequest, Method, StepOutput
+from peerkd.methods.parts.cohort import build_cohort, export_member
+from peerkd.core.registry import register_method
 
 
 @register_method("ddgsd")

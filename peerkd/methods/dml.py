@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 
 from peerkd.losses import hard_ce, kd_kl
-from peerkd.methods.base import DataRequest, StepOutput
-from peerkd.methods.cohort import CohortMethod, build_cohort, run_cohort
-from peerkd.methods.execution import check_fuse
-from peerkd.methods.registry import register_method
+from peerkd.core.method import DataRequest, StepOutput
+from peerkd.methods.parts.cohort import CohortMethod, build_cohort, run_cohort
+from peerkd.models.execution import check_fuse
+from peerkd.core.registry import register_method
 
 
 @register_method("dml")
@@ -38,7 +38,7 @@ class DML(CohortMethod):
         super().__init__(options, task)
         check_fuse(options.fuse)
         if len(options.models) < 2:
-            from peerkd.config import ConfigError
+            from peerkd.core.errors import ConfigError
             raise ConfigError("method.models: DML needs at least two peers")
         self.models = build_cohort(options.models, task.num_classes, options.model_options, fuse=options.fuse)
 

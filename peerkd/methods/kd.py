@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from peerkd.config import ConfigError
+from peerkd.core.errors import ConfigError
 from peerkd.losses import hard_ce, kd_kl
-from peerkd.methods.base import Method, StepOutput
-from peerkd.methods.cohort import build_cohort, export_member
-from peerkd.methods.registry import register_method
+from peerkd.core.method import Method, StepOutput
+from peerkd.methods.parts.cohort import build_cohort, export_member
+from peerkd.core.registry import register_method
 from peerkd.models import build_model
 
 
@@ -57,7 +57,8 @@ class KD(Method):
 
     @staticmethod
     def _load_teacher(options, task):
-        from peerkd.run import RunError, load_run
+        from peerkd.train.checkpoint import load_run
+        from peerkd.core.errors import RunError
 
         if not options.teacher_run:
             raise ConfigError("method.teacher_run: KD needs the run folder of a trained teacher")

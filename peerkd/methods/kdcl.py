@@ -5,7 +5,7 @@ together; a soft target built from all of them supervises each (eq. 2):
 
     L = sum_i [ CE(z_i, y) + lambda * T^2 * KL(p_t || softmax(z_i / T)) ],   T = 2, lambda = 1
 
-The soft target ``p_t`` (``target`` option; the rules are pure functions in :mod:`peerkd.methods.kdcl_targets`):
+The soft target ``p_t`` (``target`` option; the rules are pure functions in :mod:`peerkd.methods.parts.kdcl_targets`):
   naive     eq. 4: per sample, the logits of the student with the lowest CE; ``p_t = softmax(z_t / T)``
             (``naive_scope: batch``: one student, the lowest batch-mean CE, for the whole batch).
   linear    eq. 5: the convex combination of the students' logits with the lowest CE, solved every step on the
@@ -23,7 +23,7 @@ images and student i sees view i. The rule is then applied to the m students' lo
 single target shared by every student: the target fuses the students' outputs across the distortions (one forward
 pass per student, as in the paper's Fig. 2 where each network receives its own distorted image ``h(x, eps_i)``).
 Without ``icl`` every student sees the same augmented image (view 0). Identical students may run fused or on CUDA
-streams (``fuse``, :mod:`peerkd.methods.execution`); the maths, checkpoints and exports are those of separate ones.
+streams (``fuse``, :mod:`peerkd.models.execution`); the maths, checkpoints and exports are those of separate ones.
 
 Readings where the paper is ambiguous:
   * The target carries no gradient (it is a teacher); every student's CE and KL train that student only.
@@ -50,11 +50,11 @@ import torch
 
 from peerkd.data.augment import cutout
 from peerkd.losses import hard_ce, kd_kl_probs
-from peerkd.methods import kdcl_targets as rules
-from peerkd.methods.base import DataRequest, EpochContext, StepOutput
-from peerkd.methods.cohort import CohortMethod, build_cohort, run_cohort
-from peerkd.methods.execution import check_fuse
-from peerkd.methods.registry import register_method
+from peerkd.methods.parts import kdcl_targets as rules
+from peerkd.core.method import DataRequest, EpochContext, StepOutput
+from peerkd.methods.parts.cohort import CohortMethod, build_cohort, run_cohort
+from peerkd.models.execution import check_fuse
+from peerkd.core.registry import register_method
 
 TARGET_RULES = ("naive", "linear", "minlogit", "general")
 
@@ -82,7 +82,7 @@ class KDCL(CohortMethod):
 
     def __init__(self, options, task):
         super().__init__(options, task)
-        from peerkd.config import ConfigError
+        from peerkd.core.errors import ConfigError
 
         check_fuse(options.fuse)
         if len(options.models) < 2:

@@ -28,7 +28,7 @@ Readings where the paper is silent (it says it follows OKDDip's settings; its al
   ... will not converge") and ~ 1e-5 at 1e-10 ("too small ... ineffective"). Reading ``nn.Linear``'s ``(C, d)``
   weights literally (``feature``, ``d x d``; or ``class``, ``W_i W_j^T``, ``C x C``) makes L_cd ~ 1e3: gamma L_cd
   ~ 5e-5 and a gradient ~ 500 x below weight decay, inert over the whole Fig. 3 range (kept as switches; see
-  :func:`peerkd.methods.multibranch.classifier_diversification`, measured in ``tests/test_mde.py``);
+  :func:`peerkd.methods.parts.multibranch.classifier_diversification`, measured in ``tests/methods/test_mde.py``);
 - "we separate the last two blocks": read as OKDDip's code does for its ResNets -- every branch owns the last stage
   and the classifier (``split_at`` unset = all stages but the last shared); set ``split_at`` to branch earlier;
 - the KL terms ramp up over 80 epochs as in OKDDip's code (``rampup_epochs``); the CD term is not ramped;
@@ -40,14 +40,14 @@ Readings where the paper is silent (it says it follows OKDDip's settings; its al
 
 Table 6's Gate and SA rows are ONE and OKDDip themselves (its Gate row equals ONE's Table 2 number, 25.76, its SA row
 OKDDip's, 25.45), so ``configs/mde/table6`` runs ``one`` / ``okddip`` for them (each with ``cd_weight`` for "+ CD",
-the same :func:`~peerkd.methods.multibranch.classifier_diversification`) and ``mde`` for the FFM rows.
+the same :func:`~peerkd.methods.parts.multibranch.classifier_diversification`) and ``mde`` for the FFM rows.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from peerkd.methods.okddip import OKDDip
-from peerkd.methods.registry import register_method
+from peerkd.core.registry import register_method
 
 
 @register_method("mde")

@@ -34,13 +34,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from peerkd.config import ConfigError
+from peerkd.core.errors import ConfigError
 from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
-from peerkd.methods.base import Method, StepOutput
-from peerkd.methods.execution import check_fuse
-from peerkd.methods.multibranch import (CD_PRODUCTS, TARGET_GRADIENTS, BranchGroup, build_target_builder, choose,
+from peerkd.core.method import Method, StepOutput
+from peerkd.models.execution import check_fuse
+from peerkd.methods.parts.multibranch import (CD_PRODUCTS, TARGET_GRADIENTS, BranchGroup, build_target_builder, choose,
                                         classifier_diversification, peer_targets, sigmoid_rampup)
-from peerkd.methods.registry import register_method
+from peerkd.core.registry import register_method
 
 
 @register_method("okddip")

@@ -18,7 +18,7 @@ does not show it); ``rampup_epochs: 0`` gives the paper's constant weight 1.
 
 ``cd_weight`` (0: ONE has none) adds MDE's classifier-diversification loss ``gamma L_cd`` over the m branches'
 classifiers (paper 001, eq. 5; the one implementation,
-:func:`peerkd.methods.multibranch.classifier_diversification`, with ``cd_product`` its reading): MDE's Table 6
+:func:`peerkd.methods.parts.multibranch.classifier_diversification`, with ``cd_product`` its reading): MDE's Table 6
 "Gate + CD" row is ONE with it (its "Gate" row equals ONE's Table 2 number).
 
 ``predict`` keys: ``branch0 .. branch{m-1}`` and ``ensemble`` (the gated teacher's logits). ONE deploys one branch
@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 import torch
 
 from peerkd.losses import hard_ce, kd_kl
-from peerkd.methods.base import Method, StepOutput
-from peerkd.methods.execution import check_fuse
-from peerkd.methods.multibranch import (CD_PRODUCTS, TARGET_GRADIENTS, BranchGroup, GateTarget, choose,
+from peerkd.core.method import Method, StepOutput
+from peerkd.models.execution import check_fuse
+from peerkd.methods.parts.multibranch import (CD_PRODUCTS, TARGET_GRADIENTS, BranchGroup, GateTarget, choose,
                                         classifier_diversification, peer_targets, sigmoid_rampup)
 
 ONE_TARGET_GRADIENTS = ("none", *TARGET_GRADIENTS)
-from peerkd.methods.registry import register_method
+from peerkd.core.registry import register_method
 
 
 @register_method("one")

@@ -37,11 +37,11 @@ import torch
 from torch import nn
 
 from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
-from peerkd.methods.base import DataRequest, Method, StepOutput
-from peerkd.methods.branching import build_branched
-from peerkd.methods.execution import check_fuse
-from peerkd.methods.rampup import sigmoid_rampup
-from peerkd.methods.registry import register_method
+from peerkd.core.method import DataRequest, Method, StepOutput
+from peerkd.methods.parts.branching import build_branched
+from peerkd.models.execution import check_fuse
+from peerkd.methods.parts.rampup import sigmoid_rampup
+from peerkd.core.registry import register_method
 
 
 @torch.no_grad()
@@ -79,7 +79,7 @@ class PCL(Method):
 
     def __init__(self, options, task):
         super().__init__(options, task)
-        from peerkd.config import ConfigError
+        from peerkd.core.errors import ConfigError
 
         check_fuse(options.fuse)
         if options.branches < 2:

@@ -10,7 +10,7 @@ softmax of this step's logits after it, as in the authors' code: the prediction 
 image in the previous epoch, not a separate pass. An image never seen yet reads as its one-hot label, so the first
 epoch trains on ``y`` alone (``a_1 y + (1 - a_1) y = y``).
 
-Memory (see :class:`~peerkd.methods.self_distillation.PredictionMemory`): a buffer of the method, saved in every
+Memory (see :class:`~peerkd.methods.parts.self_distillation.PredictionMemory`): a buffer of the method, saved in every
 checkpoint and restored on resume; ``a_t`` is a buffer too (a resume in the middle of an epoch keeps it). Under DDP
 each rank writes the predictions of every rank (all-gather), and ``ddp_broadcast_buffers = False`` keeps DDP from
 overwriting it from rank 0. It lives on the method's device; for ImageNet-scale data choose ``memory_dtype:
@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from peerkd.losses import soft_ce
-from peerkd.methods.base import Method, StepOutput
-from peerkd.methods.registry import register_method
-from peerkd.methods.self_distillation import PredictionMemory, label_distribution, progressive_alpha
+from peerkd.core.method import Method, StepOutput
+from peerkd.core.registry import register_method
+from peerkd.methods.parts.self_distillation import PredictionMemory, label_distribution, progressive_alpha
 from peerkd.models import build_model
 
 
@@ -47,11 +47,7 @@ class PSKD(Method):
 
     def __init__(self, options, task):
         super().__init__(options, task)
-        try:
-            self.model = build_model(options.model, task.num_classes, **options.model_options)
-        except KeyError as err:
-            from peerkd.config import ConfigError
-            raise ConfigError(f"method.model: {err.args[0]}") from None
+        self.model = build_model(options.model, task.num_classes, key="method.model", **options.model_options)
         self.memory = PredictionMemory(task.num_train, task.num_classes, options.memory_dtype, options.memory_topk)
         self.register_buffer("alpha", torch.zeros(()))  # a_t of the current epoch
 

@@ -34,7 +34,7 @@ Readings where the paper leaves a choice:
   KL(P_N || P_i), at T = 3 (above); KL and hint vanish for i = N.
 - F_i: the pooled feature vector after classifier i's adapter (the FC's input), F_N the pooled last map, as the BYOT
   code's ``middle*_fea`` / ``final_fea``. The adapter design (``adapter``) follows the code behind Table 1's
-  parameter counts (see :mod:`peerkd.methods.stage_adapters`): ``bottleneck`` (BYOT's CIFAR code: ResNet-18 13.0 M,
+  parameter counts (see :mod:`peerkd.methods.parts.stage_adapters`): ``bottleneck`` (BYOT's CIFAR code: ResNet-18 13.0 M,
   ResNet-50 50.4 M) by default, ``sepconv`` in the ResNeXt-50 configs (the BYOT authors' release: 37.9 M); the hint
   is the squared norm summed over channels and over the batch (above).
 - DMFL's feature-to-distribution mapping: softmax over the channels of the pooled feature vector, temperature
@@ -59,9 +59,9 @@ import torch.nn.functional as F
 
 from peerkd.config import check_choice
 from peerkd.losses import soft_ce
-from peerkd.methods.base import Method, StepOutput
-from peerkd.methods.registry import register_method
-from peerkd.methods.self_distillation import (HINT_REDUCTIONS, PredictionMemory, StageClassifierNet, dmfl_loss,
+from peerkd.core.method import Method, StepOutput
+from peerkd.core.registry import register_method
+from peerkd.methods.parts.self_distillation import (HINT_REDUCTIONS, PredictionMemory, StageClassifierNet, dmfl_loss,
                                               label_distribution, progressive_alpha, self_kd_terms)
 
 
@@ -104,7 +104,7 @@ class PSKDMutualLearning(Method):
         if options.byot:
             bad = [b for b in options.distil_blocks if not 1 <= b < self.net.num_classifiers]
             if bad:
-                from peerkd.config import ConfigError
+                from peerkd.core.errors import ConfigError
                 raise ConfigError(f"method.distil_blocks: {bad} are not shallow classifiers "
                                   f"(1..{self.net.num_classifiers - 1})")
         if options.pskd:

@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from peerkd.config import ConfigError
+from peerkd.core.errors import ConfigError
 from peerkd.losses import hard_ce, kd_kl
-from peerkd.methods.base import Method, StepOutput
-from peerkd.methods.cohort import build_cohort, export_member
+from peerkd.core.method import Method, StepOutput
+from peerkd.methods.parts.cohort import build_cohort, export_member
 from peerkd.methods.kd import KD
-from peerkd.methods.registry import register_method
+from peerkd.core.registry import register_method
 from peerkd.models import build_model
 
 

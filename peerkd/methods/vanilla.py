@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 import torch
 
 from peerkd.losses import hard_ce
-from peerkd.methods.base import StepOutput
-from peerkd.methods.cohort import CohortMethod, build_cohort, run_cohort
-from peerkd.methods.execution import check_fuse
-from peerkd.methods.registry import register_method
+from peerkd.core.method import StepOutput
+from peerkd.methods.parts.cohort import CohortMethod, build_cohort, run_cohort
+from peerkd.models.execution import check_fuse
+from peerkd.core.registry import register_method
 
 
 @register_method("vanilla")

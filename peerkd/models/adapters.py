@@ -45,6 +45,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from peerkd.core.errors import ConfigError
 from peerkd.models.base import Backbone
 
 LIBRARIES = {"timm": "timm", "tv": "torchvision"}  # name prefix -> the library's name in native_spec()
@@ -194,10 +195,10 @@ def _sequential(modules: list[tuple[str, nn.Module]]) -> nn.Sequential:
 
 def build_library_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     """``timm:<name>`` or ``tv:<name>`` as a :class:`LibraryBackbone` where it regroups, else a
-    :class:`LibraryClassifier`. Unknown names and a missing library raise ``KeyError`` (the callers' config error)."""
+    :class:`LibraryClassifier`. Unknown names and a missing library raise ``ConfigError``."""
     prefix, _, model_name = name.partition(":")
     if kwargs.get("pretrained") or kwargs.get("weights") is not None:
-        raise KeyError(f"model '{name}': peerkd trains from scratch and downloads nothing; drop pretrained / weights "
+        raise ConfigError(f"model '{name}': peerkd trains from scratch and downloads nothing; drop pretrained / weights "
                        "from method.model_options")
     kwargs = {k: v for k, v in kwargs.items() if k not in ("pretrained", "weights")}
     library = LIBRARIES[prefix]
@@ -215,15 +216,15 @@ def _create_timm(name: str, num_classes: int, kwargs: dict) -> nn.Module:
     try:
         import timm
     except ImportError:
-        raise KeyError(f"model 'timm:{name}' needs timm: pip install 'peerkd[timm]'") from None
+        raise ConfigError(f"model 'timm:{name}' needs timm: pip install 'peerkd[timm]'") from None
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=1, cutoff=0.6)
         hint = f"did you mean 'timm:{close[0]}'? " if close else ""
-        raise KeyError(f"unknown timm model '{name}'; {hint}see timm.list_models()")
+        raise ConfigError(f"unknown timm model '{name}'; {hint}see timm.list_models()")
     try:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     except TypeError as err:
-        raise KeyError(f"model 'timm:{name}': {err}") from None
+        raise ConfigError(f"model 'timm:{name}': {err}") from None
 
 
 def _create_torchvision(name: str, num_classes: int, kwargs: dict) -> nn.Module:
@@ -233,12 +234,12 @@ def _create_torchvision(name: str, num_classes: int, kwargs: dict) -> nn.Module:
     if name not in names:
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
         hint = f"did you mean 'tv:{close[0]}'? " if close else ""
-        raise KeyError(f"unknown torchvision classification model '{name}'; {hint}see "
+        raise ConfigError(f"unknown torchvision classification model '{name}'; {hint}see "
                        "torchvision.models.list_models(module=torchvision.models)")
     try:
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     except (TypeError, ValueError) as err:
-        raise KeyError(f"model 'tv:{name}': {err}") from None
+        raise ConfigError(f"model 'tv:{name}': {err}") from None
 
 
 def _flatten(module: nn.Module, opens: Callable[[str, nn.Module], bool], prefix: str = "") -> list:

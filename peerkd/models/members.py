@@ -1,6 +1,6 @@
 """Identical members behind one interface, however they execute: ``build_members(modules, execution)``.
 
-A branched network's tails, a cohort's networks (:mod:`peerkd.methods.cohort`; there they may also differ, and then
+A branched network's tails, a cohort's networks (:mod:`peerkd.methods.parts.cohort`; there they may also differ, and then
 run unfused), a network-based group's whole networks, a head tree's stage segments and classifiers: each is a group
 of identical modules that a method runs side by side. The method asks the group, never a member:
 
@@ -11,7 +11,7 @@ of identical modules that a method runs side by side. The method asks the group,
   reach it); ``member_state_dict(j)`` and ``export(j)``: member j's state and a plain copy of it;
 
 ``inputs`` is one tensor that every member reads or a list with one tensor per member. The execution (``method.fuse``
-as the method resolved it: :mod:`peerkd.methods.execution`) picks the class:
+as the method resolved it: :mod:`peerkd.models.execution`) picks the class:
 
 - "off": :class:`MemberList`, an ``nn.ModuleList`` that calls its members one after another (the reference);
 - "streams": :class:`StreamedMembers`, the same with member i on CUDA side stream i (:mod:`peerkd.models.streams`);

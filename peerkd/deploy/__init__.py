@@ -1,0 +1,1 @@
+"""Deployment: a trained run's networks as files a deployer loads without peerkd (:mod:`~peerkd.deploy.export`)."""
