@@ -10,7 +10,7 @@ from dataclasses import fields
 import pytest
 import torch
 
-from peerkd import bench
+from benchmarks import harness as bench
 from benchmarks.harness import BenchRow
 from peerkd.cli import main
 from peerkd.data.batch import Batch

@@ -20,7 +20,7 @@ def _torchrun(config, run_dir, **env):
                              "--max-restarts", "1", "--monitor-interval", "0.1", str(WORKER), "train", "-c",
                              str(path), "--out", str(run_dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(WORKER.parents[1]), **env))
+                            env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(WORKER.parents[2]), **env))
 
 
 def test_a_rank_killed_mid_epoch_restarts_from_the_checkpoint_with_the_same_summary(tmp_path):
