@@ -1,8 +1,8 @@
 """The graph-friendly training step (``trainer.fast``): forward, every loss, backward and the SGD update with no host
 synchronisation, static shapes, and the learning rate read from a device tensor.
 
-The trainer's plain loop sets ``group["lr"]`` from Python and sums its logs with Python numbers; that is fine eagerly
-but cannot be captured. :class:`FastStep` keeps everything the step touches on the device:
+A plain loop that sets ``group["lr"]`` from Python and sums its logs with Python numbers is fine eagerly but cannot
+be captured. :class:`FastStep` (the trainer's only step) keeps everything the step touches on the device:
 
 - the learning rate is a 0-dim tensor that the optimiser reads (``set_lr`` writes it in place: one tiny copy, no
   sync), so a captured graph sees each new value;
@@ -16,7 +16,8 @@ but cannot be captured. :class:`FastStep` keeps everything the step touches on t
 
 Three ways to run the same step function (``mode``):
 
-- ``"eager"``: call it as it is (on CPU it gives exactly the parameters of the trainer's plain loop);
+- ``"eager"``: call it as it is (on CPU in fp32 it gives exactly the parameters of a plain ``torch.optim.SGD`` loop
+  with a float lr: tests/train/test_sgd_reference.py);
 - ``"compile"``: ``torch.compile`` it (``compile_mode="reduce-overhead"`` on CUDA records CUDA graphs for the
   compiled regions; the backward call splits the step into a forward graph, its AOT backward and the optimiser);
 - ``"graph"``: capture the whole step (forward, backward, optimiser, log sums) as one CUDA graph after

@@ -1,4 +1,10 @@
-"""The graph-friendly step (peerkd.train.step) trains exactly like the trainer's plain loop."""
+"""The graph-friendly step (peerkd.train.step) against itself: the trainer's loop is nothing but the eager step driven
+by ``learning_rate()``, and the compiled step agrees with the eager one.
+
+The trainer trains through :class:`FastStep` too, so nothing here compares the step with plain PyTorch: that is
+tests/train/test_sgd_reference.py (the trainer against ``torch.optim.SGD`` with a float lr, a torch LR scheduler and
+``F.cross_entropy``, bitwise on CPU in fp32).
+"""
 from __future__ import annotations
 
 import copy
@@ -18,7 +24,10 @@ def _fast_step(method, config, mode="eager", **kwargs) -> FastStep:
                     nesterov=optim.nesterov, weight_decay=optim.weight_decay, device="cpu", mode=mode, **kwargs)
 
 
-def test_eager_fast_step_matches_the_trainer_loop(tmp_path):
+def test_the_trainer_loop_is_the_eager_fast_step_driven_by_learning_rate(tmp_path):
+    """The trainer's loop (its schedule, epoch hooks, evaluation and logging) adds nothing to the weights beyond an
+    eager FastStep fed the same batches with ``learning_rate()``; both sides are FastStep, so this checks the loop
+    around the step, not the step's arithmetic (test_sgd_reference.py does that)."""
     config = tiny_config({"name": "dml", "models": ["resnet8", "resnet8"], "fuse": True}, epochs=2, train_size=48,
                          overrides=("data.batch_size=16",))
     trainer = Trainer(config, run_dir=tmp_path / "plain")
@@ -51,6 +60,8 @@ COMPILE_BACKEND = "inductor" if os.environ.get("PEERKD_TEST_INDUCTOR") == "1" el
 
 
 def test_compiled_fast_step_agrees_with_eager():
+    """The compiled step (``aot_eager`` unless PEERKD_TEST_INDUCTOR=1) trains like the eager one, to 1e-4: a
+    compiled graph may reorder float operations."""
     if not hasattr(torch, "compile"):
         pytest.skip("torch.compile is unavailable")
     method, twin = twin_methods({"name": "vanilla", "models": ["resnet8"]}, tiny_task(num_classes=3, image_size=8))
