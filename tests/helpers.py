@@ -75,7 +75,11 @@ def tiny_teacher_run(run_dir, num_classes: int) -> Path:
     config = tiny_config(TINY_VANILLA, epochs=1, train_size=128, num_classes=num_classes, name="teacher")
     config.data.synthetic.test_size = config.data.eval_batch_size  # one evaluation batch
     config.trainer.threads = 1  # a run this small gains nothing from a second thread on a shared machine
-    train(config, run_dir=run_dir)
+    threads = torch.get_num_threads()
+    try:
+        train(config, run_dir=run_dir)
+    finally:
+        torch.set_num_threads(threads)  # the trainer sets them for the whole process
     return Path(run_dir)
 
 
