@@ -1,7 +1,8 @@
-"""``python benchmarks/bench.py``: the speed of every method's training step, published-code style against peerkd's fast path.
+"""``python benchmarks/bench.py``: every method's training step timed, published-code style against the fast path.
 
-Each row is a real method of the registry (``peerkd.methods``) with the options of one of the papers' configs under
-``configs/`` (the row names the file). One process measures, per row:
+Each row is a real method of the registry (``peerkd.methods``): the explicit rows (``ROWS``) with the options of one of
+the papers' configs under ``configs/`` (the row names the file), and one derived row for every other registered
+method (:func:`derived_rows`: a new method file is timed without an edit here). One process measures, per row:
 
 (a) reference: the method with ``fuse: "off"`` (separate members), eager fp32, a torchvision DataLoader whose CPU
     workers crop and flip each image (``RandomCrop(32, 4)``, ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize``)
@@ -29,6 +30,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -39,15 +41,17 @@ import numpy as np
 import torch
 
 from peerkd.config import Config, TrainerConfig, build_config, load_yaml
+from peerkd.core.errors import ConfigError
+from peerkd.core.method import TaskInfo
+from peerkd.core.process import EXIT_BAD_INPUT
+from peerkd.core.registry import build_method, method_class, method_names
 from peerkd.data import augment
 from peerkd.data.batch import Batch
 from peerkd.data.device_loader import DeviceLoader
 from peerkd.data.mixing import MixingSpec, apply_mixing, sample_step, step_generator
 from peerkd.data.pipeline import mixing_spec, normalization
-from peerkd.train.step import FastStep
-from peerkd.core.method import TaskInfo
-from peerkd.core.registry import build_method, method_class, method_names
 from peerkd.models.execution import has_fuse_option
+from peerkd.train.step import FastStep
 
 CIFAR_TRAIN_IMAGES = 50_000  # images in a CIFAR training split: an epoch is CIFAR_TRAIN_IMAGES // batch steps
 NUM_CLASSES = 100  # CIFAR-100, the dataset of every row's config
@@ -67,9 +71,9 @@ QUICK_MODELS = {  # --quick: each row's backbone -> (a tiny one of the same fami
 
 @dataclass(frozen=True)
 class BenchRow:
-    """One method to time: ``config`` (a path under ``configs/``) gives its ``method`` section, ``options``
-    replace some of it (e.g. a ResNet-32 backbone for a ResNet-110 config); ``skip`` says why it is not timed and
-    ``method`` names the registered method a skipped row stands for."""
+    """One method to time: ``config`` (a path under ``configs/``) gives its ``method`` section, or without one the
+    registered method ``method`` with its default Options (on CIFAR-100's shape); ``options`` replace some of it
+    (e.g. a ResNet-32 backbone for a ResNet-110 config); ``skip`` says why it is not timed."""
 
     name: str
     config: str = ""
@@ -78,12 +82,10 @@ class BenchRow:
     method: str = ""
 
 
-ROWS = (
+ROWS = (  # the cells of the published tables (BENCHMARKS.md) and the shapes that decide the design (fusion, views)
     BenchRow("vanilla R32", "cifar100/vanilla_resnet32.yaml"),
     BenchRow("DML 2xR32", "cifar100/dml_resnet32.yaml"),
     BenchRow("DML 2xR110", "cifar100/dml_resnet110.yaml"),
-    BenchRow("KD", skip="needs a trained teacher run (method.teacher_run); its student's step is vanilla's plus "
-                        "one teacher forward", method="kd"),
     BenchRow("ONE R32x4", "mde/table2/one_resnet32.yaml"),
     BenchRow("CL R32x4", "css/table2/cl_resnet110_4.yaml", {"model": "resnet32"}),
     BenchRow("OKDDip R32x4", "mde/table2/okddip_resnet32.yaml"),
@@ -94,7 +96,8 @@ ROWS = (
     BenchRow("CutnMix-OD 2xR32", "cutnmix/table1/cifar100_cutnmix_resnet32.yaml"),
     BenchRow("CS-KD R32", "cutnmix/table1/cifar100_cskd_resnet32.yaml"),
     BenchRow("Tf-KD reg R32", "cutnmix/tfkd/cifar100_tfkd_reg_resnet32.yaml"),
-    BenchRow("Tf-KD self", skip="needs a trained run of the same network (method.teacher_run)", method="tfkd"),
+    BenchRow("Tf-KD self R32", "cutnmix/tfkd/cifar100_tfkd_self_resnet32.yaml", {"teacher_run": ""}),  # the
+    # config's teacher is a run of the paper's sweep: --teacher-run gives one, else the row is skipped
     BenchRow("DDGSD R32", "cutnmix/table1/cifar100_ddgsd_resnet32.yaml"),
     BenchRow("BYOT R18", "pskd/baselines/byot_resnet18.yaml"),
     BenchRow("PS-KD R18", "pskd/baselines/pskd_resnet18.yaml"),
@@ -102,38 +105,62 @@ ROWS = (
 )
 
 
+def covered_methods(rows, configs: Path = CONFIGS) -> set[str]:
+    """The registered methods the rows time or skip: a row's ``method``, else its config's ``method.name``."""
+    covered = {row.method for row in rows if row.method}
+    for row in rows:
+        if not row.method and row.config and (configs / row.config).is_file():
+            covered.add(str((load_yaml(configs / row.config).get("method") or {}).get("name", "vanilla")))
+    return covered
+
+
+def derived_rows(rows=ROWS, configs: Path = CONFIGS) -> list[BenchRow]:
+    """A row for every registered method that ``rows`` do not cover: the config its class names in a
+    ``bench_config`` attribute (a path under ``configs/``), else its default Options; named after the method."""
+    derived, covered = [], covered_methods(rows, configs)
+    for name in method_names():
+        if name in covered:
+            continue
+        config = getattr(method_class(name), "bench_config", "") or ""
+        label = f"{name} ({Path(config).with_suffix('').as_posix()})" if config else f"{name} (default options)"
+        derived.append(BenchRow(label, config, method=name))
+    return derived
+
+
+def all_rows(configs: Path = CONFIGS) -> list[BenchRow]:
+    """ROWS, then a derived row for every registered method they do not cover."""
+    return [*ROWS, *derived_rows(ROWS, configs)]
+
+
 def select_rows(rows, only: str | None) -> list[BenchRow]:
     """The rows whose name contains ``only`` (case-insensitive); all rows without it."""
     return [row for row in rows if not only or only.lower() in row.name.lower()]
 
 
-def unbenched_methods(rows) -> list[str]:
-    """Registered methods no row times or skips (new methods appear here until a row is added for them)."""
-    covered = {row.method for row in rows if row.method}
-    for row in rows:
-        if row.config and (CONFIGS / row.config).is_file():
-            covered.add(str((load_yaml(CONFIGS / row.config).get("method") or {}).get("name", "vanilla")))
-    return [name for name in method_names() if name not in covered]
-
-
 # ----------------------------------------------------------------------------------------------------- building
 
-def row_config(row: BenchRow, configs: Path, quick: bool) -> Config:
-    """The row's config file with the row's option replacements, validated like ``peerkd train`` does; with
-    ``quick`` its backbones swapped for tiny ones (QUICK_MODELS)."""
-    tree = load_yaml(configs / row.config)
+def row_config(row: BenchRow, configs: Path, quick: bool, teacher_run: str | None = None) -> Config:
+    """The row's config file (or the row's method with its default Options on CIFAR-100) with the row's option
+    replacements, validated like ``peerkd train`` does; with ``quick`` its backbones swapped for tiny ones
+    (QUICK_MODELS); ``teacher_run`` fills an empty ``teacher_run`` option (KD, Tf-KD self)."""
+    if row.config:
+        tree = load_yaml(configs / row.config)
+    else:
+        tree = {"data": {"dataset": "cifar100"}, "method": {"name": row.method}}  # the shape of every row
     tree["method"] = {**(tree.get("method") or {}), **row.options}
     config = build_config(tree)
     if quick:
         config.method.options = quick_options(config.method.options)
+    if teacher_run and getattr(config.method.options, "teacher_run", None) == "":
+        config.method.options = dataclasses.replace(config.method.options, teacher_run=str(teacher_run))
     return config
 
 
 def quick_options(options):
-    """``options`` with every backbone named in QUICK_MODELS (in ``model`` or ``models``) swapped for its tiny one,
-    the tiny one's factory keywords added to ``model_options``."""
+    """``options`` with every backbone named in QUICK_MODELS (in ``model``, ``models`` or ``student``) swapped for
+    its tiny one, the tiny one's factory keywords added to ``model_options``."""
     changes, keywords = {}, {}
-    for key in ("model", "models"):
+    for key in ("model", "models", "student"):
         value = getattr(options, key, None)
         names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
         swaps = [QUICK_MODELS.get(name, (name, {})) for name in names]
@@ -144,6 +171,22 @@ def quick_options(options):
     if keywords:
         changes["model_options"] = {**options.model_options, **keywords}
     return dataclasses.replace(options, **changes)
+
+
+def missing_teacher(config: Config) -> str:
+    """Why the row's method cannot be built without a trained run, or "": probed (one build on the CPU, random state
+    untouched) only where its Options has an empty ``teacher_run`` and the build refuses exactly that key."""
+    options = config.method.options
+    if getattr(options, "teacher_run", None) != "":
+        return ""
+    try:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            build_method(config.method.name, options, TaskInfo(num_classes=NUM_CLASSES, image_size=IMAGE_SIZE))
+    except ConfigError as err:
+        if str(err).startswith("method.teacher_run"):
+            return f"{err} (time it with --teacher-run RUN_DIR: any run of {NUM_CLASSES} classes)"
+    return ""
 
 
 def backbones(options) -> list[str]:
@@ -310,9 +353,10 @@ def _sync(device: torch.device) -> None:
 
 
 def release(device: torch.device) -> None:
-    """Free what the last path left (its models, optimiser state, compiled graphs) before the next one."""
-    gc.collect()
+    """Free the device memory the last path left (its models, optimiser state, compiled graphs) before the next one.
+    Only on CUDA: a full collection takes about half a second of CPU, and host memory does not limit the next path."""
     if device.type == "cuda":
+        gc.collect()
         torch.cuda.empty_cache()
 
 
@@ -470,6 +514,9 @@ def time_row(row: BenchRow, data, args, device: torch.device) -> dict:
     if error:
         return dict(record, error=error)
     config, spec = prepared
+    skip, error = attempt(lambda: missing_teacher(config), device)
+    if skip or error:
+        return dict(record, method=config.method.name, **({"skipped": skip} if skip else {"error": error}))
     task = TaskInfo(num_classes=NUM_CLASSES, image_size=IMAGE_SIZE, num_train=len(data[1]))
     record.update(method=config.method.name, models=backbones(config.method.options), views=spec.views,
                   mixing=spec.mixing.kind, class_pairs=spec.class_pairs)
@@ -489,7 +536,7 @@ def time_row(row: BenchRow, data, args, device: torch.device) -> dict:
 
 def prepare(row: BenchRow, args) -> tuple[Config, DataSpec]:
     """The row's validated config and what its loaders must produce (raises what a broken config raises)."""
-    config = row_config(row, Path(args.configs), args.quick)
+    config = row_config(row, Path(args.configs), args.quick, args.teacher_run)
     return config, data_spec(config)
 
 
@@ -547,8 +594,8 @@ def list_rows(rows) -> str:
     """The table of rows (``--list``): name, config, option replacements or why it is skipped."""
     lines = []
     for row in rows:
-        what = f"skipped: {row.skip}" if row.skip else f"configs/{row.config}" + (
-            f" with {row.options}" if row.options else "")
+        source = f"configs/{row.config}" if row.config else f"the default options of '{row.method}'"
+        what = f"skipped: {row.skip}" if row.skip else source + (f" with {row.options}" if row.options else "")
         lines.append(f"{row.name:<24} {what}")
     return "\n".join(lines)
 
@@ -559,9 +606,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def run(args, rows=ROWS) -> list[dict]:
-    """Time every selected row, print each as it finishes, write the JSON; returns the records."""
+def run(args, rows=None) -> list[dict]:
+    """Time every selected row (default: :func:`all_rows`), print each as it finishes, write the JSON; returns the
+    records. ``--only`` that selects no row is a ConfigError (a renamed row must not pass as an empty run)."""
+    rows = all_rows(Path(args.configs)) if rows is None else rows
     selected = select_rows(rows, args.only)
+    if not selected:
+        raise ConfigError(f"--only {args.only!r} matches no bench row; `python benchmarks/bench.py --list` prints them")
     if args.list:
         print(list_rows(selected))
         return []
@@ -576,9 +627,6 @@ def run(args, rows=ROWS) -> list[dict]:
         record = time_row(row, data, args, device)
         records.append(record)
         print(format_row(record), flush=True)
-    missing = unbenched_methods(rows) if rows is ROWS and not args.only else []
-    if missing:
-        print(f"registered methods without a bench row: {', '.join(missing)}")
     if args.out:
         Path(args.out).write_text(json.dumps(records, indent=2))
     return records
@@ -606,6 +654,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="print the rows and their configs, time nothing")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 keeps torch's default)")
     p.add_argument("--configs", default=str(CONFIGS), help="folder of the papers' configs (default: the checkout's)")
+    p.add_argument("--teacher-run", help="run folder of a trained run of 100 classes: the teacher of the rows that "
+                                         "need one (KD, Tf-KD self); without it they are skipped")
     p.add_argument("--out", help="write the rows as JSON here")
     p.add_argument("--profile", help="append torch.profiler's operator table of a few steps of every path to this "
                                      "text file (after the timed steps; the timings are unaffected)")
@@ -623,5 +673,9 @@ def parse_args(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    run(parse_args(argv))
+    try:
+        run(parse_args(argv))
+    except ConfigError as err:
+        print(f"bench: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return 0

@@ -69,6 +69,20 @@ def tiny_vanilla_config(epochs: int, **kwargs):
     return tiny_config(TINY_VANILLA, epochs=epochs, train_size=128, **kwargs)
 
 
+def tiny_teacher_run(run_dir, num_classes: int) -> Path:
+    """A trained run to teach KD / Tf-KD self: one epoch of one ResNet-8 on 128 generated images of ``num_classes``
+    classes (trained, not good: the methods need its weights, not its accuracy); returns the run folder."""
+    config = tiny_config(TINY_VANILLA, epochs=1, train_size=128, num_classes=num_classes, name="teacher")
+    config.data.synthetic.test_size = config.data.eval_batch_size  # one evaluation batch
+    config.trainer.threads = 1  # a run this small gains nothing from a second thread on a shared machine
+    threads = torch.get_num_threads()
+    try:
+        train(config, run_dir=run_dir)
+    finally:
+        torch.set_num_threads(threads)  # the trainer sets them for the whole process
+    return Path(run_dir)
+
+
 def tiny_config(method_tree: dict, *, epochs: int = 3, train_size: int = 1200, num_classes: int = 4,
                 overrides: tuple[str, ...] = (), **top):
     """A run on generated data small enough for a CPU test (ResNet-8 by default in the method tree)."""

@@ -1,19 +1,22 @@
-"""The speed harness on CPU with tiny settings: real methods through both paths, the row fields and JSON, a failing
-row that does not stop the run, ``--only``, and the two loaders giving the same Batch fields."""
+"""The speed harness on CPU with tiny settings: every registered method's row (explicit or derived) through both
+paths, the row fields and JSON, a failing row that does not stop the run, ``--only``, and the two loaders giving the
+same Batch fields."""
 from __future__ import annotations
 
 import contextlib
 import io
 import json
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 import pytest
 import torch
 
 from benchmarks import harness as bench
 from benchmarks.harness import BenchRow
-from peerkd.cli import main
+from peerkd.core.method import Method
+from peerkd.core.registry import METHODS, method_names
 from peerkd.data.batch import Batch
+from tests.helpers import tiny_teacher_run
 
 TINY = ["--quick", "--device", "cpu", "--steps", "1", "--warmup", "1", "--batch-size", "8", "--images", "64"]
 
@@ -23,22 +26,48 @@ def row(name: str) -> BenchRow:
     return found
 
 
+def quiet_run(argv: list[str], rows=None) -> tuple[list[dict], str]:
+    """``bench.run`` on one thread (two threads on a busy 2-core machine wait on each other: 10x slower steps),
+    returning the records and the printed text; torch's thread count is restored."""
+    printed, threads = io.StringIO(), torch.get_num_threads()
+    try:
+        with contextlib.redirect_stdout(printed):
+            records = bench.run(bench.parse_args([*TINY, "--threads", "1", *argv]), rows=rows)
+    finally:
+        torch.set_num_threads(threads)  # --threads set it for the whole process
+    return records, printed.getvalue()
+
+
 @pytest.fixture(scope="module")
-def bench_run(tmp_path_factory):
-    """One tiny run of three real rows (a fusable cohort, views + CutⁿMix mixing, class pairs) after a row that
-    cannot build, a skipped one and one whose config is missing; returns the records, the JSON file's rows and the printed text."""
+def teacher(tmp_path_factory):
+    """A trained run of CIFAR-100's class count: the teacher of the KD and Tf-KD self rows."""
+    return tiny_teacher_run(tmp_path_factory.mktemp("teacher") / "run", num_classes=bench.NUM_CLASSES)
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory, teacher):
+    """One tiny run of every row the harness has (the explicit ones and one derived per other registered method),
+    after a row that cannot build, a skipped one and one whose config is missing; returns the records by row name,
+    the JSON file's rows and the printed text."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     rows = [BenchRow("broken", "cifar100/vanilla_resnet32.yaml", {"models": ["no_such_model"]}),
             BenchRow("skipped", skip="needs something"), BenchRow("missing", "no/such_config.yaml"),
-            row("vanilla R32"), row("CutnMix-OD 2xR32"), row("CS-KD R32")]
-    printed, threads = io.StringIO(), torch.get_num_threads()
-    try:  # one thread: two threads on a busy 2-core machine wait on each other (10x slower steps)
-        with contextlib.redirect_stdout(printed):
-            records = bench.run(bench.parse_args([*TINY, "--fuse-compare", "--threads", "1", "--out", str(out)]),
-                                rows=rows)
-    finally:
-        torch.set_num_threads(threads)  # --threads set it for the whole process
-    return {r["shape"]: r for r in records}, json.loads(out.read_text()), printed.getvalue()
+            *bench.all_rows()]
+    records, printed = quiet_run(["--teacher-run", str(teacher), "--out", str(out)], rows=rows)
+    return {r["shape"]: r for r in records}, json.loads(out.read_text()), printed
+
+
+def test_every_registered_method_has_a_row_that_builds_and_steps(bench_run):
+    records, _, _ = bench_run
+    timed = {}
+    for entry in bench.all_rows():
+        record = records[entry.name]
+        assert "error" not in record and "skipped" not in record, record
+        for path in ("reference", "fast"):
+            assert record[path].get("ms_per_step", 0) > 0, (entry.name, path, record[path])
+        timed.setdefault(record["method"], []).append(entry.name)
+    assert sorted(timed) == method_names()
+    assert timed["kd"] == ["kd (default options)"]  # derived: no explicit row names KD
 
 
 def test_real_methods_time_through_both_paths(bench_run):
@@ -57,17 +86,19 @@ def test_real_methods_time_through_both_paths(bench_run):
     assert records["CS-KD R32"]["class_pairs"]
 
 
-def test_fuse_compare_times_off_and_streams_for_methods_with_the_option(bench_run):
-    vanilla = bench_run[0]["vanilla R32"]
+def test_fuse_compare_times_off_and_streams_for_methods_with_the_option():
+    records, printed = quiet_run(["--fuse-compare", "--only", "vanilla R32"])
+    (vanilla,) = records
     assert {vanilla[p]["fuse"] for p in ("fast", "fast_fuse_off", "fast_fuse_streams")} == {"on", "off", "streams"}
     assert all(vanilla[p]["ms_per_step"] > 0 for p in ("fast_fuse_off", "fast_fuse_streams"))
+    assert "fuse streams" in printed
 
 
 def test_json_holds_the_printed_rows(bench_run):
     records, from_json, printed = bench_run
     assert [r["shape"] for r in from_json] == list(records)
     assert from_json[3]["reference"]["ms_per_step"] == records["vanilla R32"]["reference"]["ms_per_step"]
-    assert "ratios only" in printed and "fuse streams" in printed
+    assert "ratios only" in printed
 
 
 def test_a_failing_row_is_reported_and_the_run_goes_on(bench_run):
@@ -98,23 +129,75 @@ def test_one_failing_path_keeps_the_other(monkeypatch):
 
 
 def test_only_selects_rows_by_name_substring(capsys):
-    assert [r.name for r in bench.select_rows(bench.ROWS, "dml")] == ["DML 2xR32", "DML 2xR110"]
-    assert main(["bench", "--list", "--only", "CS-KD"]) == 0
+    assert [r.name for r in bench.select_rows(bench.all_rows(), "dml")] == ["DML 2xR32", "DML 2xR110"]
+    assert bench.main(["--list", "--only", "CS-KD"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert len(listed) == 1 and listed[0].startswith("CS-KD R32") and "configs/cutnmix/table1" in listed[0]
 
 
+def test_only_matching_no_row_is_refused(capsys):
+    """A row renamed under a script's ``--only`` fails loudly instead of timing nothing."""
+    assert bench.main(["--list", "--only", "DML 2xR33"]) == 2
+    assert "--only 'DML 2xR33' matches no bench row" in capsys.readouterr().err
+
+
 def test_every_row_config_validates_and_quick_swaps_backbones():
-    for entry in bench.ROWS:
+    for entry in bench.all_rows():
         if not entry.skip:
             bench.row_config(entry, bench.CONFIGS, quick=False)  # raises ConfigError if a config moved or broke
+    assert bench.covered_methods(bench.all_rows()) == set(method_names())
     assert bench.row_config(row("CSS 2xR110x3"), bench.CONFIGS, quick=True).method.options.models == [
         "resnet14", "resnet14"]
     byot = bench.row_config(row("BYOT R18"), bench.CONFIGS, quick=True).method.options
     assert byot.model == "resnet18" and byot.model_options["width"] == 8
     assert bench.row_config(row("CL R32x4"), bench.CONFIGS, quick=False).method.options.model == "resnet32"
-    missing = bench.unbenched_methods(bench.ROWS)
-    assert not missing, f"add a row to benchmarks.harness.ROWS for {missing} (timed, or skipped with the reason)"
+    (kd,) = [r for r in bench.all_rows() if r.method == "kd"]
+    assert bench.row_config(kd, bench.CONFIGS, quick=True).method.options.student == "resnet8"
+    assert bench.row_config(kd, bench.CONFIGS, quick=True, teacher_run="t").method.options.teacher_run == "t"
+
+
+def test_rows_need_a_teacher_run_only_where_the_method_refuses_to_build_without_one():
+    args = bench.parse_args(TINY)
+    records = {entry.name: bench.time_row(entry, bench.synthetic_cifar(16), args, torch.device("cpu"))
+               for entry in bench.all_rows() if entry.name in ("kd (default options)", "Tf-KD self R32")}
+    for record in records.values():
+        assert "--teacher-run RUN_DIR" in record["skipped"] and "method.teacher_run" in record["skipped"]
+    reg = bench.prepare(row("Tf-KD reg R32"), args)[0]
+    assert reg.method.options.teacher_run == "" and bench.missing_teacher(reg) == ""  # the virtual teacher builds
+
+
+@dataclass
+class _Options:
+    model: str = "resnet32"
+
+
+class _Derived(Method):
+    """A method no explicit row names (its derived row is checked, never built)."""
+
+    Options = _Options
+
+
+@pytest.mark.parametrize("bench_config", ["", "cifar100/derived_method.yaml"])
+def test_a_new_method_gets_a_derived_row_from_its_defaults_or_its_bench_config(tmp_path, bench_config):
+    (tmp_path / "cifar100").mkdir()
+    (tmp_path / "cifar100" / "derived_method.yaml").write_text(
+        "data: {dataset: cifar100}\nmethod: {name: derived_method, model: resnet8}\n")
+    derived = type("Derived", (_Derived,), {"bench_config": bench_config})
+    METHODS.add("derived_method", derived)
+    try:
+        assert "derived_method" not in bench.covered_methods(bench.ROWS)
+        (entry,) = [r for r in bench.derived_rows(bench.ROWS, tmp_path) if r.method == "derived_method"]
+        config = bench.row_config(entry, tmp_path, quick=True)
+        assert config.method.name == "derived_method" and config.data.dataset == "cifar100"
+        if bench_config:
+            assert entry.name == "derived_method (cifar100/derived_method)" and entry.config == bench_config
+            assert config.method.options.model == "resnet8"  # the named config's options
+        else:
+            assert entry.name == "derived_method (default options)" and not entry.config
+            assert config.method.options.model == "resnet8"  # the default resnet32, made quick
+            assert "the default options of 'derived_method'" in bench.list_rows([entry])
+    finally:
+        METHODS.unregister("derived_method")
 
 
 @pytest.mark.parametrize("name", ["CutnMix-OD 2xR32", "CS-KD R32", "PCL R32x3"])

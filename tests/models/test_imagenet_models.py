@@ -1,4 +1,5 @@
-"""torchvision ImageNet backbones (tv_*) in the stem / stages / head contract."""
+"""torchvision ImageNet backbones (tv_*): their structure and size match torchvision's, and their weights load into
+it (the stem / stages / head contract itself: tests/models/test_model_contract.py)."""
 import pytest
 import torch
 
@@ -7,21 +8,6 @@ from peerkd.models import build_model
 # parameters with 1000 classes, millions: torchvision's counts (KDCL Tables 3 and 4 quote 11.7M, 25.6M, 1.9M-2M)
 NETWORKS = {"tv_resnet18": 11.69, "tv_resnet50": 25.56, "tv_mobilenetv2_w0_5": 1.97, "tv_mobilenetv2_w1_0": 3.50,
             "tv_mobilenetv2_w1_2": 4.72}
-
-
-@pytest.mark.parametrize("name", [n for n in NETWORKS if n != "tv_resnet50"])
-def test_backbone_builds_and_taps_every_stage(name):
-    model = build_model(name, num_classes=7).eval()
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        maps = model.forward_stages(x)
-        assert [m.shape[1] for m in maps] == model.stage_channels
-        assert maps[-1].shape[-1] == 1  # overall stride 32
-        logits = model(x)
-        assert logits.shape == (2, 7)
-        assert torch.allclose(model.head(maps[-1]), logits)
-        assert torch.allclose(model.forward_stages(maps[1], start=2)[-1], maps[-1])
-        assert model.head.features(maps[-1]).shape == (2, model.head.fc.in_features)
 
 
 @pytest.mark.parametrize("name", list(NETWORKS))
