@@ -1,14 +1,21 @@
 """Configuration: dataclasses are the schema, YAML files and ``--set a.b=c`` overrides fill them.
 
 A wrong key or a value of the wrong type raises :class:`ConfigError` before any work starts; its message names the
-dotted key and, for a misspelt key, the nearest valid one. The options of the method (``method.*``) are validated
-against the ``Options`` dataclass of the registered method named by ``method.name``. Ranges are checked here too,
-before any work (no run folder yet): sizes positive, rates and paddings not negative, every float finite, and, by
-naming convention over every method's ``Options``, each ``temperature`` / ``*_temperature`` positive. A YAML mapping
-that names a key twice is refused (plain YAML would keep the last silently).
+dotted key and, for a misspelt key, the nearest valid one. A choice is a ``typing.Literal[...]`` field: a value
+outside it is refused naming the key, the allowed values and the nearest one, the one way choices are checked. The
+options of the method (``method.*``) are validated against the ``Options`` dataclass of the registered method named
+by ``method.name``, their choices likewise. Ranges are checked here too, before any work (no run folder yet): sizes
+positive, rates and paddings not negative, every float finite, and, by naming convention over every method's
+``Options``, each ``temperature`` / ``*_temperature`` positive. A YAML mapping that names a key twice is refused
+(plain YAML would keep the last silently).
+
+Field metadata tags what a key says besides what a run computes (``RESUMABLE``: a ``--resume`` may change it;
+``PLACEMENT``: where and how visibly the run ran, ignored when ``peerkd report`` groups runs); :func:`config_keys`
+lists the dotted keys of a tag.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -17,12 +24,20 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from peerkd.core.errors import ConfigError
 from peerkd.core.registry import DATASETS, METHODS
+
+# Field metadata: what a key says about a run besides what it computes (:func:`config_keys` lists the keys of a tag).
+# resumable: a --resume may change it; it decides how far and how the run goes on, what is evaluated or logged, and
+# where and how fast it runs, not what the weights so far were trained with (peerkd/train/run_folder.py).
+RESUMABLE = {"resumable": True}
+# placement: where and how visibly a run ran, not what it computed; `peerkd report` groups runs that differ only here
+# (and in the seed) as seeds of one config (peerkd/experiments/aggregate.py). Where a run runs may change on resume.
+PLACEMENT = {"placement": True, **RESUMABLE}
 
 
 @dataclass
@@ -40,26 +55,31 @@ class SyntheticConfig:
 @dataclass
 class DataConfig:
     dataset: str = "synthetic"  # a name from `peerkd list datasets`
-    root: str | None = None  # folder holding the dataset (CLI: --data-dir); None means the cache folder
-    download: bool = True  # let torchvision download into the cache folder when the dataset is missing
+    root: str | None = field(default=None, metadata=PLACEMENT)  # folder holding the dataset (CLI: --data-dir); None
+    # means the cache folder
+    download: bool = field(default=True, metadata=PLACEMENT)  # let torchvision download into the cache folder when
+    # the dataset is missing
     batch_size: int = 128  # images per optimiser step, summed over all DDP ranks
-    eval_batch_size: int = 500  # images per evaluation batch
+    eval_batch_size: int = field(default=500, metadata=RESUMABLE)  # images per evaluation batch
     crop_padding: int = 4  # pixels of zero padding before the random crop (0 disables the crop)
     flip: bool = True  # random horizontal flip with probability 0.5
-    normalize: str = "dataset"  # "dataset" (its own mean/std), "imagenet" (ImageNet mean/std) or "none"
+    normalize: Literal["dataset", "imagenet", "none"] = "dataset"  # its own mean/std, ImageNet's, or none
     train_subset: int | None = None  # use only this many training images (seeded choice) for quick runs
-    test_subset: int | None = None  # evaluate on only the first N test images
+    test_subset: int | None = field(default=None, metadata=RESUMABLE)  # evaluate on only the first N test images
     heldout_per_class: int = 0  # images per class moved from training to a held-out split (methods may ask more)
     # image-file datasets (ImageNet, Tiny-ImageNet, CUB, Dogs, Cars); 0 / "default" keep the dataset's own recipe
-    train_transform: str = "default"  # random_resized_crop, resize_crop or pad_crop (see peerkd/data/folder.py)
+    train_transform: Literal["default", "random_resized_crop", "resize_crop", "pad_crop"] = "default"  # the train
+    # pipeline (peerkd/data/folder.py)
     image_size: int = 0  # training crop and evaluated image side, pixels
     resize: int = 0  # shorter side before the evaluation centre crop, pixels
     photometric: bool = False  # colour jitter 0.4 + PCA lighting 0.1, the ImageNet recipe of KDCL
-    workers: int = 8  # DataLoader worker processes decoding and augmenting image files
-    mixing: str = "none"  # batch mixing for any method: "none", "mixup", "cutmix" or "cutnmix" (peerkd.data.mixing)
+    workers: int = field(default=8, metadata=PLACEMENT)  # DataLoader worker processes decoding and augmenting image
+    # files
+    mixing: Literal["none", "mixup", "cutmix", "cutnmix"] = "none"  # batch mixing for any method (peerkd.data.mixing)
     mixing_alpha: float = 1.0  # lam ~ Beta(alpha, alpha); 1 (uniform) is CutMix's and CutnMix's choice
     mixing_prob: float = 1.0  # probability that a batch is mixed (CutMix's CIFAR recipe uses 0.5)
-    mixing_box: str = "clip"  # CutMix / CutnMix box: "clip" (Yun et al.'s, clipped at the border) or "inside"
+    mixing_box: Literal["clip", "inside"] = "clip"  # CutMix / CutnMix box: "clip" (Yun et al.'s, clipped at the
+    # border) or "inside"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -73,31 +93,36 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    epochs: int = 300
-    kind: str = "multistep"  # "multistep" (lr x gamma at each milestone epoch) or "cosine" (to 0 per step)
-    milestones: list[int] = field(default_factory=lambda: [150, 225])  # epochs at which lr is multiplied by gamma
+    epochs: int = field(default=300, metadata=RESUMABLE)  # a resume may train longer (not fewer epochs than done)
+    kind: Literal["multistep", "cosine"] = "multistep"  # lr x gamma at each milestone epoch, or cosine to 0 per step
+    milestones: list[int] = field(default_factory=lambda: [150, 225], metadata=RESUMABLE)  # epochs at which lr is
+    # multiplied by gamma; a resume may move those not yet passed
     gamma: float = 0.1
     warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs (fractions allowed), per step
 
 
 @dataclass
 class TrainerConfig:
-    device: str = "auto"  # "auto" (cuda if present, else cpu), "cpu", "cuda", "cuda:1", ...
-    precision: str = "auto"  # "auto": bf16 autocast on a CUDA device that supports it, fp16 autocast with a gradient
-    # scaler on one that does not (V100, T4, RTX 20xx), fp32 on CPU; or "bf16", "fp16" (with the scaler), "fp32"
-    channels_last: str = "auto"  # "auto" (on for CUDA), "on" or "off"
+    device: str = field(default="auto", metadata=PLACEMENT)  # "auto" (cuda if present, else cpu), "cpu", "cuda",
+    # "cuda:1", ...
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = field(default="auto", metadata=RESUMABLE)  # "auto": bf16
+    # autocast on a CUDA device that supports it, fp16 autocast with a gradient scaler on one that does not (V100, T4,
+    # RTX 20xx), fp32 on CPU; or "bf16", "fp16" (with the scaler), "fp32"
+    channels_last: Literal["auto", "on", "off"] = field(default="auto", metadata=RESUMABLE)  # "auto": on for CUDA
     compile: bool = False  # torch.compile the training step (torch's default mode)
     fast: str = "auto"  # graph-captured step (peerkd/train/step.py): "auto" (on for CUDA, falls back to eager if the
     # compile/capture fails), "on", "off"; a CPU runs the same step eagerly (nothing to capture)
     fast_mode: str = "compile"  # with fast: "compile" (torch.compile reduce-overhead) or "graph" (one CUDA graph)
-    cudnn_benchmark: bool = True  # CUDA: cuDNN times its convolution algorithms once per shape and keeps the fastest
-    # (the shapes are static); false gives bitwise-repeatable runs on one machine, slower
-    eval_every: int = 1  # evaluate every N epochs (and always after the last)
+    cudnn_benchmark: bool = field(default=True, metadata=RESUMABLE)  # CUDA: cuDNN times its convolution algorithms
+    # once per shape and keeps the fastest (the shapes are static); false gives bitwise-repeatable runs on one machine,
+    # slower
+    eval_every: int = field(default=1, metadata=RESUMABLE)  # evaluate every N epochs (and always after the last)
     ece_bins: int = 15  # equal-width confidence bins of the ECE (Guo et al. 2017: 15; PS-KD's code, paper 004: 10)
-    log_every: int = 50  # steps between training-log lines (one host sync each)
-    out: str = "runs"  # parent folder of run folders; a run writes to <out>/<name>
-    progress: str = "auto"  # progress bar: "auto" (only on a terminal), "on", "off"
-    threads: int = 0  # CPU threads for torch (0 keeps torch's default)
+    log_every: int = field(default=50, metadata=PLACEMENT)  # steps between training-log lines (one host sync each)
+    out: str = field(default="runs", metadata=PLACEMENT)  # parent folder of run folders; a run writes to <out>/<name>
+    progress: Literal["auto", "on", "off"] = field(default="auto", metadata=PLACEMENT)  # progress bar; "auto": only
+    # on a terminal
+    threads: int = field(default=0, metadata=PLACEMENT)  # CPU threads for torch (0 keeps torch's default)
 
 
 @dataclass
@@ -106,10 +131,10 @@ class MethodConfig:
     options: Any = None  # the method's own Options dataclass instance
 
 
-PAPER_IDS = ("000", "001", "002", "003", "004", "foundation")  # ../shared/papers/<id>_*.txt; foundation: no paper
-# (a foundation block may list no cells: "paper: {id: foundation}" marks a config that matches no paper's table)
+FOUNDATION_PAPER = "foundation"  # paper.id of a config that matches no paper's table: its block may list no cells
 PAPER_MEAN_PREFIX = "mean:"  # predict: mean:branch0,branch1 = the paper's number is the mean over those members
-PAPER_METRICS = ("top1", "error", "top5", "top5_error", "nll", "ece", "aurc", "eaurc", "agreement", "diversity")
+PaperMetric = Literal["top1", "error", "top5", "top5_error", "nll", "ece", "aurc", "eaurc", "agreement", "diversity"]
+PAPER_METRICS = typing.get_args(PaperMetric)  # the metrics a paper cell may name (`peerkd report --metric`)
 
 
 @dataclass
@@ -118,7 +143,7 @@ class PaperCell:
 
     row: str = ""  # the table's row label as printed (the method, or the network for a one-method table)
     column: str = ""  # the table's column label (the network, the dataset, ...); "" when the table has one column
-    metric: str = "top1"  # one of PAPER_METRICS; "error" = 100 - top-1 (%); nll/ece/aurc in the paper's units
+    metric: PaperMetric = "top1"  # "error" = 100 - top-1 (%); nll/ece/aurc in the paper's units
     value: float | None = None  # the paper's number, as printed
     std: float | None = None  # the paper's ± (one standard deviation as printed), None when it gives none
     predict: str = "net1"  # the predict() key this number describes, or "mean:k1,k2,..": the paper's mean over keys
@@ -135,7 +160,8 @@ class PaperCell:
 class PaperConfig:
     """The paper cells a config reproduces: machine-readable, validated, read by ``peerkd report``."""
 
-    id: str = ""  # one of PAPER_IDS
+    id: str = ""  # names the paper (any non-empty string; which ids exist is the project's business), or
+    # FOUNDATION_PAPER for a config of no paper table
     table: str = ""  # the table (or figure) as the paper numbers it: "1", "6", "fig3", "imagenet-2"
     mean_of: int = 0  # the paper reports the mean of this many runs (papers 001, 003: 3; 000 prints ± but no count)
     median_of: int = 0  # ... or the median of this many (paper 002's CIFAR tables: 5); both 0: the paper does not say
@@ -267,13 +293,6 @@ def unknown_key_error(key: str, valid: typing.Iterable[str], prefix: str = "") -
     return ConfigError(f"unknown key '{prefix}{key}'{hint}")
 
 
-def unknown_name_error(key: str, name: str, valid: typing.Iterable[str]) -> ConfigError:
-    valid = sorted(valid)
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    return ConfigError(f"{key}: unknown name '{name}'; {hint}choose one of: {', '.join(valid)}")
-
-
 def from_dict(cls, data: dict | None, prefix: str = ""):
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
     data = data or {}
@@ -352,6 +371,23 @@ def flatten_tree(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+def config_keys(tag: str, schema: type | None = None, prefix: str = "") -> tuple[str, ...]:
+    """The dotted keys (as ``--set`` writes them) of the fields of ``schema`` (default :class:`Config`) and of its
+    sections whose metadata carries ``tag``: ``config_keys("resumable")``, ``config_keys("placement")``."""
+    schema = schema or Config
+    hints = typing.get_type_hints(schema)
+    keys = []
+    for f in dataclasses.fields(schema):
+        if f.metadata.get(tag):
+            keys.append(f"{prefix}{f.name}")
+        hint = hints[f.name]
+        options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        for section in options:  # a section (a dataclass, or one that may be None), not a list's items
+            if dataclasses.is_dataclass(section):
+                keys.extend(config_keys(tag, section, f"{prefix}{f.name}."))
+    return tuple(keys)
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -374,7 +410,7 @@ def load_yaml(path: str | Path) -> dict:
 
 def build_config(tree: dict | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Validate a raw config tree (from YAML) plus ``--set`` overrides into a :class:`Config`."""
-    tree = dict(tree or {})
+    tree = copy.deepcopy(tree or {})  # the overrides write into nested sections: never into the caller's tree
     for text in overrides:
         path, value = parse_override(text)
         apply_override(tree, path, value)
@@ -394,26 +430,14 @@ def build_config(tree: dict | None = None, overrides: typing.Sequence[str] = ())
     return config
 
 
-def check_choice(key: str, value: str, allowed) -> None:
-    """Raise ConfigError unless ``value`` is one of ``allowed``."""
-    if value not in allowed:
-        raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
-
-
 DEVICE_FORM = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # the device strings trainer.device accepts
 
 
 def _check_values(config: Config) -> None:
-    choose = check_choice
-    choose("schedule.kind", config.schedule.kind, ["multistep", "cosine"])
-    choose("trainer.precision", config.trainer.precision, ["auto", "bf16", "fp16", "fp32"])
-    choose("trainer.channels_last", config.trainer.channels_last, ["auto", "on", "off"])
-    choose("trainer.progress", config.trainer.progress, ["auto", "on", "off"])
-    choose("trainer.fast_mode", config.trainer.fast_mode, ["compile", "graph"])
-    choose("trainer.fast", config.trainer.fast, ["auto", "on", "off"])
-    choose("data.normalize", config.data.normalize, ["dataset", "imagenet", "none"])
-    choose("data.mixing", config.data.mixing, ["none", "mixup", "cutmix", "cutnmix"])
-    choose("data.mixing_box", config.data.mixing_box, ["clip", "inside"])
+    # trainer.fast / fast_mode stay plain str fields until trainer.step replaces them: their choices, checked the
+    # way _convert checks every Literal field
+    _convert(config.trainer.fast, Literal["auto", "on", "off"], "trainer.fast")
+    _convert(config.trainer.fast_mode, Literal["compile", "graph"], "trainer.fast_mode")
     if not DEVICE_FORM.fullmatch(config.trainer.device):
         raise ConfigError(f"trainer.device: '{config.trainer.device}' is not a device peerkd can train on; use auto, "
                           "cpu, cuda, cuda:N (N: the GPU's index) or mps")
@@ -456,7 +480,7 @@ def _check_values(config: Config) -> None:
         if milestone < 0:
             raise ConfigError(f"schedule.milestones[{i}]: must not be negative, got {milestone}")
     if config.paper is not None:
-        _check_paper(config.paper)
+        check_paper_block(config.paper)
     if config.data.dataset not in DATASETS:
         raise DATASETS.unknown(config.data.dataset)
 
@@ -474,11 +498,14 @@ def check_method_options(options) -> None:
             raise ConfigError(f"method.{f.name}: a softmax temperature must be positive, got {value}")
 
 
-def _check_paper(paper: PaperConfig) -> None:
-    choose = check_choice
-    choose("paper.id", paper.id, PAPER_IDS)
-    if paper.id == "foundation" and not paper.cells:
-        return  # a config of the project's own foundation: it reproduces no paper's cell, and says so
+def check_paper_block(paper: PaperConfig) -> None:
+    """The ranges and completeness of a ``paper:`` block (its cells' metrics are choices of the schema): ConfigError
+    naming the key. Which paper ids exist is the project's rule, not the library's: any non-empty id is taken."""
+    if not paper.id.strip():
+        raise ConfigError("paper.id: name the paper this config reproduces (a non-empty id), or "
+                          f"'{FOUNDATION_PAPER}' for a config of no paper table")
+    if paper.id == FOUNDATION_PAPER and not paper.cells:
+        return  # a config that reproduces no paper's cell, and says so
     if not paper.table:
         raise ConfigError("paper.table: name the table (or figure) this config reproduces, e.g. table: '1'")
     if paper.mean_of < 0 or paper.median_of < 0 or (paper.mean_of and paper.median_of):
@@ -486,7 +513,6 @@ def _check_paper(paper: PaperConfig) -> None:
     if not paper.cells:
         raise ConfigError("paper.cells: list at least one cell (row, column, metric, value, predict)")
     for i, cell in enumerate(paper.cells):
-        choose(f"paper.cells[{i}].metric", cell.metric, PAPER_METRICS)
         if cell.value is None:
             raise ConfigError(f"paper.cells[{i}].value: the paper's number is missing")
         if not cell.row:

@@ -101,7 +101,9 @@ class Registry:
         return iter(sorted(self._entries.items()))
 
     def unregister(self, name: str) -> None:
-        """Remove ``name`` (tests that register a temporary entry clean up with it)."""
+        """Remove ``name`` (tests that register a temporary entry clean up with it). The package is imported first, so
+        a later first lookup does not bring the entry back."""
+        self._load_all()
         self._entries.pop(name, None)
         self._descriptions.pop(name, None)
 

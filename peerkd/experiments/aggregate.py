@@ -40,12 +40,12 @@ from typing import Sequence
 
 import yaml
 
-from peerkd.config import (PAPER_MEAN_PREFIX, ConfigError, PaperConfig, _check_paper, flatten_tree,
+from peerkd.config import (PAPER_MEAN_PREFIX, ConfigError, PaperConfig, check_paper_block, config_keys, flatten_tree,
                            from_dict)
 
-# keys that say where and how visibly a run ran, not what it computed: runs differing only here are seeds of one group
-PLACEMENT_KEYS = (("seed",), ("data", "root"), ("data", "download"), ("data", "workers"), ("trainer", "device"),
-                  ("trainer", "progress"), ("trainer", "threads"), ("trainer", "out"), ("trainer", "log_every"))
+# keys that say where and how visibly a run ran, not what it computed (the schema's fields tagged placement), and the
+# seed: runs differing only here are seeds of one group
+PLACEMENT_KEYS = ("seed", *config_keys("placement"))
 RUN_MARKERS = ("config.yaml", "summary.json", "checkpoint.pt", "metrics.jsonl")  # any of them: a run folder
 MAX_DEPTH = 3  # folder levels below a RUNS_DIR searched for run folders
 
@@ -134,7 +134,7 @@ def read_run(path: Path) -> Run:
     if config.get("paper") is not None:
         try:
             paper = from_dict(PaperConfig, config["paper"], prefix="paper.")
-            _check_paper(paper)
+            check_paper_block(paper)
         except ConfigError as err:
             raise ValueError(f"broken: invalid paper block ({err})") from None
     try:
@@ -168,7 +168,8 @@ def read_runs(roots: Sequence[str | Path], warn=None) -> list[Run]:
 
 def group_key(config: dict) -> str:
     tree = json.loads(json.dumps(config))
-    for path in PLACEMENT_KEYS:
+    for key in PLACEMENT_KEYS:
+        path = key.split(".")
         node = tree
         for part in path[:-1]:
             node = node.get(part) if isinstance(node, dict) else None

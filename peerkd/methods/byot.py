@@ -32,10 +32,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peerkd.config import check_choice
 from peerkd.core.method import Method, StepOutput
 from peerkd.core.registry import register_method
-from peerkd.methods.parts.self_distillation import HINT_REDUCTIONS, StageClassifierNet, label_distribution, self_kd_terms
+from peerkd.methods.parts.self_distillation import (HintReduction, StageClassifierNet, label_distribution,
+                                                    self_kd_terms)
+from peerkd.methods.parts.stage_adapters import AdapterDesign
 
 
 @register_method("byot")
@@ -51,8 +52,10 @@ class BYOT(Method):
         temperature: float = 3.0  # T softening both sides of the KL (T^2 scaling keeps gradients comparable)
         distil_blocks: list[int] = field(default_factory=list)  # 1-based shallow classifiers given KL + hint; [] = all
         deepest_full_ce: bool = False  # False: (1 - a) CE on the deepest (the paper's sum); True: weight 1 (their code)
-        hint_reduction: str = "mean"  # the hint over the batch: "mean" (per-image lambda) or "sum" (BYOT code's)
-        adapter: str = "bottleneck"  # shallow-stage adapter design: bottleneck (BYOT CIFAR code), sepconv, chain
+        hint_reduction: HintReduction = "mean"  # the hint over the batch: "mean" (per-image lambda) or "sum" (BYOT
+        # code's)
+        adapter: AdapterDesign = "bottleneck"  # shallow-stage adapter design: bottleneck (BYOT CIFAR code), sepconv,
+        # chain
 
     @classmethod
     def model_requirements(cls, options):
@@ -60,7 +63,6 @@ class BYOT(Method):
 
     def __init__(self, options, task):
         super().__init__(options, task)
-        check_choice("method.hint_reduction", options.hint_reduction, HINT_REDUCTIONS)
         self.net = StageClassifierNet(options.model, task.num_classes, options.model_options, task.image_size,
                                       adapter=options.adapter)
         bad = [b for b in options.distil_blocks if not 1 <= b < self.net.num_classifiers]

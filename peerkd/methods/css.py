@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
@@ -95,7 +96,8 @@ class CSS(Method):
         target_diversity: bool = True  # TD: K*m joint classifier per branch (Table 5 switch)
         dynamic_weights: bool = True  # DW: alpha_1 = CE1/CE2, alpha_2 = 1/alpha_1 (Table 5 switch); off: both 1
         kd_weight: float = 1.0  # w, a fixed factor on the whole KD term (1: eq. 7 as written)
-        kl_space: str = "joint"  # "joint": KL over the K*m joint softmax; "class": over transform j's K logits
+        kl_space: Literal["joint", "class"] = "joint"  # "joint": KL over the K*m joint softmax; "class": over
+        # transform j's K logits
         fuse: str = "auto"  # "off", "on" (fused), "streams", "auto" (timed): methods/execution.py; "on" with two
         # identical networks fuses both trunks as one group and all 2*m tails as one (models/branched_cohort.py)
 
@@ -114,8 +116,6 @@ class CSS(Method):
             raise ConfigError("method.branches: at least 1")
         if options.sample_diversity and options.branches > 4:
             raise ConfigError("method.branches: quarter masks (sample_diversity) allow at most 4 branches")
-        if options.kl_space not in ("joint", "class"):
-            raise ConfigError(f"method.kl_space: 'joint' or 'class', got '{options.kl_space}'")
         self.num_classes = task.num_classes
         self.transforms = options.branches if options.target_diversity else 1  # classifier outputs = K * transforms
         # the networks as one cohort: its layout (two identical networks under fuse "on": one fused trunk group and

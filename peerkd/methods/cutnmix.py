@@ -51,6 +51,7 @@ checkpoints and exports are those of separate peers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
@@ -77,7 +78,8 @@ class CutnMix(CohortMethod):
         peer_teacher_weight: float = 0.1  # gamma of eq. 8 (section 3.1)
         use_mmd: bool = True  # Table 2 ablation switch for L_MMD
         use_peer_teacher: bool = True  # Table 2 ablation switch for the peer teacher g and L_PT
-        mixing: str = "cutnmix"  # loader mixing: "cutnmix" (eq. 5-7), "cutmix" (one box, Fig. 1), "none" (data.mixing)
+        mixing: Literal["cutnmix", "cutmix", "none"] = "cutnmix"  # loader mixing: "cutnmix" (eq. 5-7), "cutmix" (one
+        # box, Fig. 1), "none" (data.mixing)
         separate_views: bool = True  # each peer its own augmentation (section 2.2); False: one view for all peers
         detach_targets: bool = True  # targets of L_DML, L_MMD and L_PT carry no gradient (each L^j trains peer j)
         teacher_trains_peers: bool = False  # True: the peer teacher's CE also reaches the peers' features
@@ -95,8 +97,6 @@ class CutnMix(CohortMethod):
         check_fuse(options.fuse)
         if len(options.models) < 2:
             raise ConfigError("method.models: CutnMix needs at least two peers")
-        if options.mixing not in ("cutnmix", "cutmix", "none"):
-            raise ConfigError(f"method.mixing: '{options.mixing}' is not one of cutnmix, cutmix, none")
         if options.mixing == "cutnmix" and not options.separate_views:
             raise ConfigError("method.mixing: cutnmix places one box per peer view; it needs separate_views: true")
         self.models = build_cohort(options.models, task.num_classes, options.model_options, fuse=options.fuse)

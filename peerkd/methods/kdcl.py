@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -56,7 +57,7 @@ from peerkd.methods.parts.cohort import CohortMethod, build_cohort, run_cohort
 from peerkd.models.execution import check_fuse
 from peerkd.core.registry import register_method
 
-TARGET_RULES = ("naive", "linear", "minlogit", "general")
+TargetRule = Literal["naive", "linear", "minlogit", "general"]  # the soft-target rules of section 3.2
 
 
 @register_method("kdcl")
@@ -68,15 +69,17 @@ class KDCL(CohortMethod):
     class Options:
         models: list[str] = field(default_factory=lambda: ["resnet32", "wrn16_2"])  # the students: the CIFAR pair
         model_options: dict = field(default_factory=dict)  # keyword arguments for every student's factory
-        target: str = "general"  # soft-target rule: naive, linear, minlogit, general (General: best on CIFAR, Tab. 7)
+        target: TargetRule = "general"  # soft-target rule (General: best on CIFAR, Tab. 7)
         temperature: float = 2.0  # T of the KL, dimensionless (the paper's T = 2, section 4.2)
         kd_weight: float = 1.0  # lambda of eq. 2, dimensionless (the paper's 1; Table 9 sweeps 0.1-10)
         icl: bool = True  # invariant collaborative learning: one augmented view per student (the best rows, Tab. 7)
-        naive_scope: str = "sample"  # Naive: the lowest-CE student per "sample" (eq. 4, one label y) or per "batch"
-        linear_scope: str = "sample"  # Linear: one combination per "sample" (eq. 5 as eq. 4) or per "batch"
+        naive_scope: rules.Scope = "sample"  # Naive: the lowest-CE student per "sample" (eq. 4, one label y) or per
+        # "batch"
+        linear_scope: rules.Scope = "sample"  # Linear: one combination per "sample" (eq. 5 as eq. 4) or per "batch"
         linear_iterations: int = 30  # Linear solver iterations (m = 2: halvings of [0, 1], 2^-30; m > 2: EG steps)
         heldout_per_class: int = 50  # General: training images per class held out (50 on CIFAR-100, 20 on ImageNet)
-        general_constraint: str = "simplex"  # General: "simplex" (w in [0, 1], the text) or "none" (eq. 11 as is)
+        general_constraint: rules.GeneralConstraint = "simplex"  # General: "simplex" (w in [0, 1], the text) or
+        # "none" (eq. 11 as is)
         cutout: int = 0  # side in pixels of a Cutout square per training image, 0 = off (Table 10 uses 8 on CIFAR)
         fuse: str = "auto"  # identical students: "off", "on" (fused), "streams", "auto" (measured); execution.py
 
@@ -87,14 +90,6 @@ class KDCL(CohortMethod):
         check_fuse(options.fuse)
         if len(options.models) < 2:
             raise ConfigError("method.models: KDCL needs at least two students")
-        if options.target not in TARGET_RULES:
-            raise ConfigError(f"method.target: '{options.target}' is not one of {', '.join(TARGET_RULES)}")
-        if options.naive_scope not in ("sample", "batch"):
-            raise ConfigError(f"method.naive_scope: '{options.naive_scope}' is not 'sample' or 'batch'")
-        if options.linear_scope not in ("sample", "batch"):
-            raise ConfigError(f"method.linear_scope: '{options.linear_scope}' is not 'sample' or 'batch'")
-        if options.general_constraint not in ("simplex", "none"):
-            raise ConfigError(f"method.general_constraint: '{options.general_constraint}' is not 'simplex' or 'none'")
         if options.target == "general" and options.heldout_per_class < 1:
             raise ConfigError("method.heldout_per_class: KDCL-General needs a held-out split (at least 1 per class)")
         if options.cutout < 0:

@@ -47,6 +47,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peerkd.methods.okddip import OKDDip
+from peerkd.methods.parts.multibranch import TargetBuilder
 from peerkd.core.registry import register_method
 
 
@@ -59,7 +60,7 @@ class MDE(OKDDip):
         model: str = "resnet32"  # backbone of every branch (a registered model name)
         model_options: dict = field(default_factory=dict)  # keyword arguments for the backbone's factory
         branches: int = 4  # m = 4: three auxiliary branches and a group leader (section 4.1)
-        target: str = "ffm"  # the Feature Fusion Module (eq. 4); gate / attention for the Table 6 ablation
+        target: TargetBuilder = "ffm"  # the Feature Fusion Module (eq. 4); gate / attention for the Table 6 ablation
         fusion_blocks: int = 1  # conv-BN-ReLU blocks in the FFM (Fig. 2 shows one centre block)
         fusion_kernel: int = 1  # FFM conv kernel: 1x1 (lighter than OKDDip's attention; 3: the earlier reading)
         fusion_reduction: int = 16  # FFM conv width = one branch's channels / 16 (1: keep them, the earlier reading)

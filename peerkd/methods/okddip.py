@@ -38,8 +38,9 @@ from peerkd.core.errors import ConfigError
 from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
 from peerkd.core.method import Method, StepOutput
 from peerkd.models.execution import check_fuse
-from peerkd.methods.parts.multibranch import (CD_PRODUCTS, TARGET_GRADIENTS, BranchGroup, build_target_builder, choose,
-                                        classifier_diversification, peer_targets, sigmoid_rampup)
+from peerkd.methods.parts.multibranch import (BranchGroup, CdProduct, TargetBuilder, TargetGradient,
+                                              build_target_builder, classifier_diversification, peer_targets,
+                                              sigmoid_rampup)
 from peerkd.core.registry import register_method
 
 
@@ -54,7 +55,8 @@ class OKDDip(Method):
         branches: int = 4  # m: m - 1 auxiliary peers + 1 group leader (4 in OKDDip's and MDE's CIFAR runs)
         split_at: int | None = None  # stages shared by the branches; None: all but the last (their ResNet code)
         network_based: bool = False  # True: m independent networks (OKDDip's network-based setting)
-        target: str = "attention"  # how the peers' targets are built: attention (OKDDip), gate (ONE), ffm, mean
+        target: TargetBuilder = "attention"  # how the peers' targets are built: attention (OKDDip), gate (ONE), ffm,
+        # mean
         attention_reduction: int = 8  # query/key dimension = feature_dim / this (their factor = 8)
         gate_bn_relu: bool = True  # gate target only: BN + ReLU between FC and softmax, as ONE's code
         fusion_blocks: int = 1  # ffm target only: conv-BN-ReLU blocks in the fusion module
@@ -64,9 +66,11 @@ class OKDDip(Method):
         peer_weight: float = 1.0  # alpha: weight of the first-level KL (peers <- their targets); their alpha = 1
         leader_weight: float = 1.0  # beta: weight of the second-level KL (leader <- t_avg); 1 in their code
         cd_weight: float = 0.0  # gamma: classifier-diversification loss weight (0: OKDDip has none)
-        cd_product: str = "outer"  # reading of W_i^T W_j: outer (vec(W_i) vec(W_j)^T), feature (d x d), class (C x C)
+        cd_product: CdProduct = "outer"  # reading of W_i^T W_j: outer (vec(W_i) vec(W_j)^T), feature (d x d), class
+        # (C x C)
         cd_include_leader: bool = True  # the leader's classifier enters L_cd (eq. 5 of MDE sums over all m)
-        target_gradient: str = "full"  # "full": targets not detached (their code); "weights": logits detached
+        target_gradient: TargetGradient = "full"  # "full": targets not detached (their code); "weights": logits
+        # detached
         rampup_epochs: float = 80.0  # epochs of the sigmoid ramp-up of the KL weight (their length = 80); 0: off
         fuse: str = "auto"  # identical branches: "off", "on" (fused), "streams", "auto" (timed): methods/execution.py
 
@@ -82,8 +86,6 @@ class OKDDip(Method):
         check_fuse(options.fuse)
         if options.branches < 3:
             raise ConfigError("method.branches: two-level distillation needs at least 2 peers and a leader (>= 3)")
-        choose("method.target_gradient", options.target_gradient, TARGET_GRADIENTS)
-        choose("method.cd_product", options.cd_product, CD_PRODUCTS)
         self.group = BranchGroup(options.model, task.num_classes, options.branches, options.split_at,
                                  options.network_based, options.model_options, options.fuse)
         self.peers = list(range(options.branches - 1))

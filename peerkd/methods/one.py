@@ -27,17 +27,18 @@ classifiers (paper 001, eq. 5; the one implementation,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 from peerkd.losses import hard_ce, kd_kl
 from peerkd.core.method import Method, StepOutput
 from peerkd.models.execution import check_fuse
-from peerkd.methods.parts.multibranch import (CD_PRODUCTS, TARGET_GRADIENTS, BranchGroup, GateTarget, choose,
+from peerkd.methods.parts.multibranch import (BranchGroup, CdProduct, GateTarget, TargetGradient,
                                         classifier_diversification, peer_targets, sigmoid_rampup)
-
-ONE_TARGET_GRADIENTS = ("none", *TARGET_GRADIENTS)
 from peerkd.core.registry import register_method
+
+OneTargetGradient = Literal["none", TargetGradient]  # "none": the teacher detached in the KL, or the two of OKDDip
 
 
 @register_method("one")
@@ -54,10 +55,11 @@ class ONE(Method):
         temperature: float = 3.0  # T of the KL (ONE uses 3)
         kl_weight: float = 1.0  # weight of the KL term relative to CE (1 in ONE)
         ensemble_ce: bool = True  # CE on the gated ensemble too (trains the gate); ONE's loss has it
-        target_gradient: str = "none"  # "none": teacher detached in the KL (ONE's code); "weights"; "full" (see above)
+        target_gradient: OneTargetGradient = "none"  # "none": teacher detached in the KL (ONE's code); "weights";
+        # "full" (see above)
         rampup_epochs: float = 80.0  # epochs of the sigmoid ramp-up of the KL weight (ONE's code: 80); 0: none
         cd_weight: float = 0.0  # gamma of MDE's CD loss over the branches' classifiers (0: ONE has none; 5e-8: MDE's)
-        cd_product: str = "outer"  # the reading of W_i^T W_j in the CD loss (see multibranch.CD_PRODUCTS)
+        cd_product: CdProduct = "outer"  # the reading of W_i^T W_j in the CD loss (see multibranch.CdProduct)
         fuse: str = "auto"  # identical branches: "off", "on" (fused), "streams", "auto" (timed): methods/execution.py
 
     @classmethod
@@ -67,8 +69,6 @@ class ONE(Method):
     def __init__(self, options, task):
         super().__init__(options, task)
         check_fuse(options.fuse)
-        choose("method.target_gradient", options.target_gradient, ONE_TARGET_GRADIENTS)
-        choose("method.cd_product", options.cd_product, CD_PRODUCTS)
         self.group = BranchGroup(options.model, task.num_classes, options.branches, options.split_at,
                                  model_options=options.model_options, fuse=options.fuse)
         self.gate = GateTarget(self.group.trunk_channels, options.branches, options.gate_bn_relu)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from peerkd.losses import soft_ce
 from peerkd.core.method import Method, StepOutput
 from peerkd.core.registry import register_method
-from peerkd.methods.parts.self_distillation import PredictionMemory, label_distribution, progressive_alpha
+from peerkd.methods.parts.self_distillation import MemoryDtype, PredictionMemory, label_distribution, progressive_alpha
 from peerkd.models import build_model
 
 
@@ -42,7 +42,8 @@ class PSKD(Method):
         model: str = "resnet18"  # the network trained (any registered model)
         model_options: dict = field(default_factory=dict)  # keyword arguments of the model's factory
         alpha_final: float = 0.8  # a_T: weight of the past prediction in the last epoch (PS-KD's CIFAR-100 value)
-        memory_dtype: str = "float32"  # storage of the memory: float32, float16 or bfloat16 (2 bytes per entry)
+        memory_dtype: MemoryDtype = "float32"  # storage of the memory: float32, float16 or bfloat16 (2 bytes per
+        # entry)
         memory_topk: int = 0  # 0 stores whole distributions; k > 0 stores the top k classes (values + int16 ids)
 
     def __init__(self, options, task):

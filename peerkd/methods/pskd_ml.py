@@ -57,12 +57,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from peerkd.config import check_choice
 from peerkd.losses import soft_ce
 from peerkd.core.method import Method, StepOutput
 from peerkd.core.registry import register_method
-from peerkd.methods.parts.self_distillation import (HINT_REDUCTIONS, PredictionMemory, StageClassifierNet, dmfl_loss,
-                                              label_distribution, progressive_alpha, self_kd_terms)
+from peerkd.methods.parts.self_distillation import (HintReduction, MemoryDtype, PredictionMemory, StageClassifierNet,
+                                                    dmfl_loss, label_distribution, progressive_alpha, self_kd_terms)
+from peerkd.methods.parts.stage_adapters import AdapterDesign
 
 
 @register_method("pskd_ml")
@@ -82,14 +82,16 @@ class PSKDMutualLearning(Method):
         kl_weight: float = 0.1  # a of eq. 2: KL share (1 - a on CE), the paper's 0.1
         hint_weight: float = 1e-6  # lambda of eq. 2, per squared feature unit, the paper's 1e-6
         temperature: float = 3.0  # T of eq. 2's KL: the BYOT code's 3, the code a and lambda come from (1: literal)
-        hint_reduction: str = "sum"  # hint over the batch: "sum" (the BYOT code, lambda's unit) or "mean"
+        hint_reduction: HintReduction = "sum"  # hint over the batch: "sum" (the BYOT code, lambda's unit) or "mean"
         distil_blocks: list[int] = field(default_factory=list)  # 1-based shallow classifiers with KL + hint; [] = all
         self_kd_includes_deepest: bool = True  # eq. 2's sum runs to N: (1 - a) CE on the deepest besides L_CE
         dmfl_temperature: float = 1.0  # tau of the feature-to-distribution softmax (none in the paper: 1)
         dmfl_detach_targets: bool = True  # each KL direction trains its second argument only (DML's reading)
-        memory_dtype: str = "float32"  # PS-KD memory storage: float32, float16 or bfloat16 (2 bytes per entry)
+        memory_dtype: MemoryDtype = "float32"  # PS-KD memory storage: float32, float16 or bfloat16 (2 bytes per
+        # entry)
         memory_topk: int = 0  # 0 stores whole distributions; k > 0 the top k classes (ImageNet: 10)
-        adapter: str = "bottleneck"  # shallow-stage adapter design: bottleneck (BYOT CIFAR code), sepconv, chain
+        adapter: AdapterDesign = "bottleneck"  # shallow-stage adapter design: bottleneck (BYOT CIFAR code), sepconv,
+        # chain
 
     @classmethod
     def model_requirements(cls, options):
@@ -97,7 +99,6 @@ class PSKDMutualLearning(Method):
 
     def __init__(self, options, task):
         super().__init__(options, task)
-        check_choice("method.hint_reduction", options.hint_reduction, HINT_REDUCTIONS)
         self.net = StageClassifierNet(options.model, task.num_classes, options.model_options, task.image_size,
                                       adapters=options.byot or options.dmfl, shallow_heads=options.byot,
                                       adapter=options.adapter)

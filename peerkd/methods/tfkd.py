@@ -27,11 +27,11 @@ gradient; its weights are part of this method's state (``teacher_model`` records
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from peerkd.core.errors import ConfigError
 from peerkd.losses import hard_ce, kd_kl
 from peerkd.core.method import Method, StepOutput
 from peerkd.methods.parts.cohort import build_cohort, export_member
@@ -39,9 +39,11 @@ from peerkd.methods.kd import KD
 from peerkd.core.registry import register_method
 from peerkd.models import build_model
 
+Softening = Literal["softmax", "power"]  # how T softens the virtual teacher's p^d
+
 
 def virtual_teacher(labels: torch.Tensor, num_classes: int, correct_prob: float, temperature: float,
-                    softening: str = "softmax") -> torch.Tensor:
+                    softening: Softening = "softmax") -> torch.Tensor:
     """Tf-KD's virtual teacher distribution ``(B, K)`` for integer ``labels``, softened by ``temperature``."""
     base = torch.full((labels.shape[0], num_classes), (1.0 - correct_prob) / (num_classes - 1),
                       device=labels.device, dtype=torch.float32)
@@ -60,14 +62,15 @@ class TfKD(Method):
 
     @dataclass
     class Options:
-        variant: str = "reg"  # "reg" (virtual teacher, needs nothing) or "self" (teacher = an earlier run of the net)
+        variant: Literal["reg", "self"] = "reg"  # "reg" (virtual teacher, needs nothing) or "self" (teacher = an
+        # earlier run of the net)
         model: str = "resnet32"  # the network trained
         model_options: dict = field(default_factory=dict)  # keyword arguments for its factory
         alpha: float = 0.1  # weight of the teacher term; 0.1: the released CIFAR-100 Tf-KD_reg setting (unverified)
         temperature: float = 20.0  # T; 20: the released CIFAR-100 reg setting (unverified; self: ~6, set per config)
         correct_prob: float = 0.99  # a: the virtual teacher's probability of the true class (paper: 0.9 or above)
         multiplier: float = 1.0  # scale of the reg KL (batch-mean); see the docstring for the released code's 100
-        virtual_softening: str = "softmax"  # how T softens p^d: "softmax" (released code) or "power"
+        virtual_softening: Softening = "softmax"  # how T softens p^d: "softmax" (released code) or "power"
         soften_student: bool = True  # reg: divide the student's logits by T too (eq. 9's p_T); false: released code
         teacher_run: str = ""  # self: run folder of the trained network (as kd's teacher_run)
         teacher_key: str = ""  # self: predict key of that run to export ("" = its default)
@@ -76,10 +79,6 @@ class TfKD(Method):
 
     def __init__(self, options, task):
         super().__init__(options, task)
-        if options.variant not in ("reg", "self"):
-            raise ConfigError(f"method.variant: '{options.variant}' is not reg or self")
-        if options.virtual_softening not in ("softmax", "power"):
-            raise ConfigError(f"method.virtual_softening: '{options.virtual_softening}' is not softmax or power")
         self.models = build_cohort([options.model], task.num_classes, options.model_options)
         self.teacher = None
         if options.variant == "self":

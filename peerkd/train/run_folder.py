@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from peerkd.config import flatten_tree
+from peerkd.config import config_keys, flatten_tree
 from peerkd.train.checkpoint import CHECKPOINT, atomic_write_bytes, has_checkpoint, load_checkpoint_from
 from peerkd.core.errors import RunError
 from peerkd.train.lock import LOCK_FILE, RunLock
@@ -34,17 +34,12 @@ from peerkd.train.lock import LOCK_FILE, RunLock
 HISTORY = "history.jsonl"
 SWEEP_LOG = "sweep.log"  # a run's output, written by `peerkd sweep` into the folder before the run starts: peerkd's own
 METRICS = "metrics.jsonl"
-# Config keys a resume may change: they decide how far and how the run goes on, what is evaluated or logged, and
-# where and how fast it runs, not what the weights so far were trained with.
-RESUME_CHANGEABLE = (
-    "schedule.epochs",  # train longer (not fewer epochs than done)
-    "schedule.milestones",  # later milestones (those already passed must stay)
-    "trainer.eval_every", "trainer.log_every", "trainer.progress", "trainer.out", "trainer.device",
-    "trainer.threads", "trainer.precision", "trainer.channels_last", "trainer.compile", "trainer.fast",
-    "trainer.fast_mode", "trainer.cudnn_benchmark",
-    "data.root", "data.download", "data.eval_batch_size", "data.test_subset", "data.workers",
-    "method.fuse",  # fused or separate members: the same numbers, the same state_dict
-)
+# Config keys a resume may change: the schema's fields tagged resumable (peerkd.config.RESUMABLE, PLACEMENT); they
+# decide how far and how the run goes on, what is evaluated or logged, and where and how fast it runs, not what the
+# weights so far were trained with. Untagged until trainer.members / trainer.step replace them: the execution keys
+# trainer.compile, trainer.fast, trainer.fast_mode and method.fuse (fused or separate members: the same numbers, the
+# same state_dict).
+RESUME_CHANGEABLE = (*config_keys("resumable"), "trainer.compile", "trainer.fast", "trainer.fast_mode", "method.fuse")
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 

@@ -123,6 +123,29 @@ def test_runs_are_grouped_by_config_not_by_name(capsys, tmp_path):
     assert {r["ours"] for r in rows} == {"71.00 ± 1.00", "90.00"}
 
 
+def test_the_grouping_ignores_the_seed_and_the_placement_keys_only():
+    from peerkd.config import Config
+    from peerkd.experiments.aggregate import PLACEMENT_KEYS, group_key
+
+    assert set(PLACEMENT_KEYS) == {"seed", "data.root", "data.download", "data.workers", "trainer.device",
+                                   "trainer.progress", "trainer.threads", "trainer.out", "trainer.log_every"}
+    base = Config().to_dict()
+
+    def changed(key, value):
+        tree = json.loads(json.dumps(base))
+        node = tree
+        *sections, last = key.split(".")
+        for part in sections:
+            node = node[part]
+        node[last] = value
+        return group_key(tree)
+
+    assert changed("data.root", "/elsewhere") == changed("trainer.threads", 3) == changed("seed", 7) == \
+        group_key(base)
+    for key, value in (("optim.lr", 0.2), ("trainer.precision", "fp32"), ("schedule.epochs", 30)):
+        assert changed(key, value) != group_key(base), key  # resumable, yet another computation: another group
+
+
 def test_whole_paper_table_as_rows_by_columns(capsys, tmp_path, three_seeds):
     runs, _ = three_seeds
     other = dict(PAPER, cells=[dict(c, row="OKDDip") for c in PAPER["cells"][:2]])

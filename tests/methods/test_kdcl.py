@@ -241,7 +241,8 @@ def test_bad_options_are_config_errors():
 
     for bad in ({"models": ["resnet8"]}, {"target": "mean"}, {"linear_scope": "epoch"}, {"naive_scope": "epoch"},
                 {"general_constraint": "box"}, {"cutout": -1}):
-        with pytest.raises(ConfigError):
+        (key,) = bad
+        with pytest.raises(ConfigError, match=f"^method.{key}: "):
             build({"name": "kdcl", "models": STUDENTS, **bad}, tiny_task())
 
 

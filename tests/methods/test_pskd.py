@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers import assert_one_step, build, random_batch, short_run, tiny_task
+from peerkd.config import ConfigError
 from peerkd.data import Batch
 from peerkd.methods.parts.self_distillation import PredictionMemory, progressive_alpha
 
@@ -80,8 +81,8 @@ def test_compact_memory_top_k_and_half_precision():
     dense16.write(torch.tensor([0, 1]), probs)
     assert dense16.probs.dtype == torch.float16
     assert torch.allclose(dense16.read(torch.tensor([0, 1]), labels), probs, atol=1e-3)
-    with pytest.raises(ValueError):
-        PredictionMemory(8, 5, dtype="int8")
+    with pytest.raises(ConfigError, match="method.memory_dtype: 'int8' is not one of float32, float16, bfloat16"):
+        build({"name": "pskd", "model": "resnet8", "memory_dtype": "int8"}, tiny_task())  # the schema's choice
 
 
 def test_pskd_step_and_options():

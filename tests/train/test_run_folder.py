@@ -4,6 +4,7 @@ line, files that follow the umask."""
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -91,9 +92,9 @@ def test_the_lock_of_a_killed_process_is_taken_over(finished_run, tmp_path):
 
 
 def test_without_fcntl_the_lock_file_is_the_lock(tmp_path, monkeypatch):
-    import peerkd.train.lock
+    from peerkd.train import lock as lock_module  # the module (peerkd.train, the attribute, is the train function)
 
-    monkeypatch.setattr(peerkd.train.lock, "fcntl", None)
+    monkeypatch.setattr(lock_module, "fcntl", None)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
     lock = RunLock(tmp_path)
@@ -182,6 +183,31 @@ def test_resume_may_not_undo_what_was_trained(finished_run):
         resume_changes(state, _config(epochs=2, overrides=multistep + ("schedule.milestones=[1, 3]",)), finished_run)
 
 
+def test_the_keys_a_resume_may_change_are_the_schema_fields_tagged_resumable():
+    from peerkd.train.run_folder import RESUME_CHANGEABLE
+
+    tagged = {"schedule.epochs", "schedule.milestones", "trainer.eval_every", "trainer.log_every", "trainer.progress",
+              "trainer.out", "trainer.device", "trainer.threads", "trainer.precision", "trainer.channels_last",
+              "trainer.cudnn_benchmark", "data.root", "data.download", "data.eval_batch_size", "data.test_subset",
+              "data.workers"}
+    execution = {"trainer.compile", "trainer.fast", "trainer.fast_mode", "method.fuse"}  # until trainer.step/members
+    assert set(RESUME_CHANGEABLE) == tagged | execution and len(RESUME_CHANGEABLE) == len(tagged | execution)
+
+
+def test_a_resume_may_change_a_resumable_key_and_no_other(finished_run):
+    from peerkd.train.run_folder import resume_changes
+
+    state = load_checkpoint(finished_run / CHECKPOINT)
+    own = ("trainer.log_every=1",)  # the finished run's own override
+    assert resume_changes(state, _config(overrides=own + ("data.workers=0", "trainer.precision=fp32")),
+                          finished_run) == {"data.workers": [8, 0], "trainer.precision": ["auto", "fp32"]}
+    # what the weights were trained with; the seed (a placement key to the report's grouping) is no resumable key
+    for override, shown in (("data.batch_size=16", "data.batch_size (32 -> 16)"), ("seed=4", "seed (0 -> 4)"),
+                            ("method.models=[resnet20]", "method.models (['resnet8'] -> ['resnet20'])")):
+        with pytest.raises(RunError, match=re.escape(f"trained with another config: {shown}.")):
+            resume_changes(state, _config(overrides=own + (override,)), finished_run)
+
+
 def test_resume_overrides_are_allowed_recorded_and_config_yaml_is_kept(finished_run, tmp_path, capsys):
     run = _copy(finished_run, tmp_path)
     config_yaml = (run / "config.yaml").read_text()
@@ -257,7 +283,7 @@ def test_a_failed_start_leaves_no_folder_behind(tmp_path):
 
 
 def test_disk_full_is_one_line_and_the_last_checkpoint_is_kept(finished_run, tmp_path, monkeypatch, capsys):
-    import peerkd.train.checkpoint
+    from peerkd.train import checkpoint as checkpoint_module  # the module, not peerkd's train function's attribute
 
     run = _copy(finished_run, tmp_path)
     real_fsync = os.fsync
@@ -269,13 +295,13 @@ def test_disk_full_is_one_line_and_the_last_checkpoint_is_kept(finished_run, tmp
 
     if not os.path.isdir("/proc/self/fd"):
         pytest.skip("needs /proc/self/fd to tell the checkpoint's writes")
-    monkeypatch.setattr(peerkd.train.checkpoint.os, "fsync", full_for_checkpoints)
+    monkeypatch.setattr(checkpoint_module.os, "fsync", full_for_checkpoints)
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(run), "--set", "schedule.epochs=2"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert f"no space left on the device of {run}" in err and "checkpoint.pt: 1 epochs done) is kept" in err
-    monkeypatch.setattr(peerkd.train.checkpoint.os, "fsync", real_fsync)
+    monkeypatch.setattr(checkpoint_module.os, "fsync", real_fsync)
     assert load_checkpoint(run / CHECKPOINT)["epoch"] == 1
     assert not list(run.glob(".*.tmp"))
 

@@ -8,9 +8,13 @@ softens the result by ``T`` for the distillation term. Nothing here syncs with t
 from __future__ import annotations
 
 import itertools
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+Scope = Literal["sample", "batch"]  # Naive / Linear: one choice per sample or one for the whole batch
+GeneralConstraint = Literal["simplex", "none"]  # General: w on the simplex (the text) or eq. 11 as it is
 
 
 def per_student_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -20,7 +24,7 @@ def per_student_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def naive_target(logits: torch.Tensor, labels: torch.Tensor,
-                 scope: str = "sample") -> tuple[torch.Tensor, torch.Tensor]:
+                 scope: Scope = "sample") -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 4: the logits of the student with the lowest cross-entropy. Returns ``(z_t (B, K), chosen (B,))``,
     ``chosen`` the index of the student picked for each sample.
 
@@ -62,7 +66,7 @@ def _combination_grad(alpha: torch.Tensor, grouped: torch.Tensor, grouped_labels
 
 
 def linear_weights(logits: torch.Tensor, labels: torch.Tensor, iterations: int = 30,
-                   scope: str = "sample") -> torch.Tensor:
+                   scope: Scope = "sample") -> torch.Tensor:
     """Eq. 5: the convex combination ``alpha`` (on the simplex) of the students' logits with the lowest CE.
 
     scope: ``"sample"`` solves one ``alpha`` per sample (returns ``(B, m)``), ``"batch"`` one for the whole batch
@@ -118,7 +122,7 @@ def linear_weights(logits: torch.Tensor, labels: torch.Tensor, iterations: int =
 
 
 def linear_target(logits: torch.Tensor, labels: torch.Tensor, iterations: int = 30,
-                  scope: str = "sample") -> tuple[torch.Tensor, torch.Tensor]:
+                  scope: Scope = "sample") -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 5: ``(z_t (B, K), alpha)`` with ``z_t = sum_i alpha_i z_i`` (see :func:`linear_weights`)."""
     alpha = linear_weights(logits, labels, iterations, scope)  # (B, m) or (1, m)
     z_t = torch.einsum("bm,mbk->bk", alpha.expand(logits.shape[1], -1), logits.detach().float())
@@ -132,7 +136,8 @@ def target_class_errors(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return (target - 1.0).t()
 
 
-def general_weights(covariance: torch.Tensor, constraint: str = "simplex", ridge: float = 1e-6) -> torch.Tensor:
+def general_weights(covariance: torch.Tensor, constraint: GeneralConstraint = "simplex",
+                    ridge: float = 1e-6) -> torch.Tensor:
     """Eq. 11: ``w = C^-1 1 / 1^T C^-1 1`` for the error covariance ``C`` (eq. 10), in float64.
 
     Singular-C guard: ``C + ridge * (trace(C) / m + 1e-12) I`` is inverted, so identical students (``C`` of rank 1)

@@ -20,21 +20,22 @@ A *target builder* turns the branches' outputs into one soft target per peer, gi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from peerkd.core.errors import ConfigError
-from peerkd.config import check_choice as choose  # noqa: F401  (ONE, OKDDip import it from here)
 from peerkd.methods.parts.rampup import sigmoid_rampup  # noqa: F401  (re-exported for ONE / OKDDip)
 from peerkd.methods.parts.branching import build_branched
 from peerkd.models.execution import resolved
 from peerkd.models import build_model
 from peerkd.models.members import build_members
 
-TARGET_BUILDERS = ("gate", "attention", "ffm", "mean")
-TARGET_GRADIENTS = ("full", "weights")
+TargetBuilder = Literal["gate", "attention", "ffm", "mean"]  # the target builders above (an Options choice)
+TargetGradient = Literal["full", "weights"]  # "full": targets not detached; "weights": the peers' logits in them
+# detached (the weighting module still learns)
 
 
 # ----------------------------------------------------------------------------------------------- gradient rescaling
@@ -195,10 +196,9 @@ class MeanTarget(nn.Module):
         return out.logits[0].new_full((batch, len(peers)), 1.0 / len(peers), dtype=torch.float32)
 
 
-def build_target_builder(kind: str, group: BranchGroup, peers: int, *, gate_bn_relu: bool = True,
+def build_target_builder(kind: TargetBuilder, group: BranchGroup, peers: int, *, gate_bn_relu: bool = True,
                          attention_reduction: int = 8, fusion_blocks: int = 1, fusion_kernel: int = 1,
                          fusion_reduction: int = 16) -> nn.Module:
-    choose("method.target", kind, TARGET_BUILDERS)
     if kind == "gate":
         if group.network_based:
             raise ConfigError("method.target: the ONE gate reads the shared trunk; the network-based setting has "
@@ -227,10 +227,10 @@ def peer_targets(builder: nn.Module, out: GroupOutput, peers: list[int], detach_
 
 # ----------------------------------------------------------------------------------------------- CD loss
 
-CD_PRODUCTS = ("outer", "feature", "class")  # readings of MDE's W_i^T W_j (see classifier_diversification)
+CdProduct = Literal["outer", "feature", "class"]  # readings of MDE's W_i^T W_j (see classifier_diversification)
 
 
-def classifier_diversification(weights: list[torch.Tensor], product: str = "outer") -> torch.Tensor:
+def classifier_diversification(weights: list[torch.Tensor], product: CdProduct = "outer") -> torch.Tensor:
     """MDE's eq. 5, ``L_cd = sum_{i<j} |W_i^T W_j|``, ``|.|`` the sum of the absolute entries, summed over the pairs.
 
     ``weights`` are the classifiers' ``nn.Linear.weight`` matrices ``(C, d)`` (biases do not enter). What ``W_i`` is
@@ -249,7 +249,6 @@ def classifier_diversification(weights: list[torch.Tensor], product: str = "oute
       the figure's largest gamma = 1e-4, so the whole Fig. 3 range would be inert.
     - ``"class"``: ``W_i W_j^T`` (``C x C``: dot products of class vectors); the same scale as ``"feature"``.
     """
-    choose("method.cd_product", product, CD_PRODUCTS)
     total = weights[0].new_zeros((), dtype=torch.float32)
     for i in range(len(weights)):
         for j in range(i + 1, len(weights)):

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Literal, get_args
 
 import torch
 import torch.distributed as dist
@@ -19,11 +20,14 @@ from torch import nn
 
 from peerkd.core.errors import ConfigError
 from peerkd.losses import kd_kl, mean_probs_logits, soft_ce
-from peerkd.methods.parts.stage_adapters import make_adapters
+from peerkd.methods.parts.stage_adapters import AdapterDesign, make_adapters
 from peerkd.models import build_model
 from peerkd.models.registry import model_label
 
-MEMORY_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MemoryDtype = Literal["float32", "float16", "bfloat16"]  # PS-KD memory storage (an Options field's choices)
+MEMORY_DTYPES = dict(zip(get_args(MemoryDtype), (torch.float32, torch.float16, torch.bfloat16)))
+HintReduction = Literal["sum", "mean"]  # the hint over the batch: BYOT's code sums, a batch mean is 1 / batch size of
+# that
 
 
 # ------------------------------------------------------------------------------------------------ architecture
@@ -40,7 +44,7 @@ class StageClassifierNet(nn.Module):
     """
 
     def __init__(self, model: str, num_classes: int, model_options: dict, image_size: int, adapters: bool = True,
-                 shallow_heads: bool = True, adapter: str = "bottleneck"):
+                 shallow_heads: bool = True, adapter: AdapterDesign = "bottleneck"):
         super().__init__()
         self.backbone = build_model(model, num_classes, key="method.model", **model_options)
         stages = len(self.backbone.stages)
@@ -121,12 +125,10 @@ class PredictionMemory(nn.Module):
     initialised, so every rank holds the whole memory; the owning method sets ``ddp_broadcast_buffers = False``.
     """
 
-    def __init__(self, num_items: int, num_classes: int, dtype: str = "float32", topk: int = 0):
+    def __init__(self, num_items: int, num_classes: int, dtype: MemoryDtype = "float32", topk: int = 0):
         super().__init__()
         if num_items <= 0:
             raise ConfigError("PS-KD needs the training-set size (TaskInfo.num_train) for its per-sample memory")
-        if dtype not in MEMORY_DTYPES:
-            raise ConfigError(f"method.memory_dtype: '{dtype}' is not one of {', '.join(MEMORY_DTYPES)}")
         if topk < 0:
             raise ConfigError(f"method.memory_topk: must be 0 (dense) or positive, got {topk}")
         self.num_classes = num_classes
@@ -189,10 +191,7 @@ def label_distribution(batch, num_classes: int) -> torch.Tensor:
     return lam * one_hot + (1 - lam) * F.one_hot(batch.y_b, num_classes).float()
 
 
-HINT_REDUCTIONS = ("sum", "mean")  # over the batch: BYOT's code sums, a batch mean is 1 / batch size of that
-
-
-def hint_loss(student: torch.Tensor, teacher: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+def hint_loss(student: torch.Tensor, teacher: torch.Tensor, reduction: HintReduction = "mean") -> torch.Tensor:
     """``||F_i - F_N||_2^2``: squared Euclidean distance of the pooled feature vectors, summed over the channels and
     then summed (``reduction="sum"``, the BYOT code's ``feature_loss_function``) or averaged over the batch."""
     per_image = (student.float() - teacher.float()).pow(2).sum(-1)
@@ -201,8 +200,8 @@ def hint_loss(student: torch.Tensor, teacher: torch.Tensor, reduction: str = "me
 
 def self_kd_terms(logits: list[torch.Tensor], features: list[torch.Tensor], target: torch.Tensor, *,
                   kl_weight: float, hint_weight: float, temperature: float, distil_blocks: list[int],
-                  include_deepest: bool, deepest_ce_weight: float | None = None, hint_reduction: str = "mean"
-                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                  include_deepest: bool, deepest_ce_weight: float | None = None,
+                  hint_reduction: HintReduction = "mean") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """BYOT's loss over the classifiers (1-based ``i``, ``N`` the deepest; the deepest's outputs detached):
 
         sum_i (1 - a) CE(P_i, target) + a T^2 KL(P_N^T || P_i^T) + lambda ||F_i - F_N||^2

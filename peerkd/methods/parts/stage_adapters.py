@@ -23,6 +23,7 @@ Three designs, chosen by ``adapter`` (``method.adapter`` of BYOT and PS-KD + BYO
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ from torch import nn
 
 from peerkd.core.errors import ConfigError
 
-ADAPTER_DESIGNS = ("bottleneck", "sepconv", "chain")
+AdapterDesign = Literal["bottleneck", "sepconv", "chain"]  # the shallow-stage adapter designs (an Options choice)
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int, stride: int, padding: int, bias: bool) -> list[nn.Module]:
@@ -106,10 +107,8 @@ def chain_adapter(in_ch: int, in_size: int, out_ch: int, out_size: int) -> nn.Mo
     return nn.Sequential(*steps)
 
 
-def make_adapters(design: str, shapes: list[tuple[int, int]]) -> list[nn.Module]:
+def make_adapters(design: AdapterDesign, shapes: list[tuple[int, int]]) -> list[nn.Module]:
     """One adapter per shallow stage, from the ``(channels, size)`` after every stage (the last one the deepest)."""
-    if design not in ADAPTER_DESIGNS:
-        raise ConfigError(f"method.adapter: '{design}' is not one of {', '.join(ADAPTER_DESIGNS)}")
     out_ch, out_size = shapes[-1]
     try:
         if design == "sepconv":
