@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -86,10 +86,16 @@ class TrainerConfig:
     precision: str = "auto"  # "auto": bf16 autocast on a CUDA device that supports it, fp16 autocast with a gradient
     # scaler on one that does not (V100, T4, RTX 20xx), fp32 on CPU; or "bf16", "fp16" (with the scaler), "fp32"
     channels_last: str = "auto"  # "auto" (on for CUDA), "on" or "off"
-    compile: bool = False  # torch.compile the training step (torch's default mode)
-    fast: str = "auto"  # graph-captured step (peerkd/train/step.py): "auto" (on for CUDA, falls back to eager if the
-    # compile/capture fails), "on", "off"; a CPU runs the same step eagerly (nothing to capture)
-    fast_mode: str = "compile"  # with fast: "compile" (torch.compile reduce-overhead) or "graph" (one CUDA graph)
+    # how a method's identical members execute (peerkd/models/execution.py): "auto" measures the four on CUDA on the
+    # run's first batch and keeps the fastest (they differ by tens of percent with the shape), and is "separate" on
+    # CPU without measuring (grouped convolutions are slower there); "separate" (modules one by one, the reference),
+    # "grouped" (one fused module: grouped convolutions), "streams" (CUDA side streams), "vmap" (torch.func)
+    members: Literal["auto", "separate", "grouped", "streams", "vmap"] = "auto"
+    # how the training step runs (peerkd/train/step.py): "auto" is torch.compile "reduce-overhead" on CUDA (CUDA
+    # graphs: a CIFAR step is launch-bound), falling back to eager with a warning if compiling fails, and eager on CPU
+    # (nothing to capture); "eager"; "compile" (reduce-overhead on CUDA, torch's default mode elsewhere; a failure is
+    # an error); "graph" (the whole step as one CUDA graph: CUDA only, one process)
+    step: Literal["auto", "eager", "compile", "graph"] = "auto"
     cudnn_benchmark: bool = True  # CUDA: cuDNN times its convolution algorithms once per shape and keeps the fastest
     # (the shapes are static); false gives bitwise-repeatable runs on one machine, slower
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
@@ -372,12 +378,56 @@ def load_yaml(path: str | Path) -> dict:
     return tree
 
 
+# keys that moved: a config naming one is refused with one line saying where it went (before any work)
+MOVED_KEYS = {
+    "method.fuse": "method.fuse moved to trainer.members (off -> separate, on -> grouped, streams, vmap, auto)",
+    "trainer.fast": "trainer.fast moved to trainer.step (auto -> auto, on -> compile, off -> eager)",
+    "trainer.fast_mode": "trainer.fast_mode moved to trainer.step (compile -> compile, graph -> graph)",
+    "trainer.compile": "trainer.compile moved to trainer.step (true -> compile, false -> eager)",
+}
+_OLD_FUSE = {"off": "separate", "on": "grouped", False: "separate", True: "grouped"}  # method.fuse -> trainer.members
+
+
+def _refuse_moved_keys(tree: dict) -> None:
+    for key, message in MOVED_KEYS.items():
+        section, name = key.split(".")
+        node = tree.get(section)
+        if isinstance(node, dict) and name in node:
+            raise ConfigError(message)
+
+
+def _old_step(fast, fast_mode, compile_step) -> str:
+    """trainer.step for a saved config's trainer.fast / fast_mode / compile (their defaults: auto, compile, false)."""
+    fast = {True: "on", False: "off"}.get(fast, "auto" if fast is None else fast)
+    if fast == "off":
+        return "compile" if compile_step else "eager"
+    if fast_mode == "graph":
+        return "graph"
+    return "compile" if fast == "on" else "auto"
+
+
+def upgrade_saved_config(tree: dict) -> dict:
+    """A config tree saved by an older peerkd (a checkpoint's) with the values of :data:`MOVED_KEYS` under their new
+    keys, so that its run still resumes, evaluates and exports; a config a user writes is refused instead."""
+    method, trainer = dict(tree.get("method") or {}), dict(tree.get("trainer") or {})
+    if "fuse" not in method and not {"fast", "fast_mode", "compile"} & trainer.keys():
+        return tree
+    fuse = method.pop("fuse", None)
+    if fuse is not None:
+        trainer.setdefault("members", _OLD_FUSE.get(fuse, fuse))
+    fast, fast_mode, compile_step = (trainer.pop(k, None) for k in ("fast", "fast_mode", "compile"))
+    if (fast, fast_mode, compile_step) != (None, None, None):
+        trainer.setdefault("step", _old_step(fast, fast_mode, compile_step))
+    return {**tree, "method": method, "trainer": trainer}
+
+
 def build_config(tree: dict | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Validate a raw config tree (from YAML) plus ``--set`` overrides into a :class:`Config`."""
     tree = dict(tree or {})
     for text in overrides:
         path, value = parse_override(text)
         apply_override(tree, path, value)
+    _refuse_moved_keys(tree)
     method_tree = tree.pop("method", None) or {}
     if not isinstance(method_tree, dict):
         raise ConfigError("method: expected a mapping with at least 'name'")
@@ -409,8 +459,6 @@ def _check_values(config: Config) -> None:
     choose("trainer.precision", config.trainer.precision, ["auto", "bf16", "fp16", "fp32"])
     choose("trainer.channels_last", config.trainer.channels_last, ["auto", "on", "off"])
     choose("trainer.progress", config.trainer.progress, ["auto", "on", "off"])
-    choose("trainer.fast_mode", config.trainer.fast_mode, ["compile", "graph"])
-    choose("trainer.fast", config.trainer.fast, ["auto", "on", "off"])
     choose("data.normalize", config.data.normalize, ["dataset", "imagenet", "none"])
     choose("data.mixing", config.data.mixing, ["none", "mixup", "cutmix", "cutnmix"])
     choose("data.mixing_box", config.data.mixing_box, ["clip", "inside"])

@@ -37,7 +37,6 @@ import torch
 from peerkd.core.errors import ConfigError
 from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
 from peerkd.core.method import Method, StepOutput
-from peerkd.models.execution import check_fuse
 from peerkd.methods.parts.multibranch import (CD_PRODUCTS, TARGET_GRADIENTS, BranchGroup, build_target_builder, choose,
                                         classifier_diversification, peer_targets, sigmoid_rampup)
 from peerkd.core.registry import register_method
@@ -68,7 +67,6 @@ class OKDDip(Method):
         cd_include_leader: bool = True  # the leader's classifier enters L_cd (eq. 5 of MDE sums over all m)
         target_gradient: str = "full"  # "full": targets not detached (their code); "weights": logits detached
         rampup_epochs: float = 80.0  # epochs of the sigmoid ramp-up of the KL weight (their length = 80); 0: off
-        fuse: str = "auto"  # identical branches: "off", "on" (fused), "streams", "auto" (timed): methods/execution.py
 
     @classmethod
     def model_requirements(cls, options):
@@ -79,13 +77,12 @@ class OKDDip(Method):
 
     def __init__(self, options, task):
         super().__init__(options, task)
-        check_fuse(options.fuse)
         if options.branches < 3:
             raise ConfigError("method.branches: two-level distillation needs at least 2 peers and a leader (>= 3)")
         choose("method.target_gradient", options.target_gradient, TARGET_GRADIENTS)
         choose("method.cd_product", options.cd_product, CD_PRODUCTS)
         self.group = BranchGroup(options.model, task.num_classes, options.branches, options.split_at,
-                                 options.network_based, options.model_options, options.fuse)
+                                 options.network_based, options.model_options)
         self.peers = list(range(options.branches - 1))
         self.leader = options.branches - 1
         self.target_builder = build_target_builder(

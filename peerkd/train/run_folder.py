@@ -40,10 +40,9 @@ RESUME_CHANGEABLE = (
     "schedule.epochs",  # train longer (not fewer epochs than done)
     "schedule.milestones",  # later milestones (those already passed must stay)
     "trainer.eval_every", "trainer.log_every", "trainer.progress", "trainer.out", "trainer.device",
-    "trainer.threads", "trainer.precision", "trainer.channels_last", "trainer.compile", "trainer.fast",
-    "trainer.fast_mode", "trainer.cudnn_benchmark",
+    "trainer.threads", "trainer.precision", "trainer.channels_last", "trainer.step", "trainer.cudnn_benchmark",
+    "trainer.members",  # how identical members execute: the same numbers, the same state_dict
     "data.root", "data.download", "data.eval_batch_size", "data.test_subset", "data.workers",
-    "method.fuse",  # fused or separate members: the same numbers, the same state_dict
 )
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 

@@ -10,9 +10,8 @@ from dataclasses import fields
 import pytest
 import torch
 
-from peerkd import bench
+from benchmarks import harness as bench
 from benchmarks.harness import BenchRow
-from peerkd.cli import main
 from peerkd.data.batch import Batch
 
 TINY = ["--quick", "--device", "cpu", "--steps", "1", "--warmup", "1", "--batch-size", "8", "--images", "64"]
@@ -34,7 +33,7 @@ def bench_run(tmp_path_factory):
     printed, threads = io.StringIO(), torch.get_num_threads()
     try:  # one thread: two threads on a busy 2-core machine wait on each other (10x slower steps)
         with contextlib.redirect_stdout(printed):
-            records = bench.run(bench.parse_args([*TINY, "--fuse-compare", "--threads", "1", "--out", str(out)]),
+            records = bench.run(bench.parse_args([*TINY, "--members-compare", "--threads", "1", "--out", str(out)]),
                                 rows=rows)
     finally:
         torch.set_num_threads(threads)  # --threads set it for the whole process
@@ -57,17 +56,21 @@ def test_real_methods_time_through_both_paths(bench_run):
     assert records["CS-KD R32"]["class_pairs"]
 
 
-def test_fuse_compare_times_off_and_streams_for_methods_with_the_option(bench_run):
-    vanilla = bench_run[0]["vanilla R32"]
-    assert {vanilla[p]["fuse"] for p in ("fast", "fast_fuse_off", "fast_fuse_streams")} == {"on", "off", "streams"}
-    assert all(vanilla[p]["ms_per_step"] > 0 for p in ("fast_fuse_off", "fast_fuse_streams"))
+def test_members_compare_times_every_execution_for_methods_with_member_groups(bench_run):
+    records = bench_run[0]
+    cohort = records["CutnMix-OD 2xR32"]  # two identical peers: one member group
+    labels = ("fast", "fast_separate", "fast_streams", "fast_vmap")
+    assert [cohort[p]["members"] for p in labels] == ["grouped", "separate", "streams", "vmap"]
+    assert all(cohort[p]["ms_per_step"] > 0 for p in labels)
+    single = records["vanilla R32"]  # one network: no member group, nothing to compare
+    assert single["fast"]["members"] == "n/a" and not any(p in single for p in labels[1:])
 
 
 def test_json_holds_the_printed_rows(bench_run):
     records, from_json, printed = bench_run
     assert [r["shape"] for r in from_json] == list(records)
     assert from_json[3]["reference"]["ms_per_step"] == records["vanilla R32"]["reference"]["ms_per_step"]
-    assert "ratios only" in printed and "fuse streams" in printed
+    assert "ratios only" in printed and "members streams" in printed
 
 
 def test_a_failing_row_is_reported_and_the_run_goes_on(bench_run):
@@ -99,7 +102,7 @@ def test_one_failing_path_keeps_the_other(monkeypatch):
 
 def test_only_selects_rows_by_name_substring(capsys):
     assert [r.name for r in bench.select_rows(bench.ROWS, "dml")] == ["DML 2xR32", "DML 2xR110"]
-    assert main(["bench", "--list", "--only", "CS-KD"]) == 0
+    assert bench.main(["--list", "--only", "CS-KD"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert len(listed) == 1 and listed[0].startswith("CS-KD R32") and "configs/cutnmix/table1" in listed[0]
 
@@ -137,16 +140,16 @@ def test_cuda_rows_print_every_column():
     timing = dict(ms_per_step=4.0, warmup_s=30.0, peak_memory_mb=900.0, s_per_epoch=1.56, images_per_s=32000.0,
                   peak_fraction=0.05)
     record = {"shape": "DML 2xR32", "device": "cuda", "ratio": 5.0, "reference": dict(timing, ms_per_step=20.0),
-              "fast": dict(timing, fuse="on")}
+              "fast": dict(timing, members="grouped")}
     text = bench.format_row(record)
     assert "ratio 5.00x" in text and "4.00 ms/step" in text and "900 MiB" in text and "5.0% of peak" in text
-    assert "[fuse on]" in text
+    assert "[members grouped]" in text
 
 
 def test_profile_writes_an_operator_table_per_path(tmp_path, capsys):
     """--profile appends torch.profiler's table for the reference and the fast path of each selected row."""
     target = tmp_path / "profile.txt"
-    bench.run(bench.parse_args([*TINY, "--threads", "1", "--only", "vanilla R32", "--profile", str(target)]))
+    bench.run(bench.parse_args([*TINY, "--threads", "1", "--only", "DML 2xR32", "--profile", str(target)]))
     text = target.read_text()
-    assert "== reference:" in text and "== fast, fuse on:" in text
+    assert "== reference:" in text and "== fast, members grouped:" in text
     assert "aten::convolution" in text or "aten::conv2d" in text  # the table lists the step's operators

@@ -19,8 +19,8 @@ def _fast_step(method, config, mode="eager", **kwargs) -> FastStep:
 
 
 def test_eager_fast_step_matches_the_trainer_loop(tmp_path):
-    config = tiny_config({"name": "dml", "models": ["resnet8", "resnet8"], "fuse": True}, epochs=2, train_size=48,
-                         overrides=("data.batch_size=16",))
+    config = tiny_config({"name": "dml", "models": ["resnet8", "resnet8"]}, epochs=2, train_size=48,
+                         overrides=("data.batch_size=16", "trainer.members=grouped"))
     trainer = Trainer(config, run_dir=tmp_path / "plain")
     method = copy.deepcopy(trainer.method)
     loader = trainer.train_loader
