@@ -3,10 +3,10 @@
 # Run from the repository root on the GPU machine; results go to $OUT (default /tmp/peerkd_out).
 #
 #   bash benchmarks/gpu_session.sh check                  # CUDA tests (tests/train/test_cuda.py), device and versions
-#   bash benchmarks/gpu_session.sh bench [ROWS] [MODE]    # python benchmarks/bench.py with the fuse comparison; ROWS: a row-name
-#                                                         # substring (every row compiles: all of them overrun one
-#                                                         # 10-minute call, so split: dml, css, one, ...); MODE:
-#                                                         # compile (default) or graph
+#   bash benchmarks/gpu_session.sh bench [ROWS] [MODE]    # python benchmarks/bench.py --members-compare; ROWS: a
+#                                                         # row-name substring (every row compiles: all of them
+#                                                         # overrun one 10-minute call, so split: dml, css, one,
+#                                                         # ...); MODE: the --step, compile (default) or graph
 #   bash benchmarks/gpu_session.sh call1                  # issue 15 call 1: check, then bench on the six rows that
 #                                                         # decide the design (each row its own time limit), a
 #                                                         # profile of the DML and CSS steps; ~9 minutes
@@ -66,11 +66,12 @@ check)
     ;;
 bench)
     environment | tee "$OUT/environment.txt"
-    # H100 SXM: 989 dense bf16 TFLOP/s; the fuse comparison adds the fast path with fuse off and streams
+    # H100 SXM: 989 dense bf16 TFLOP/s; --members-compare adds the fast path with separate, streamed and vmapped
+    # members (trainer.members) to the grouped one
     rows="${2:-}"
     mode="${3:-compile}"
     tag="${rows:-all}_$mode"
-    "$PYTHON" benchmarks/bench.py --peak-tflops 989 --fuse-compare --fast-mode "$mode" ${rows:+--only "$rows"} \
+    "$PYTHON" benchmarks/bench.py --peak-tflops 989 --members-compare --step "$mode" ${rows:+--only "$rows"} \
         --out "$OUT/bench_$tag.json" 2>&1 | tee "$OUT/bench_$tag.txt"
     ;;
 call1)
@@ -79,7 +80,7 @@ call1)
     # one row per run, each under its own limit, so a row that hangs in compilation costs only its own minute
     for row in "${CALL1_ROWS[@]}"; do
         tag=$(echo "$row" | tr ' +' '__')
-        timeout 75 "$PYTHON" benchmarks/bench.py --peak-tflops 989 --fuse-compare --only "$row" \
+        timeout 75 "$PYTHON" benchmarks/bench.py --peak-tflops 989 --members-compare --only "$row" \
             --out "$OUT/bench_$tag.json" "${bench_args[@]}" > "$OUT/bench_$tag.txt" 2>&1
         echo "$row: exit $? ($OUT/bench_$tag.txt)"; tail -3 "$OUT/bench_$tag.txt"
     done
@@ -117,8 +118,8 @@ accuracy)
     runs=/tmp/peerkd_runs  # run folders stay on the device; only the summaries come back
     common=(-c configs/cifar100/dml_resnet32.yaml --data-dir "$data" --out "$runs"
             --set schedule.kind=cosine --set schedule.epochs=30 --set trainer.progress=off)
-    fp32_eager=(--set trainer.fast=off --set trainer.precision=fp32 --set trainer.channels_last=off
-                --set method.fuse=off)
+    fp32_eager=(--set trainer.step=eager --set trainer.precision=fp32 --set trainer.channels_last=off
+                --set trainer.members=separate)
     for seed in 0 1; do
         "$PYTHON" -m peerkd train "${common[@]}" --set seed=$seed --set name=dml_r32_30ep_fast_s$seed \
             > "$OUT/fast_s$seed.log" 2>&1 &
@@ -223,7 +224,7 @@ for row in rows:
         problems.append(f"call1: no {path.name} ({path.with_suffix('.txt')})")
         continue
     for record in json.loads(path.read_text()) or [{"shape": row, "error": "no row timed"}]:
-        paths = [k for k in ("reference", "fast", "fast_fuse_off", "fast_fuse_streams") if k in record]
+        paths = [k for k in ("reference", "fast", "fast_separate", "fast_streams", "fast_vmap") if k in record]
         failed = [record.get(k) for k in ("error", "skipped") if k in record]
         failed += [f"{k}: {record[k]['error']}" for k in paths if "error" in record[k]]
         if failed or not paths:

@@ -4,14 +4,16 @@ Each row is a real method of the registry (``peerkd.methods``): the explicit row
 the papers' configs under ``configs/`` (the row names the file), and one derived row for every other registered
 method (:func:`derived_rows`: a new method file is timed without an edit here). One process measures, per row:
 
-(a) reference: the method with ``fuse: "off"`` (separate members), eager fp32, a torchvision DataLoader whose CPU
-    workers crop and flip each image (``RandomCrop(32, 4)``, ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize``)
-    from synthetic uint8 data of CIFAR's shape and yield the Batch fields the method asks for (V independently
-    augmented views, the sample index, a same-class partner image for CS-KD, batch mixing with peerkd's own mixing
-    code), and a plain ``torch.optim.SGD`` step (zero_grad, forward, backward, step);
-(b) fast: the method with ``fuse: "on"`` where its Options has ``fuse``, the device loader, and on CUDA bf16
-    autocast, channels_last and :class:`peerkd.train.step.FastStep` compiled (or graph-captured, or eager:
-    ``--fast-mode``); on CPU the same FastStep, eager fp32.
+(a) reference: the method built with separate members (``trainer.members: separate``), eager fp32, a torchvision
+    DataLoader whose CPU workers crop and flip each image (``RandomCrop(32, 4)``, ``RandomHorizontalFlip``,
+    ``ToTensor``, ``Normalize``) from synthetic uint8 data of CIFAR's shape and yield the Batch fields the method asks
+    for (V independently augmented views, the sample index, a same-class partner image for CS-KD, batch mixing with
+    peerkd's own mixing code), and a plain ``torch.optim.SGD`` step (zero_grad, forward, backward, step);
+(b) fast: the method built with grouped members (``trainer.members: grouped``: one fused module per member group,
+    where the method has member groups; the record says ``members: "n/a"`` where it has none), the device loader, and
+    on CUDA bf16 autocast, channels_last and :class:`peerkd.train.step.FastStep` compiled (or graph-captured, or
+    eager: ``--step``); on CPU the same FastStep, eager fp32. ``--members-compare`` also times the fast path with
+    separate, streamed and vmapped members (``trainer.members``' other choices), for methods with member groups.
 
 Both paths run what the trainer runs around a step: ``on_epoch_start`` before the timed steps (at a mid-training
 epoch, so ramp-ups and PS-KD's memory are in use), the learning rate set every step, and for the fast path the log
@@ -50,8 +52,9 @@ from peerkd.data.batch import Batch
 from peerkd.data.device_loader import DeviceLoader
 from peerkd.data.mixing import MixingSpec, apply_mixing, sample_step, step_generator
 from peerkd.data.pipeline import mixing_spec, normalization
-from peerkd.models.execution import has_fuse_option
 from peerkd.train.step import FastStep
+from peerkd.models.execution import member_execution
+from peerkd.train.execution import member_groups
 
 CIFAR_TRAIN_IMAGES = 50_000  # images in a CIFAR training split: an epoch is CIFAR_TRAIN_IMAGES // batch steps
 NUM_CLASSES = 100  # CIFAR-100, the dataset of every row's config
@@ -198,18 +201,14 @@ def backbones(options) -> list[str]:
     return []
 
 
-def with_fuse(options, fuse: str):
-    """``options`` with ``fuse`` set where the method has that option (detected, not listed); else unchanged."""
-    return dataclasses.replace(options, fuse=fuse) if has_fuse_option(options) else options
-
-
-def build_for_path(config: Config, options, task: TaskInfo, device: torch.device, channels_last: bool):
-    """The method as the trainer builds it (seeded, on the device, train mode), and the warnings building raised
-    (e.g. a cohort that cannot fuse and runs unfused)."""
+def build_for_path(config: Config, task: TaskInfo, device: torch.device, channels_last: bool,
+                   members: str = "separate"):
+    """The method as the trainer builds it (seeded, its member groups executing as ``members``, on the device, train
+    mode), and the warnings building raised (e.g. a cohort that cannot be grouped and runs separately)."""
     torch.manual_seed(config.seed)
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, member_execution(members):
         warnings.simplefilter("always")
-        method = build_method(config.method.name, options, task).to(device)
+        method = build_method(config.method.name, config.method.options, task).to(device)
     if channels_last:
         method.to(memory_format=torch.channels_last)
     epochs = config.schedule.epochs
@@ -404,7 +403,7 @@ def measure(step: Callable[[Batch], None], batches: Iterator[Batch], device: tor
 
 def time_reference(config: Config, task: TaskInfo, data, spec: DataSpec, args, device: torch.device) -> Timing:
     """Path (a): separate members, eager fp32, the DataLoader of published code, plain ``torch.optim.SGD``."""
-    method, _ = build_for_path(config, with_fuse(config.method.options, "off"), task, device, channels_last=False)
+    method, _ = build_for_path(config, task, device, channels_last=False)
     optim = config.optim
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=optim.lr, momentum=optim.momentum,
                                 nesterov=optim.nesterov, weight_decay=optim.weight_decay)
@@ -424,10 +423,11 @@ def time_reference(config: Config, task: TaskInfo, data, spec: DataSpec, args, d
         batches.close()  # drops the epoch iterator; the loader and its workers go with this frame (release())
 
 
-def fast_step(method, config: Config, device: torch.device, fast_mode: str) -> FastStep:
-    """The trainer's FastStep for ``method``: bf16 autocast and ``fast_mode`` on CUDA, eager fp32 elsewhere."""
+def fast_step(method, config: Config, device: torch.device, step_mode: str) -> FastStep:
+    """The trainer's FastStep for ``method``: bf16 autocast and ``step_mode`` (``--step``) on CUDA, eager fp32
+    elsewhere."""
     on_cuda = device.type == "cuda"
-    mode = fast_mode if on_cuda else "eager"
+    mode = step_mode if on_cuda else "eager"
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if on_cuda else None
     if mode == "compile":
         torch._dynamo.reset()  # every FastStep compiles the same function: a fresh cache per row, no recompile limit
@@ -438,13 +438,13 @@ def fast_step(method, config: Config, device: torch.device, fast_mode: str) -> F
 
 
 def time_fast(config: Config, task: TaskInfo, data, spec: DataSpec, args, device: torch.device,
-              fuse: str = "on") -> tuple[Timing, list[str]]:
-    """Path (b): the method with ``fuse`` (where it has the option), the device loader, FastStep; returns the timing
-    and the warnings its build raised."""
+              members: str = "grouped") -> tuple[Timing, list[str], str]:
+    """Path (b): the method built with ``members`` member groups, the device loader, FastStep; returns the timing, the
+    warnings its build raised and the members label (``members``, or "n/a" for a method without member groups)."""
     channels_last = device.type == "cuda"
-    options = with_fuse(config.method.options, fuse)
-    method, notes = build_for_path(config, options, task, device, channels_last)
-    step_fn = fast_step(method, config, device, args.fast_mode)
+    method, notes = build_for_path(config, task, device, channels_last, members)
+    label = members if member_groups(method) else "n/a"
+    step_fn = fast_step(method, config, device, args.step)
     calls = iter(range(1, 2**62))
 
     def step(batch: Batch) -> None:
@@ -454,7 +454,8 @@ def time_fast(config: Config, task: TaskInfo, data, spec: DataSpec, args, device
             step_fn.drain_logs()  # the trainer's one host sync per log interval
 
     batches = device_batches(*data, spec, args.batch_size, device, channels_last)
-    return measure(step, batches, device, args.warmup, args.steps, profile_target(args, f"fast, fuse {fuse}")), notes
+    timing = measure(step, batches, device, args.warmup, args.steps, profile_target(args, f"fast, members {label}"))
+    return timing, notes, label
 
 
 def profile_target(args, label: str) -> tuple[Path, str] | None:
@@ -464,10 +465,10 @@ def profile_target(args, label: str) -> tuple[Path, str] | None:
 
 def count_step_flops(config: Config, task: TaskInfo, data, spec: DataSpec, batch_size: int,
                      device: torch.device) -> int:
-    """FLOPs of one forward and backward of the method (separate members, fp32; fusing does not change them)."""
+    """FLOPs of one forward and backward of the method (separate members, fp32; grouping does not change them)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    method, _ = build_for_path(config, with_fuse(config.method.options, "off"), task, device, channels_last=False)
+    method, _ = build_for_path(config, task, device, channels_last=False)
     batch = next(device_batches(*data, spec, batch_size, device, channels_last=False))
     with FlopCounterMode(display=False) as counter:
         method(batch).loss.backward()
@@ -495,13 +496,14 @@ def path_summary(timing: Timing, flops: int | None, args) -> dict:
                 peak_fraction=fraction)
 
 
-def fast_variants(options, fuse_compare: bool) -> list[tuple[str, str]]:
-    """The fast-path runs of a row as ``(label, fuse)``: fused, and with ``--fuse-compare`` also "off" and
-    "streams", for methods with the fuse option."""
-    if not has_fuse_option(options):
-        return [("fast", "n/a")]
-    extra = [("fast_fuse_off", "off"), ("fast_fuse_streams", "streams")] if fuse_compare else []
-    return [("fast", "on"), *extra]
+FAST_VARIANTS = (("fast", "grouped"), ("fast_separate", "separate"), ("fast_streams", "streams"),
+                 ("fast_vmap", "vmap"))  # (record label, trainer.members): "fast", then --members-compare's others
+
+
+def fast_variants(members_compare: bool) -> tuple[tuple[str, str], ...]:
+    """The fast-path runs of a row as ``(label, members)``: grouped, and with ``--members-compare`` also separate,
+    streams and vmap (run only for a method with member groups: time_row)."""
+    return FAST_VARIANTS if members_compare else FAST_VARIANTS[:1]
 
 
 def time_row(row: BenchRow, data, args, device: torch.device) -> dict:
@@ -526,10 +528,13 @@ def time_row(row: BenchRow, data, args, device: torch.device) -> dict:
         record["flops_error"] = error
     reference, error = attempt(lambda: time_reference(config, task, data, spec, args, device), device)
     record["reference"] = path_summary(reference, flops, args) if reference else {"error": error}
-    for label, fuse in fast_variants(config.method.options, args.fuse_compare):
-        result, error = attempt(lambda fuse=fuse: time_fast(config, task, data, spec, args, device, fuse), device)
-        record[label] = dict(path_summary(result[0], flops, args), fuse=fuse, notes=result[1]) if result else {
-            "error": error, "fuse": fuse}
+    for label, members in fast_variants(args.members_compare):
+        if label != "fast" and record["fast"].get("members") == "n/a":
+            break  # no member group: every execution builds the same method
+        result, error = attempt(lambda members=members: time_fast(config, task, data, spec, args, device, members),
+                                device)
+        record[label] = dict(path_summary(result[0], flops, args), members=result[2], notes=result[1]) if result \
+            else {"error": error, "members": members}
     record["ratio"] = ratio(record, "fast")
     return record
 
@@ -550,7 +555,7 @@ def ratio(record: dict, label: str) -> float | None:
 
 # ------------------------------------------------------------------------------------------------------- output
 
-FAST_LABELS = ("fast", "fast_fuse_off", "fast_fuse_streams")
+FAST_LABELS = tuple(label for label, _ in FAST_VARIANTS)
 
 
 def format_row(record: dict) -> str:
@@ -573,7 +578,7 @@ def _cpu_cells(record: dict, labels: list[str]) -> str:
         return f"reference failed: {record['reference']['error']}"
     cells = []
     for label in labels:
-        tag = "fast" if label == "fast" else label.replace("fast_", "").replace("_", " ")
+        tag = "fast" if label == "fast" else label.replace("fast_", "members ")
         path = record[label]
         cells.append(f"{tag} failed: {path['error']}" if "error" in path else f"{tag} {ratio(record, label):.2f}x")
     return f"speed-up over the reference: {', '.join(cells)} (CPU: ratios only)"
@@ -581,13 +586,13 @@ def _cpu_cells(record: dict, labels: list[str]) -> str:
 
 def _cuda_line(record: dict, label: str) -> str:
     t = record[label]
-    fuse = f" [fuse {t['fuse']}]" if "fuse" in t else ""
+    members = f" [members {t['members']}]" if "members" in t else ""
     if "error" in t:
-        return f"  {label:<17} failed{fuse}: {t['error']}"
+        return f"  {label:<17} failed{members}: {t['error']}"
     peak = "" if t["peak_fraction"] is None else f", {100 * t['peak_fraction']:.1f}% of peak"
     memory = "" if t["peak_memory_mb"] is None else f", {t['peak_memory_mb']:.0f} MiB"
     return (f"  {label:<17} {t['ms_per_step']:7.2f} ms/step  {t['s_per_epoch']:6.1f} s/epoch  "
-            f"{t['images_per_s']:8.0f} img/s  warm-up {t['warmup_s']:.1f} s{memory}{peak}{fuse}")
+            f"{t['images_per_s']:8.0f} img/s  warm-up {t['warmup_s']:.1f} s{memory}{peak}{members}")
 
 
 def list_rows(rows) -> str:
@@ -639,15 +644,17 @@ def parser() -> argparse.ArgumentParser:
                    help="tiny settings for a CPU smoke run (ResNet-8/14 and an 8-wide ResNet-18, few steps)")
     p.add_argument("--steps", type=int, help="timed steps per path (default 50; 3 with --quick)")
     p.add_argument("--warmup", type=int, help="untimed first steps per path (default 10: compile, capture; 1 quick; "
-                                              "--fast-mode graph captures after 3 eager steps: keep it >= 4)")
+                                              "--step graph captures after 3 eager steps: keep it >= 4)")
     p.add_argument("--batch-size", type=int, help="images per step for every row (default 128, the CIFAR recipe; "
                                                   "16 quick)")
     p.add_argument("--images", type=int, help="synthetic training images (default 50000, CIFAR's; 256 quick)")
     p.add_argument("--workers", type=int, help="reference DataLoader workers (default 4, as published code; 0 quick)")
-    p.add_argument("--fast-mode", default="compile", choices=["compile", "graph", "eager"],
-                   help="CUDA fast path: torch.compile reduce-overhead, one captured CUDA graph, or eager")
-    p.add_argument("--fuse-compare", action="store_true",
-                   help="also time the fast path with fuse off and streams (methods with the fuse option)")
+    p.add_argument("--step", default="compile", choices=["compile", "graph", "eager"],
+                   help="CUDA fast path's step (trainer.step): torch.compile reduce-overhead, one captured CUDA graph, "
+                        "or eager")
+    p.add_argument("--members-compare", action="store_true",
+                   help="also time the fast path with separate, streamed and vmapped members (trainer.members; "
+                        "methods with member groups)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's peak TFLOP/s for the fraction column (H100 SXM: 989 dense bf16, 67 fp32)")
     p.add_argument("--only", help="run only rows whose name contains this text (case-insensitive)")

@@ -182,7 +182,9 @@ def _eval(args) -> int:
     require_run(run_dir, "eval")
     tree = load_checkpoint(run_dir / CHECKPOINT)["config"]
     overrides = [f"data.root={args.data_dir}"] if args.data_dir else []
-    config = build_config(tree, overrides + [f"trainer.device={args.device}", "trainer.progress=off"])
+    # a reader takes no training step: nothing to compile or capture (a graph run evaluates on a CPU too)
+    config = build_config(tree, overrides + [f"trainer.device={args.device}", "trainer.progress=off",
+                                             "trainer.step=eager"])
     trainer = Trainer(config, run_dir=run_dir, resume=True, claim=False)  # a reader: no lock, the checkpoint there
     trainer.restore()
     metrics = trainer.evaluate()

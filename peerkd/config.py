@@ -109,10 +109,17 @@ class TrainerConfig:
     # autocast on a CUDA device that supports it, fp16 autocast with a gradient scaler on one that does not (V100, T4,
     # RTX 20xx), fp32 on CPU; or "bf16", "fp16" (with the scaler), "fp32"
     channels_last: Literal["auto", "on", "off"] = field(default="auto", metadata=RESUMABLE)  # "auto": on for CUDA
-    compile: bool = False  # torch.compile the training step (torch's default mode)
-    fast: str = "auto"  # graph-captured step (peerkd/train/step.py): "auto" (on for CUDA, falls back to eager if the
-    # compile/capture fails), "on", "off"; a CPU runs the same step eagerly (nothing to capture)
-    fast_mode: str = "compile"  # with fast: "compile" (torch.compile reduce-overhead) or "graph" (one CUDA graph)
+    # how a method's identical members execute (peerkd/models/execution.py): "auto" measures the four on CUDA on the
+    # run's first batch and keeps the fastest (they differ by tens of percent with the shape), and is "separate" on
+    # CPU without measuring (grouped convolutions are slower there); "separate" (modules one by one, the reference),
+    # "grouped" (one fused module: grouped convolutions), "streams" (CUDA side streams), "vmap" (torch.func); the same
+    # numbers and the same state_dict keys in every mode, so a resume may change it
+    members: Literal["auto", "separate", "grouped", "streams", "vmap"] = field(default="auto", metadata=RESUMABLE)
+    # how the training step runs (peerkd/training/step.py): "auto" is torch.compile "reduce-overhead" on CUDA (CUDA
+    # graphs: a CIFAR step is launch-bound), falling back to eager with a warning if compiling fails, and eager on CPU
+    # (nothing to capture); "eager"; "compile" (reduce-overhead on CUDA, torch's default mode elsewhere; a failure is
+    # an error); "graph" (the whole step as one CUDA graph: CUDA only, one process)
+    step: Literal["auto", "eager", "compile", "graph"] = field(default="auto", metadata=RESUMABLE)
     cudnn_benchmark: bool = field(default=True, metadata=RESUMABLE)  # CUDA: cuDNN times its convolution algorithms
     # once per shape and keeps the fastest (the shapes are static); false gives bitwise-repeatable runs on one machine,
     # slower
@@ -408,12 +415,57 @@ def load_yaml(path: str | Path) -> dict:
     return tree
 
 
+# keys that moved: a config naming one is refused with one line saying where it went (before any work)
+MOVED_KEYS = {
+    "method.fuse": "method.fuse moved to trainer.members (off -> separate, on -> grouped, streams, vmap, auto)",
+    "trainer.fast": "trainer.fast moved to trainer.step (auto -> auto, on -> compile, off -> eager)",
+    "trainer.fast_mode": "trainer.fast_mode moved to trainer.step (compile -> compile, graph -> graph)",
+    "trainer.compile": "trainer.compile moved to trainer.step (true -> compile, false -> eager)",
+}
+# method.fuse -> trainer.members
+_OLD_FUSE = {"off": "separate", "on": "grouped", False: "separate", True: "grouped"}
+
+
+def _refuse_moved_keys(tree: dict) -> None:
+    for key, message in MOVED_KEYS.items():
+        section, name = key.split(".")
+        node = tree.get(section)
+        if isinstance(node, dict) and name in node:
+            raise ConfigError(message)
+
+
+def _old_step(fast, fast_mode, compile_step) -> str:
+    """trainer.step for a saved config's trainer.fast / fast_mode / compile (their defaults: auto, compile, false)."""
+    fast = {True: "on", False: "off"}.get(fast, "auto" if fast is None else fast)
+    if fast == "off":
+        return "compile" if compile_step else "eager"
+    if fast_mode == "graph":
+        return "graph"
+    return "compile" if fast == "on" else "auto"
+
+
+def upgrade_saved_config(tree: dict) -> dict:
+    """A config tree saved by an older peerkd (a checkpoint's) with the values of :data:`MOVED_KEYS` under their new
+    keys, so that its run still resumes, evaluates and exports; a config a user writes is refused instead."""
+    method, trainer = dict(tree.get("method") or {}), dict(tree.get("trainer") or {})
+    if "fuse" not in method and not {"fast", "fast_mode", "compile"} & trainer.keys():
+        return tree
+    fuse = method.pop("fuse", None)
+    if fuse is not None:
+        trainer.setdefault("members", _OLD_FUSE.get(fuse, fuse))
+    fast, fast_mode, compile_step = (trainer.pop(k, None) for k in ("fast", "fast_mode", "compile"))
+    if (fast, fast_mode, compile_step) != (None, None, None):
+        trainer.setdefault("step", _old_step(fast, fast_mode, compile_step))
+    return {**tree, "method": method, "trainer": trainer}
+
+
 def build_config(tree: dict | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Validate a raw config tree (from YAML) plus ``--set`` overrides into a :class:`Config`."""
     tree = copy.deepcopy(tree or {})  # the overrides write into nested sections: never into the caller's tree
     for text in overrides:
         path, value = parse_override(text)
         apply_override(tree, path, value)
+    _refuse_moved_keys(tree)
     method_tree = tree.pop("method", None) or {}
     if not isinstance(method_tree, dict):
         raise ConfigError("method: expected a mapping with at least 'name'")
@@ -434,10 +486,6 @@ DEVICE_FORM = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # the device strings trai
 
 
 def _check_values(config: Config) -> None:
-    # trainer.fast / fast_mode stay plain str fields until trainer.step replaces them: their choices, checked the
-    # way _convert checks every Literal field
-    _convert(config.trainer.fast, Literal["auto", "on", "off"], "trainer.fast")
-    _convert(config.trainer.fast_mode, Literal["compile", "graph"], "trainer.fast_mode")
     if not DEVICE_FORM.fullmatch(config.trainer.device):
         raise ConfigError(f"trainer.device: '{config.trainer.device}' is not a device peerkd can train on; use auto, "
                           "cpu, cuda, cuda:N (N: the GPU's index) or mps")

@@ -27,10 +27,14 @@ def random_batch(task: TaskInfo, batch_size: int = 8, views: int = 1, seed: int 
     return Batch(x=x, y=y, index=index)
 
 
-def build(method_tree: dict, task: TaskInfo):
-    """A method from a ``method:`` config mapping (validated like a config file)."""
+def build(method_tree: dict, task: TaskInfo, members: str = "separate"):
+    """A method from a ``method:`` config mapping (validated like a config file), its identical members executing as
+    ``members`` (a ``trainer.members`` value other than auto: peerkd.models.execution)."""
+    from peerkd.models.execution import member_execution
+
     config = build_config({"method": method_tree})
-    return build_method(config.method.name, config.method.options, task)
+    with member_execution(members):
+        return build_method(config.method.name, config.method.options, task)
 
 
 def twin_methods(method_tree: dict, task: TaskInfo, seed: int = 0):

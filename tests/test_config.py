@@ -70,7 +70,7 @@ def test_every_config_file_in_the_repository_loads():
     ({}, ["trainer.precision=bf61"], "trainer.precision: 'bf61' is not one of auto, bf16, fp16, fp32"),
     ({}, ["data.train_transform=pad"], "data.train_transform: 'pad' is not one of default, random_resized_crop, "
                                       "resize_crop, pad_crop (did you mean 'pad_crop'?)"),
-    ({}, ["trainer.fast=maybe"], "trainer.fast: 'maybe' is not one of auto, on, off"),  # a str field until it goes
+    ({}, ["trainer.members=fused"], "trainer.members: 'fused' is not one of auto, separate, grouped, streams, vmap"),
     ({"method": {"name": "kdcl", "naive_scope": "epoch"}}, [],
      "method.naive_scope: 'epoch' is not one of sample, batch"),
     ({"method": {"name": "one", "target_gradient": "weight"}}, [],

@@ -27,7 +27,6 @@ from torch import nn
 from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
 from peerkd.core.method import Method, StepOutput
 from peerkd.core.errors import ConfigError
-from peerkd.models.execution import check_fuse, resolved
 from peerkd.methods.parts.multibranch import scale_gradient
 from peerkd.core.registry import register_method
 from peerkd.models import build_model
@@ -39,12 +38,12 @@ class HeadTree(nn.Module):
 
     Level 0 is stem + ``stages[:s_1]``; level l holds ``stages[s_l:s_{l+1}]`` once per group of heads that share it
     (``prod(fanouts[:l])`` groups); the last level ends with each head's own classifier. A level's segments, and the
-    classifiers, are identical member groups (:mod:`peerkd.models.members`) executing as ``execution`` ("off", "on":
-    fused, "streams"), with the state_dict keys of plain ModuleLists either way.
+    classifiers, are identical member groups (:mod:`peerkd.models.members`) executing as the run's ``trainer.members``
+    says (:mod:`peerkd.models.execution`), with the state_dict keys of plain ModuleLists in every execution.
     """
 
     def __init__(self, name: str, num_classes: int, split_stages: list[int], fanouts: list[int], model_options: dict,
-                 rescale_gradient: bool = True, execution: str = "off"):
+                 rescale_gradient: bool = True):
         super().__init__()
         if len(split_stages) != len(fanouts) or not split_stages:
             raise ConfigError("method.split_stages / method.fanouts: give one fanout per split stage (at least one)")
@@ -68,9 +67,8 @@ class HeadTree(nn.Module):
             owners = [g * (heads // groups) for g in range(groups)]  # the first head of each group lends its stages
             lo, hi = self.bounds[level], self.bounds[level + 1]
             # a segment is a Sequential of stages: the keys of a ModuleList of them, and one callable to fuse
-            self.levels.append(build_members([nn.Sequential(*backbones[o].stages[lo:hi]) for o in owners],
-                                             execution))
-        self.classifiers = build_members([b.head for b in backbones], execution)
+            self.levels.append(build_members([nn.Sequential(*backbones[o].stages[lo:hi]) for o in owners]))
+        self.classifiers = build_members([b.head for b in backbones])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
@@ -112,7 +110,6 @@ class CL(Method):
         temperature: float = 2.0  # T of the consensus soft target (the paper's CIFAR value)
         rescale_gradient: bool = True  # backprop rescaling by 1/fanout at each fork (the paper's ILR)
         detach_target: bool = True  # the consensus target carries no gradient (treated as a constant)
-        fuse: str = "auto"  # identical heads: "off", "on" (fused), "streams", "auto" (measured): methods/execution.py
 
     @classmethod
     def model_requirements(cls, options):
@@ -120,9 +117,8 @@ class CL(Method):
 
     def __init__(self, options, task):
         super().__init__(options, task)
-        check_fuse(options.fuse)
         self.tree = HeadTree(options.model, task.num_classes, options.split_stages, options.fanouts,
-                             options.model_options, options.rescale_gradient, resolved(options.fuse))
+                             options.model_options, options.rescale_gradient)
 
     def forward(self, batch) -> StepOutput:
         opts = self.options

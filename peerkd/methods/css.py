@@ -55,9 +55,8 @@ from torch import nn
 from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
 from peerkd.core.method import Method, StepOutput
 from peerkd.methods.parts.branching import build_branched_cohort
-from peerkd.models.execution import check_fuse
 from peerkd.core.registry import register_method
-from peerkd.models import branched, build_model
+from peerkd.models import build_model
 
 
 def quadrant_masks(branches: int, height: int, width: int, device=None, dtype=None) -> torch.Tensor:
@@ -98,8 +97,6 @@ class CSS(Method):
         kd_weight: float = 1.0  # w, a fixed factor on the whole KD term (1: eq. 7 as written)
         kl_space: Literal["joint", "class"] = "joint"  # "joint": KL over the K*m joint softmax; "class": over
         # transform j's K logits
-        fuse: str = "auto"  # "off", "on" (fused), "streams", "auto" (timed): methods/execution.py; "on" with two
-        # identical networks fuses both trunks as one group and all 2*m tails as one (models/branched_cohort.py)
 
     @classmethod
     def model_requirements(cls, options):
@@ -109,7 +106,6 @@ class CSS(Method):
         super().__init__(options, task)
         from peerkd.core.errors import ConfigError
 
-        check_fuse(options.fuse)
         if len(options.models) not in (1, 2):
             raise ConfigError("method.models: CSS takes one network (no ND) or two")
         if options.branches < 1:
@@ -118,11 +114,11 @@ class CSS(Method):
             raise ConfigError("method.branches: quarter masks (sample_diversity) allow at most 4 branches")
         self.num_classes = task.num_classes
         self.transforms = options.branches if options.target_diversity else 1  # classifier outputs = K * transforms
-        # the networks as one cohort: its layout (two identical networks under fuse "on": one fused trunk group and
-        # one fused group of all tails) is hidden behind network_logits and export_branch, and its state_dict keys
-        # are those of a ModuleList of BranchedNets under every execution (peerkd/models/branched_cohort.py)
+        # the networks as one cohort: its layout (two identical networks under trainer.members grouped: one fused
+        # trunk group and one fused group of all tails) is hidden behind network_logits and export_network, and its
+        # state_dict keys are those of a ModuleList of BranchedNets under every execution (models/branched_cohort.py)
         self.nets = build_branched_cohort(options.models, task.num_classes * self.transforms, options.split_at,
-                                          options.branches, options.model_options, options.fuse)
+                                          options.branches, options.model_options)
 
     # -- shared pieces ----------------------------------------------------------------------------------------
     def network_logits(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
@@ -221,13 +217,7 @@ class CSS(Method):
     def network_module(self, n: int, only_branch: int | None = None) -> "CSSNetwork":
         """Network ``n`` (0-based) as a stand-alone :class:`CSSNetwork` with its trained weights, detached from the
         cohort (whatever its execution): all m branches, or only branch ``only_branch``."""
-        o = self.options
-        net = branched(o.models[n], self.num_classes * self.transforms, o.split_at, o.branches, "off",
-                       **o.model_options)
-        prefix = f"{n}."
-        net.load_state_dict({k[len(prefix):]: v for k, v in self.nets.state_dict().items() if k.startswith(prefix)})
-        device = next(self.parameters()).device
-        return CSSNetwork(net, self.transforms, o.sample_diversity, only_branch).to(device)
+        return CSSNetwork(self.nets.export_network(n), self.transforms, self.options.sample_diversity, only_branch)
 
 
 class CSSNetwork(nn.Module):

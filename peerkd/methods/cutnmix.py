@@ -45,7 +45,7 @@ Readings where the paper is ambiguous:
   decides).
 
 Predict keys: ``peer{j}``, ``ensemble`` (mean of the peers' probabilities) and ``peer_teacher`` (g on the peers'
-features). Identical peers may run fused or on CUDA streams (``fuse``, :mod:`peerkd.models.execution`); the maths,
+features). Identical peers run as the run's ``trainer.members`` says (:mod:`peerkd.models.execution`); the maths,
 checkpoints and exports are those of separate peers.
 """
 from __future__ import annotations
@@ -60,7 +60,6 @@ from peerkd.losses import hard_ce, kd_kl, mean_feature_mmd
 from peerkd.core.method import DataRequest, StepOutput
 from peerkd.methods.parts.cohort import (CohortMethod, build_cohort, cohort_predictions, feature_widths,
                                    run_cohort_features)
-from peerkd.models.execution import check_fuse
 from peerkd.core.registry import register_method
 
 
@@ -84,7 +83,6 @@ class CutnMix(CohortMethod):
         detach_targets: bool = True  # targets of L_DML, L_MMD and L_PT carry no gradient (each L^j trains peer j)
         teacher_trains_peers: bool = False  # True: the peer teacher's CE also reaches the peers' features
         dml_tau_squared: bool = True  # L_DML carries tau^2 (eq. 4's objective); False: eq. 8's bare KL of eq. 4
-        fuse: str = "auto"  # identical peers: "off", "on" (fused), "streams", "auto" (measured); execution.py
 
     @classmethod
     def model_requirements(cls, options):
@@ -94,12 +92,11 @@ class CutnMix(CohortMethod):
         super().__init__(options, task)
         from peerkd.core.errors import ConfigError
 
-        check_fuse(options.fuse)
         if len(options.models) < 2:
             raise ConfigError("method.models: CutnMix needs at least two peers")
         if options.mixing == "cutnmix" and not options.separate_views:
             raise ConfigError("method.mixing: cutnmix places one box per peer view; it needs separate_views: true")
-        self.models = build_cohort(options.models, task.num_classes, options.model_options, fuse=options.fuse)
+        self.models = build_cohort(options.models, task.num_classes, options.model_options)
         self.peer_teacher = None
         if options.use_peer_teacher:
             width = sum(feature_widths(self.models))

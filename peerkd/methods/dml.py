@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from peerkd.losses import hard_ce, kd_kl
 from peerkd.core.method import DataRequest, StepOutput
 from peerkd.methods.parts.cohort import CohortMethod, build_cohort, run_cohort
-from peerkd.models.execution import check_fuse
 from peerkd.core.registry import register_method
 
 
@@ -32,15 +31,13 @@ class DML(CohortMethod):
         temperature: float = 3.0  # softening T of both sides of the KL (the CSS/MDE tables' DML setting)
         kl_weight: float = 1.0  # w: weight of the mutual term relative to CE (1 in the paper)
         separate_views: bool = False  # True: each peer sees its own augmentation of the batch (asks N views)
-        fuse: str = "auto"  # identical members: "off", "on" (fused), "streams", "auto" (measured): methods/execution.py
 
     def __init__(self, options, task):
         super().__init__(options, task)
-        check_fuse(options.fuse)
         if len(options.models) < 2:
             from peerkd.core.errors import ConfigError
             raise ConfigError("method.models: DML needs at least two peers")
-        self.models = build_cohort(options.models, task.num_classes, options.model_options, fuse=options.fuse)
+        self.models = build_cohort(options.models, task.num_classes, options.model_options)
 
     @classmethod
     def data_request(cls, options):

@@ -22,8 +22,9 @@ Invariant collaborative learning (``icl``, section 3.2): the loader gives m inde
 images and student i sees view i. The rule is then applied to the m students' logits, each on its own view, giving a
 single target shared by every student: the target fuses the students' outputs across the distortions (one forward
 pass per student, as in the paper's Fig. 2 where each network receives its own distorted image ``h(x, eps_i)``).
-Without ``icl`` every student sees the same augmented image (view 0). Identical students may run fused or on CUDA
-streams (``fuse``, :mod:`peerkd.models.execution`); the maths, checkpoints and exports are those of separate ones.
+Without ``icl`` every student sees the same augmented image (view 0). Identical students run as the run's
+``trainer.members`` says (:mod:`peerkd.models.execution`); the maths, checkpoints and exports are those of separate
+ones.
 
 Readings where the paper is ambiguous:
   * The target carries no gradient (it is a teacher); every student's CE and KL train that student only.
@@ -54,7 +55,6 @@ from peerkd.losses import hard_ce, kd_kl_probs
 from peerkd.methods.parts import kdcl_targets as rules
 from peerkd.core.method import DataRequest, EpochContext, StepOutput
 from peerkd.methods.parts.cohort import CohortMethod, build_cohort, run_cohort
-from peerkd.models.execution import check_fuse
 from peerkd.core.registry import register_method
 
 TargetRule = Literal["naive", "linear", "minlogit", "general"]  # the soft-target rules of section 3.2
@@ -81,20 +81,18 @@ class KDCL(CohortMethod):
         general_constraint: rules.GeneralConstraint = "simplex"  # General: "simplex" (w in [0, 1], the text) or
         # "none" (eq. 11 as is)
         cutout: int = 0  # side in pixels of a Cutout square per training image, 0 = off (Table 10 uses 8 on CIFAR)
-        fuse: str = "auto"  # identical students: "off", "on" (fused), "streams", "auto" (measured); execution.py
 
     def __init__(self, options, task):
         super().__init__(options, task)
         from peerkd.core.errors import ConfigError
 
-        check_fuse(options.fuse)
         if len(options.models) < 2:
             raise ConfigError("method.models: KDCL needs at least two students")
         if options.target == "general" and options.heldout_per_class < 1:
             raise ConfigError("method.heldout_per_class: KDCL-General needs a held-out split (at least 1 per class)")
         if options.cutout < 0:
             raise ConfigError(f"method.cutout: must be 0 (off) or a side in pixels, got {options.cutout}")
-        self.models = build_cohort(options.models, task.num_classes, options.model_options, fuse=options.fuse)
+        self.models = build_cohort(options.models, task.num_classes, options.model_options)
         count = len(options.models)
         self.register_buffer("general_weights", torch.full((count,), 1.0 / count))  # eq. 11's w; equal at start
 

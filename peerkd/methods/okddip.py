@@ -37,7 +37,6 @@ import torch
 from peerkd.core.errors import ConfigError
 from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
 from peerkd.core.method import Method, StepOutput
-from peerkd.models.execution import check_fuse
 from peerkd.methods.parts.multibranch import (BranchGroup, CdProduct, TargetBuilder, TargetGradient,
                                               build_target_builder, classifier_diversification, peer_targets,
                                               sigmoid_rampup)
@@ -72,7 +71,6 @@ class OKDDip(Method):
         target_gradient: TargetGradient = "full"  # "full": targets not detached (their code); "weights": logits
         # detached
         rampup_epochs: float = 80.0  # epochs of the sigmoid ramp-up of the KL weight (their length = 80); 0: off
-        fuse: str = "auto"  # identical branches: "off", "on" (fused), "streams", "auto" (timed): methods/execution.py
 
     @classmethod
     def model_requirements(cls, options):
@@ -83,11 +81,10 @@ class OKDDip(Method):
 
     def __init__(self, options, task):
         super().__init__(options, task)
-        check_fuse(options.fuse)
         if options.branches < 3:
             raise ConfigError("method.branches: two-level distillation needs at least 2 peers and a leader (>= 3)")
         self.group = BranchGroup(options.model, task.num_classes, options.branches, options.split_at,
-                                 options.network_based, options.model_options, options.fuse)
+                                 options.network_based, options.model_options)
         self.peers = list(range(options.branches - 1))
         self.leader = options.branches - 1
         self.target_builder = build_target_builder(

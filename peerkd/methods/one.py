@@ -33,7 +33,6 @@ import torch
 
 from peerkd.losses import hard_ce, kd_kl
 from peerkd.core.method import Method, StepOutput
-from peerkd.models.execution import check_fuse
 from peerkd.methods.parts.multibranch import (BranchGroup, CdProduct, GateTarget, TargetGradient,
                                         classifier_diversification, peer_targets, sigmoid_rampup)
 from peerkd.core.registry import register_method
@@ -60,7 +59,6 @@ class ONE(Method):
         rampup_epochs: float = 80.0  # epochs of the sigmoid ramp-up of the KL weight (ONE's code: 80); 0: none
         cd_weight: float = 0.0  # gamma of MDE's CD loss over the branches' classifiers (0: ONE has none; 5e-8: MDE's)
         cd_product: CdProduct = "outer"  # the reading of W_i^T W_j in the CD loss (see multibranch.CdProduct)
-        fuse: str = "auto"  # identical branches: "off", "on" (fused), "streams", "auto" (timed): methods/execution.py
 
     @classmethod
     def model_requirements(cls, options):
@@ -68,9 +66,8 @@ class ONE(Method):
 
     def __init__(self, options, task):
         super().__init__(options, task)
-        check_fuse(options.fuse)
         self.group = BranchGroup(options.model, task.num_classes, options.branches, options.split_at,
-                                 model_options=options.model_options, fuse=options.fuse)
+                                 model_options=options.model_options)
         self.gate = GateTarget(self.group.trunk_channels, options.branches, options.gate_bn_relu)
         self.branch_ids = list(range(options.branches))
         self.register_buffer("distill_scale", torch.tensor(sigmoid_rampup(0, options.rampup_epochs)))

@@ -39,7 +39,6 @@ from torch import nn
 from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
 from peerkd.core.method import DataRequest, Method, StepOutput
 from peerkd.methods.parts.branching import build_branched
-from peerkd.models.execution import check_fuse
 from peerkd.methods.parts.rampup import sigmoid_rampup
 from peerkd.core.registry import register_method
 
@@ -71,7 +70,6 @@ class PCL(Method):
         ensemble_weight: float = 1.0  # weight of L_pe inside the ramped term (1 in the paper)
         mean_teacher_weight: float = 1.0  # weight of L_pm inside the ramped term (1 in the paper)
         separate_views: bool = True  # each peer its own augmentation of the batch (asks m views); false: one view
-        fuse: str = "auto"  # identical peers: "off", "on" (fused), "streams", "auto" (measured): methods/execution.py
 
     @classmethod
     def model_requirements(cls, options):
@@ -81,11 +79,10 @@ class PCL(Method):
         super().__init__(options, task)
         from peerkd.core.errors import ConfigError
 
-        check_fuse(options.fuse)
         if options.branches < 2:
             raise ConfigError("method.branches: PCL needs at least two peers")
         self.net = build_branched(options.model, task.num_classes, options.split_at, options.branches,
-                                  options.model_options, options.fuse)
+                                  options.model_options)
         self.ensemble_fc = nn.Linear(self.net.feature_dim * options.branches, task.num_classes)
         self.mean_net = copy.deepcopy(self.net)
         for p in self.mean_net.parameters():

@@ -13,7 +13,6 @@ import torch
 from peerkd.losses import hard_ce
 from peerkd.core.method import StepOutput
 from peerkd.methods.parts.cohort import CohortMethod, build_cohort, run_cohort
-from peerkd.models.execution import check_fuse
 from peerkd.core.registry import register_method
 
 
@@ -25,12 +24,10 @@ class Vanilla(CohortMethod):
     class Options:
         models: list[str] = field(default_factory=lambda: ["resnet32"])  # one network, or several independent ones
         model_options: dict = field(default_factory=dict)  # keyword arguments for every model's factory
-        fuse: str = "auto"  # identical members: "off", "on" (fused), "streams", "auto" (measured): methods/execution.py
 
     def __init__(self, options, task):
         super().__init__(options, task)
-        check_fuse(options.fuse)
-        self.models = build_cohort(options.models, task.num_classes, options.model_options, fuse=options.fuse)
+        self.models = build_cohort(options.models, task.num_classes, options.model_options)
 
     def forward(self, batch) -> StepOutput:
         x = batch.view(0)

@@ -4,9 +4,10 @@ The trunk is ``stem + stages[:k]`` of one backbone, each branch is ``stages[k:] 
 by the same factory (so every branch starts from its own random initialisation). ``export_branch(j)`` gives a plain
 registered model with the trunk's and branch ``j``'s weights, for deployment.
 
-The tails are a member group (:mod:`peerkd.models.members`) executing as ``execution`` ("off": one after another,
-"on": fused, "streams": on CUDA side streams); methods reach them only through ``tail_logits``, ``tail_outputs`` and
-``classifier_weights``, so they never depend on the execution, and neither do the state_dict keys
+The tails are a member group (:mod:`peerkd.models.members`) executing as the current
+:func:`~peerkd.models.execution.member_execution` says ("separate": one after another, "grouped": one fused module,
+"streams": on CUDA side streams, "vmap": one vectorised forward); methods reach them only through ``tail_logits``,
+``tail_outputs`` and ``classifier_weights``, so they never depend on the execution, and neither do the state_dict keys
 (``branches.{j}.<name>``) or the exported models.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from peerkd.models.base import Backbone
+from peerkd.models.execution import REFERENCE_EXECUTION, member_execution
 from peerkd.models.fused import register_channelwise
 from peerkd.models.members import Inputs, MemberOutputs, build_members
 from peerkd.models.registry import build_model, model_label
@@ -42,10 +44,10 @@ class BranchTail(nn.Module):
 
 
 class BranchedNet(nn.Module):
-    """A shared trunk and ``branches`` tails; ``execution`` says how the identical tails run (see the module)."""
+    """A shared trunk and ``branches`` tails; the current member execution says how the identical tails run (see the
+    module)."""
 
-    def __init__(self, name: str, num_classes: int, split_at: int, branches: int, execution: str = "off",
-                 **model_kwargs):
+    def __init__(self, name: str, num_classes: int, split_at: int, branches: int, **model_kwargs):
         super().__init__()
         backbones = [build_model(name, num_classes, **model_kwargs) for _ in range(branches)]
         depth = len(backbones[0].stages)
@@ -58,7 +60,7 @@ class BranchedNet(nn.Module):
         first = backbones[0]
         self.stem = first.stem
         self.trunk_stages = nn.ModuleList(list(first.stages[:split_at]))
-        self.branches = build_members([BranchTail(b, split_at) for b in backbones], execution)
+        self.branches = build_members([BranchTail(b, split_at) for b in backbones])
         self.trunk_channels = first.stage_channels[split_at - 1]
         self.stage_channels = list(first.stage_channels)
         self.feature_dim = first.head.in_features  # width of a tail's pooled feature
@@ -85,6 +87,13 @@ class BranchedNet(nn.Module):
         """Logits of every branch."""
         return self.tail_logits(self.trunk(x))
 
+    def plain(self) -> BranchedNet:
+        """A copy of this network with separate tails (the reference execution, whatever this one's), for export."""
+        with member_execution(REFERENCE_EXECUTION):
+            net = BranchedNet(self.name, self.num_classes, self.split_at, len(self.branches), **self.model_kwargs)
+        net.load_state_dict(self.state_dict())
+        return net.to(next(self.parameters()).device).train(self.training)
+
     def export_branch(self, j: int) -> Backbone:
         model = build_model(self.name, self.num_classes, **self.model_kwargs)
         model.stem.load_state_dict(self.stem.state_dict())
@@ -97,6 +106,5 @@ class BranchedNet(nn.Module):
         return model.to(next(self.parameters()).device)
 
 
-def branched(name: str, num_classes: int, split_at: int, branches: int, execution: str = "off",
-             **model_kwargs) -> BranchedNet:
-    return BranchedNet(name, num_classes, split_at, branches, execution, **model_kwargs)
+def branched(name: str, num_classes: int, split_at: int, branches: int, **model_kwargs) -> BranchedNet:
+    return BranchedNet(name, num_classes, split_at, branches, **model_kwargs)

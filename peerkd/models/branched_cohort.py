@@ -1,20 +1,21 @@
 """Several branched networks trained side by side (CSS's two networks) behind one interface:
-``branched_cohort(names, num_classes, split_at, branches, execution)``.
+``branched_cohort(names, num_classes, split_at, branches)``.
 
 Why: a method with N identical branched networks (CSS: 2 x ResNet-110, 3 branches each) that runs them net by net
-launches N trunks and N tail groups; most of a CIFAR step is launch overhead. With ``execution`` "on" and identical
-networks (one name; the options are common) the cohort runs as :class:`FusedBranchedNets`: ONE fused member group of
-the N trunks (stem + trunk stages) and ONE fused member group of all N*m tails (:mod:`peerkd.models.members`), so
-each layer is one wide kernel for the whole cohort. Otherwise (one network, different networks, "off", "streams", or
-networks fusion cannot translate, with a warning) it is :class:`BranchedNets`, a list of
-:class:`~peerkd.models.branched.BranchedNet` that each run their tails as ``execution`` says (today's per-net
-behaviour).
+launches N trunks and N tail groups; most of a CIFAR step is launch overhead. Under the member execution "grouped"
+(:func:`~peerkd.models.execution.member_execution`) and identical networks (one name; the options are common) the
+cohort runs as :class:`FusedBranchedNets`: ONE fused member group of the N trunks (stem + trunk stages) and ONE fused
+member group of all N*m tails (:mod:`peerkd.models.members`), so each layer is one wide kernel for the whole cohort.
+Otherwise (one network, different networks, another execution, or networks fusion cannot translate, with a warning)
+it is :class:`BranchedNets`, a list of :class:`~peerkd.models.branched.BranchedNet` that each run their tails as the
+member execution says.
 
 Both classes answer the same questions, so a method never sees the layout:
 
 - ``branch_logits(x, branch_masks)``: every net's every branch's logits, ``logits[n][j]``; branch j of net n reads net
   n's trunk map, multiplied by ``branch_masks(map)[j]`` when ``branch_masks`` is given;
 - ``export_branch(n, j)``: the plain backbone of net n's trunk + branch j;
+- ``export_network(n)``: net n as a plain :class:`~peerkd.models.branched.BranchedNet` (separate tails);
 - ``len(cohort)``: the number of networks.
 
 Both have the state_dict keys of an ``nn.ModuleList`` of BranchedNets: ``{n}.stem.<name>``,
@@ -34,6 +35,7 @@ from torch import nn
 
 from peerkd.models.base import Backbone
 from peerkd.models.branched import BranchedNet, branched
+from peerkd.models.execution import current_member_execution, member_execution
 from peerkd.models.fused import FusionError, register_channelwise
 from peerkd.models.members import FusedMembers, is_channels_last, repeat_channels
 
@@ -74,6 +76,10 @@ class BranchedNets(nn.ModuleList):
     def export_branch(self, net: int, branch: int) -> Backbone:
         return self[net].export_branch(branch)
 
+    def export_network(self, net: int) -> BranchedNet:
+        """Network ``net`` as a plain BranchedNet (separate tails), detached from the cohort."""
+        return self[net].plain()
+
 
 class FusedBranchedNets(nn.Module):
     """N identical branched networks as two fused member groups: ``trunks`` (N copies of stem + trunk stages) and
@@ -110,11 +116,15 @@ class FusedBranchedNets(nn.Module):
         prefix = f"{net}."
         return {key[len(prefix):]: value for key, value in self.state_dict().items() if key.startswith(prefix)}
 
-    def export_branch(self, net: int, branch: int) -> Backbone:
-        """The plain backbone of net ``net``'s trunk + branch ``branch`` (:meth:`BranchedNet.export_branch`)."""
+    def export_network(self, net: int) -> BranchedNet:
+        """Network ``net`` as a plain BranchedNet (separate tails), detached from the cohort."""
         plain = copy.deepcopy(self._template)
         plain.load_state_dict(self.net_state_dict(net))
-        return plain.export_branch(branch).to(next(self.parameters()).device)
+        return plain.to(next(self.parameters()).device).train(self.training)
+
+    def export_branch(self, net: int, branch: int) -> Backbone:
+        """The plain backbone of net ``net``'s trunk + branch ``branch`` (:meth:`BranchedNet.export_branch`)."""
+        return self.export_network(net).export_branch(branch)
 
 
 def _branch_inputs(maps: torch.Tensor, nets: int, branches: int, branch_masks: BranchMasks | None) -> torch.Tensor:
@@ -183,21 +193,22 @@ def _net_to_cohort_keys(module: FusedBranchedNets, state: dict, prefix: str, loc
             state[f"{prefix}trunks.{net}.{'stem' if part == 'stem' else 'stages'}.{rest}"] = state.pop(key)
 
 
-def branched_cohort(names: Sequence[str], num_classes: int, split_at: int, branches: int, execution: str = "off",
+def branched_cohort(names: Sequence[str], num_classes: int, split_at: int, branches: int,
                     **model_kwargs) -> BranchedNets | FusedBranchedNets:
-    """One :func:`~peerkd.models.branched.branched` network per name. Under execution "on" with two or more identical
-    networks (one name) the cohort is fused (:class:`FusedBranchedNets`); otherwise every network runs its tails as
-    ``execution`` says (:class:`BranchedNets`). Networks fusion cannot translate run unfused, with a warning."""
+    """One :func:`~peerkd.models.branched.branched` network per name. Under the member execution "grouped" with two or
+    more identical networks (one name) the cohort is fused (:class:`FusedBranchedNets`); otherwise every network runs
+    its tails as the member execution says (:class:`BranchedNets`). Networks fusion cannot translate run separately,
+    with a warning."""
     names = list(names)
-    if execution == "on" and len(names) > 1 and len(set(names)) == 1:
-        nets = [branched(name, num_classes, split_at, branches, "off", **model_kwargs) for name in names]
+    if current_member_execution() == "grouped" and len(names) > 1 and len(set(names)) == 1:
+        with member_execution("separate"):  # plain networks, which the fused cohort takes apart
+            nets = [branched(name, num_classes, split_at, branches, **model_kwargs) for name in names]
         try:
             return FusedBranchedNets(nets)
         except FusionError as err:
-            warnings.warn(f"method.fuse: {err}; these networks run unfused", stacklevel=2)
+            warnings.warn(f"trainer.members grouped: {err}; these networks run separately", stacklevel=2)
             return BranchedNets(nets)
-    return BranchedNets([branched(name, num_classes, split_at, branches, execution, **model_kwargs)
-                         for name in names])
+    return BranchedNets([branched(name, num_classes, split_at, branches, **model_kwargs) for name in names])
 
 
 __all__ = ["BranchTrunk", "BranchedNets", "FusedBranchedNets", "branched_cohort"]

@@ -1,47 +1,65 @@
-"""How a method's identical members (peers, or the tails of a branched network) execute: the ``method.fuse`` option.
+"""How a method's identical members (peers, or the tails of a branched network) execute: ``trainer.members``.
 
-Every method with identical members has ``fuse: str = "auto"`` in its Options and hands the value to the builders
-(:func:`peerkd.methods.parts.cohort.build_cohort` for whole-network cohorts, :func:`peerkd.methods.parts.branching.build_branched`
-for branch tails, :func:`peerkd.methods.parts.branching.build_branched_cohort` for several branched networks (CSS: identical
-ones fuse as one trunk group and one group of all tails), :func:`peerkd.models.members.build_members` with
-``resolved(fuse)`` for other identical groups: OKDDip's network-based peers, CL's head tree); the method's own code
-never changes with it, and neither do its maths, its state_dict keys or its exported models:
+The execution is a run setting, not a method option: whoever builds a method sets it around the build,
 
-- ``"off"``: separate modules, one after another (the reference execution);
-- ``"on"``: one fused module (:mod:`peerkd.models.fused`: grouped convolutions, one BatchNorm over all copies'
+    with member_execution("grouped"):
+        method = build_method(name, options, task)
+
+and the builders of member groups read it (:func:`current_member_execution`):
+:func:`peerkd.models.members.build_members` (every group of identical modules: cohorts, branch tails, OKDDip's
+network-based peers, CL's head tree),
+:func:`peerkd.models.branched_cohort.branched_cohort` (CSS's networks: identical ones group as one trunk group and one
+group of all tails) and :func:`peerkd.methods.parts.cohort.build_cohort` (a heterogeneous cohort cannot group). A
+method's code never mentions it, and neither its maths, nor its state_dict keys, nor its exported models change with
+it:
+
+- ``"separate"``: separate modules, one after another (the reference execution, and the one outside any context);
+- ``"grouped"``: one fused module (:mod:`peerkd.models.fused`: grouped convolutions, one BatchNorm over all copies'
   channels, batched heads);
-- ``"streams"``: separate modules, each on its own CUDA stream so their kernels may overlap (on CPU: "off");
+- ``"streams"``: separate modules, each on its own CUDA stream so their kernels may overlap (on CPU: one after
+  another);
 - ``"vmap"``: the members' tensors stacked and one member's forward vectorised over them (``torch.func``: any module
-  type, BatchNorm included; :class:`peerkd.models.members.VmappedMembers`);
-- ``"auto"``: the trainer measures "off", "on", "streams" and "vmap" on the run's first batch and device, keeps the
-  fastest (:mod:`peerkd.train.execution`); on a CPU, or a method built outside the trainer, it is "off" (grouped
-  convolutions are slower than separate ones on CPU: BENCHMARKS.md).
+  type, BatchNorm included; :class:`peerkd.models.members.VmappedMembers`).
 
-A YAML ``true`` / ``false`` reads as "on" / "off". A cohort that cannot fuse (heterogeneous members, an unknown
-module type) runs unfused with a warning.
+``trainer.members: auto`` is the trainer's business (:mod:`peerkd.train.execution`): on CUDA it measures these four on
+the run's first batch and keeps the fastest; on a CPU it is "separate" without measuring (grouped convolutions are
+slower than separate ones there: BENCHMARKS.md). Members that cannot group (heterogeneous members, a module type the
+fusion translator does not know) run separately, with a warning.
 """
 from __future__ import annotations
 
-FUSE_CHOICES = ("off", "on", "streams", "vmap", "auto")
-MEASURED_CHOICES = ("off", "on", "streams", "vmap")  # what "auto" picks from
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+
+MEMBER_EXECUTIONS = ("separate", "grouped", "streams", "vmap")  # how a member group can run; "auto" picks one of them
+REFERENCE_EXECUTION = "separate"  # the execution outside any member_execution context: plain modules, one by one
+
+_CURRENT: ContextVar[str] = ContextVar("peerkd_member_execution", default=REFERENCE_EXECUTION)
 
 
-def check_fuse(value: str) -> str:
-    """``value`` if it is one of FUSE_CHOICES, else a ConfigError naming ``method.fuse``."""
-    from peerkd.core.errors import ConfigError
-
-    if value not in FUSE_CHOICES:
-        raise ConfigError(f"method.fuse: expected one of {', '.join(FUSE_CHOICES)} (true = on, false = off), "
-                          f"got {value!r}")
-    return value
+def check_member_execution(execution: str) -> str:
+    """``execution`` if it is one of :data:`MEMBER_EXECUTIONS`, else a ValueError naming them ("auto" is resolved by
+    the trainer before any build)."""
+    if execution not in MEMBER_EXECUTIONS:
+        raise ValueError(f"member execution must be one of {', '.join(MEMBER_EXECUTIONS)}, got {execution!r}")
+    return execution
 
 
-def resolved(value: str) -> str:
-    """The execution a builder applies: "auto" not settled by the trainer means "off"."""
-    check_fuse(value)
-    return "off" if value == "auto" else value
+@contextlib.contextmanager
+def member_execution(execution: str) -> Iterator[str]:
+    """Inside the block, every member group built executes as ``execution``; the previous one is back after it."""
+    token = _CURRENT.set(check_member_execution(execution))
+    try:
+        yield execution
+    finally:
+        _CURRENT.reset(token)
 
 
-def has_fuse_option(options) -> bool:
-    """True when a method's Options has the ``fuse`` field (the trainer's only question about it)."""
-    return hasattr(options, "fuse") and isinstance(getattr(options, "fuse"), str)
+def current_member_execution() -> str:
+    """The execution a member group built now takes: the innermost :func:`member_execution`'s, else "separate"."""
+    return _CURRENT.get()
+
+
+__all__ = ["MEMBER_EXECUTIONS", "REFERENCE_EXECUTION", "check_member_execution", "current_member_execution",
+           "member_execution"]

@@ -10,17 +10,18 @@ of identical modules that a method runs side by side. The method asks the group,
 - ``member_parameter(j, name)``: member j's parameter ``name`` (a view of the fused tensor when fused, so gradients
   reach it); ``member_state_dict(j)`` and ``export(j)``: member j's state and a plain copy of it;
 
-``inputs`` is one tensor that every member reads or a list with one tensor per member. The execution (``method.fuse``
-as the method resolved it: :mod:`peerkd.models.execution`) picks the class:
+``inputs`` is one tensor that every member reads or a list with one tensor per member. The execution (the current
+:func:`~peerkd.models.execution.member_execution`, "separate" outside any: :mod:`peerkd.models.execution`) picks the
+class:
 
-- "off": :class:`MemberList`, an ``nn.ModuleList`` that calls its members one after another (the reference);
+- "separate": :class:`MemberList`, an ``nn.ModuleList`` that calls its members one after another (the reference);
 - "streams": :class:`StreamedMembers`, the same with member i on CUDA side stream i (:mod:`peerkd.models.streams`);
-- "on": :class:`FusedMembers`, one :class:`~peerkd.models.fused.FusedCopies` on peer-major stacked channels;
+- "grouped": :class:`FusedMembers`, one :class:`~peerkd.models.fused.FusedCopies` on peer-major stacked channels;
 - "vmap": :class:`VmappedMembers`, the members' tensors stacked (``torch.func.stack_module_state``) and one member's
   forward mapped over them (``torch.func.vmap`` of ``functional_call``): the general path, for identical members of
   any module type (timm and torchvision blocks, which the fusion translator does not know).
 
-All three keep the ModuleList's state_dict keys (``{j}.<name>``; the fused group converts on save and on load), so a
+All four keep the ModuleList's state_dict keys (``{j}.<name>``; the fused group converts on save and on load), so a
 checkpoint saved under one execution loads under another, and all compute the same maths (fused: up to the order of
 floating-point sums).
 """
@@ -34,10 +35,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from peerkd.models.execution import check_member_execution, current_member_execution
 from peerkd.models.fused import FusedCopies, FusionError, split_member
 from peerkd.models.streams import StreamedModels
-
-EXECUTIONS = ("off", "on", "streams", "vmap")  # what build_members accepts ("auto" is resolved by the method first)
 
 Inputs = torch.Tensor | Sequence[torch.Tensor]  # one input for every member, or one per member
 
@@ -88,7 +88,7 @@ def _collect(triples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> 
 
 
 class MemberList(nn.ModuleList):
-    """Execution "off": the members one after another, each called as a module (its hooks run)."""
+    """Execution "separate": the members one after another, each called as a module (its hooks run)."""
 
     def _each(self, fn: Callable[[nn.Module, torch.Tensor], object], inputs: Inputs) -> list:
         return [fn(member, x) for member, x in zip(self, _per_member(inputs, len(self)))]
@@ -121,7 +121,7 @@ class StreamedMembers(MemberList, StreamedModels):
 
 
 class FusedMembers(nn.Module):
-    """Execution "on": the members as one :class:`FusedCopies` whose every layer is P members wide. Inputs are stacked
+    """Execution "grouped": the members as one :class:`FusedCopies` whose every layer is P members wide. Inputs are stacked
     along channels (a shared input repeated, per-member inputs concatenated) and outputs split back into views.
 
     Its state_dict has the ModuleList's keys (``{j}.<name>``), converted on save and on load.
@@ -300,13 +300,15 @@ class _Apply(nn.Module):
 
 
 def _stacked_to_member_keys(module: VmappedMembers, state: dict, prefix: str, local_metadata) -> None:
-    """state_dict post-hook: the stacked ``params.{i}`` / ``buffer{i}`` -> ``{prefix}{j}.<name>`` per member j."""
+    """state_dict post-hook: the stacked ``params.{i}`` / ``buffer{i}`` -> ``{prefix}{j}.<name>`` per member j, in a
+    member's own key order (the ModuleList's)."""
     stacked = module._stacked()
     for key in [k for k in state if k.startswith(prefix + "params.") or k.startswith(prefix + "buffer")]:
         state.pop(key)
+    names = [name for name in module._template.state_dict() if name in stacked]
     for member in range(module.copies):
-        for name, tensor in stacked.items():
-            state[f"{prefix}{member}.{name}"] = tensor[member].detach().clone()
+        for name in names:
+            state[f"{prefix}{member}.{name}"] = stacked[name][member].detach().clone()
 
 
 def _member_to_stacked_keys(module: VmappedMembers, state: dict, prefix: str, local_metadata, strict, missing_keys,
@@ -324,11 +326,11 @@ def _member_to_stacked_keys(module: VmappedMembers, state: dict, prefix: str, lo
         state[prefix + key] = torch.stack([part.reshape(-1) for part in parts])
 
 
-def build_members(modules: Sequence[nn.Module], execution: str = "off") -> nn.Module:
-    """A group of identical ``modules`` executing as ``execution`` ("off", "on" or "streams"). Members fusion cannot
-    translate (or that are not identical) run as "off", with a warning."""
-    if execution not in EXECUTIONS:
-        raise ValueError(f"execution must be one of {', '.join(EXECUTIONS)}, got {execution!r}")
+def build_members(modules: Sequence[nn.Module], execution: str | None = None) -> nn.Module:
+    """A group of identical ``modules`` executing as ``execution`` (one of ``MEMBER_EXECUTIONS``; None: the current
+    :func:`~peerkd.models.execution.member_execution`). Members that cannot be grouped or vmapped (not identical, or a
+    module type fusion does not know) run separately, with a warning."""
+    execution = check_member_execution(current_member_execution() if execution is None else execution)
     modules = list(modules)
     if execution == "streams":
         return StreamedMembers(modules)
@@ -336,14 +338,14 @@ def build_members(modules: Sequence[nn.Module], execution: str = "off") -> nn.Mo
         try:
             return VmappedMembers(modules)
         except FusionError as err:
-            warnings.warn(f"method.fuse: {err}; these members run unfused", stacklevel=2)
-    if execution == "on" and len(modules) > 1:
+            warnings.warn(f"trainer.members vmap: {err}; these members run separately", stacklevel=2)
+    if execution == "grouped" and len(modules) > 1:
         try:
             return FusedMembers(modules)
         except FusionError as err:
-            warnings.warn(f"method.fuse: {err}; these members run unfused", stacklevel=2)
+            warnings.warn(f"trainer.members grouped: {err}; these members run separately", stacklevel=2)
     return MemberList(modules)
 
 
-__all__ = ["EXECUTIONS", "FusedMembers", "MemberList", "MemberOutputs", "StreamedMembers", "VmappedMembers",
+__all__ = ["FusedMembers", "MemberList", "MemberOutputs", "StreamedMembers", "VmappedMembers",
            "build_members", "head_outputs"]

@@ -1,5 +1,5 @@
-"""Separate members on CUDA streams: the alternative to fusion that ``method.fuse: streams`` selects (the fork and join
-behind :class:`peerkd.models.members.StreamedMembers`).
+"""Separate members on CUDA streams: the alternative to fusion that ``trainer.members: streams`` selects (the fork and
+join behind :class:`peerkd.models.members.StreamedMembers`).
 
 A cohort of small networks leaves most of an H100 idle: each kernel of a ResNet-32 at batch 128 fills a fraction of
 the device. Fusion (:mod:`peerkd.models.fused`) makes the kernels wider; streams instead let the members' kernels run

@@ -163,6 +163,10 @@ def read_checkpoint(path: Path, map_location="cpu") -> dict:
             from None
     if not isinstance(state, dict) or state.get("format") not in (CHECKPOINT_FORMAT, LEGACY_CHECKPOINT_FORMAT):
         raise RunError(f"{path} is not a peerkd checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    if isinstance(state.get("config"), dict):  # a run saved before keys moved resumes, evaluates and exports as is
+        from peerkd.config import upgrade_saved_config
+
+        state["config"] = upgrade_saved_config(state["config"])
     return state
 
 

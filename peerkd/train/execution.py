@@ -1,33 +1,36 @@
-"""``method.fuse: auto``: measure the executions of a method's identical members on the run's device and keep the
+"""``trainer.members: auto``: measure the executions of a method's identical members on the run's device and keep the
 fastest.
 
 Whether one fused module (grouped convolutions), or one vmapped forward over stacked members (the path for module
 types fusion cannot translate), beats separate modules, on CUDA streams or not, depends on the shape (network, peers,
 batch, device): fusion saves launches but grouped convolutions run other kernels than dense ones. So the trainer
-measures instead of guessing. For each of "off", "on", "streams", "vmap" it builds the method, loads the
-weights of the run's own initial method (every execution keeps the same state_dict keys), and times ``steps`` full
-training steps (forward, loss, backward, SGD update through :class:`peerkd.train.step.FastStep`, the run's precision) on
-the run's first batch after ``warmup`` untimed ones; in ``trainer.fast_mode: graph`` the timed steps are graph
-replays, as in the run. In compile mode the steps are eager (compiling three variants would cost minutes); the
-ranking is then that of eager execution. The throwaway copies never touch the run: its weights, and every random
-number generator, are as they were before the measurement.
+measures instead of guessing, and only what earns the cost: on CUDA, for a method that holds a member group of two or
+more members (:func:`should_measure`; a method without one has nothing to choose). For each of "separate", "grouped",
+"streams", "vmap" it builds the method inside :func:`peerkd.models.execution.member_execution`, keeps the candidates
+that hold a group executing that way, loads the weights of the run's own method (every execution keeps the same
+state_dict keys), and times ``steps`` full training steps (forward, loss, backward, SGD update through
+:class:`peerkd.train.step.FastStep`, the run's precision) on the run's first batch after ``warmup`` untimed ones; under
+``trainer.step: graph`` the timed steps are graph replays, as in the run. Under compile the steps are eager (compiling
+four variants would cost minutes); the ranking is then that of eager execution. The throwaway copies never touch the
+run: its weights, and every random number generator, are as they were before the measurement.
 
-On a CPU "auto" is "off" without measuring (grouped convolutions are slower than separate ones there:
+On a CPU "auto" is "separate" without measuring (grouped convolutions are slower than separate ones there:
 BENCHMARKS.md). Under DDP every rank measures and the times are summed over ranks, so all ranks pick the same.
 """
 from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
+from peerkd.models.execution import MEMBER_EXECUTIONS, REFERENCE_EXECUTION, member_execution
+from peerkd.models.members import FusedMembers, MemberList, StreamedMembers, VmappedMembers
 from peerkd.train.setup import rng_state, set_rng_state
 from peerkd.train.step import FastStep
-from peerkd.models.execution import MEASURED_CHOICES
 
 MEASURE_WARMUP_STEPS = 3  # untimed steps per execution (cuDNN autotuning, allocator warm-up; graph mode captures)
 MEASURE_STEPS = 5  # timed steps per execution: enough to rank variants that differ by tens of percent
@@ -46,15 +49,29 @@ class ExecutionChoice:
         return any(v is not None for v in self.ms_per_step.values())
 
     def as_record(self) -> dict:
-        return {"kind": "execution", "fuse": self.choice, "timed_in": self.mode,
+        """The metrics.jsonl record of the choice."""
+        return {"kind": "execution", "members": self.choice, "timed_in": self.mode,
                 "ms_per_step": {k: (None if v is None else round(v, 3)) for k, v in self.ms_per_step.items()}}
 
+    def describe(self) -> str:
+        """The line the trainer prints: the choice and every candidate's time."""
+        times = ", ".join(f"{k} {'-' if v is None else f'{v:.1f}'}" for k, v in self.ms_per_step.items())
+        return f"trainer.members auto: '{self.choice}' (ms per step timed {self.mode}: {times})"
 
-def should_measure(options, device: torch.device) -> bool:
-    """True when the method has a ``fuse`` option set to "auto" and the run is on CUDA."""
-    from peerkd.models.execution import has_fuse_option
 
-    return has_fuse_option(options) and options.fuse == "auto" and device.type == "cuda"
+_GROUP_TYPES = {"separate": MemberList, "grouped": FusedMembers, "streams": StreamedMembers, "vmap": VmappedMembers}
+
+
+def member_groups(method: nn.Module, execution: str | None = None) -> list[nn.Module]:
+    """The member groups of two or more members in ``method`` (those executing as ``execution`` when given)."""
+    kinds = tuple(_GROUP_TYPES.values()) if execution is None else _GROUP_TYPES[execution]
+    return [module for module in method.modules() if isinstance(module, kinds) and len(module) > 1]
+
+
+def should_measure(method: nn.Module, device: torch.device) -> bool:
+    """True when ``trainer.members: auto`` has something to measure: the run is on CUDA and ``method`` (as built)
+    holds a member group of two or more members."""
+    return device.type == "cuda" and bool(member_groups(method))
 
 
 def _timed_steps(method: nn.Module, batch, *, device: torch.device, autocast, mode: str, lr: float,
@@ -78,25 +95,27 @@ def _synchronize(device: torch.device) -> None:
 
 
 def _executes_as(method: nn.Module, choice: str) -> bool:
-    """True when ``method`` holds a member group of two or more members executing as ``choice``."""
-    from peerkd.models.members import FusedMembers, StreamedMembers, VmappedMembers
-
-    if choice == "off":
-        return True
-    kind = {"on": FusedMembers, "streams": StreamedMembers, "vmap": VmappedMembers}[choice]
-    return any(isinstance(module, kind) and len(module) > 1 for module in method.modules())
+    """True when ``method`` holds a member group of two or more members executing as ``choice`` (always, for the
+    reference "separate", which is measured whatever it holds)."""
+    return choice == REFERENCE_EXECUTION or bool(member_groups(method, choice))
 
 
-def _candidates(build: Callable[[object], nn.Module], options) -> dict[str, nn.Module]:
-    """The method built in every execution that differs from "off" (and "off" itself, which must build)."""
+def build_in(build: Callable[[], nn.Module], execution: str) -> nn.Module:
+    """``build()`` inside :func:`member_execution` ``(execution)``: the method with its member groups executing so."""
+    with member_execution(execution):
+        return build()
+
+
+def _candidates(build: Callable[[], nn.Module]) -> dict[str, nn.Module]:
+    """The method built in every execution that differs from "separate" (and "separate" itself, which must build)."""
     candidates = {}
-    for choice in MEASURED_CHOICES:
+    for choice in MEMBER_EXECUTIONS:
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "runs unfused" warnings: such a candidate is dropped just below
-                candidate = build(replace(options, fuse=choice))
+                warnings.simplefilter("ignore")  # "runs separately" warnings: such a candidate is dropped just below
+                candidate = build_in(build, choice)
         except Exception as err:  # noqa: BLE001
-            if choice == "off":
+            if choice == REFERENCE_EXECUTION:
                 raise
             _not_chosen(choice, err)
             continue
@@ -106,38 +125,39 @@ def _candidates(build: Callable[[object], nn.Module], options) -> dict[str, nn.M
 
 
 def _not_chosen(choice: str, err: Exception) -> None:
-    warnings.warn(f"method.fuse auto: the '{choice}' execution could not be measured ({type(err).__name__}: "
+    warnings.warn(f"trainer.members auto: the '{choice}' execution could not be measured ({type(err).__name__}: "
                   f"{str(err)[:160]}); it is not chosen", RuntimeWarning, stacklevel=3)
 
 
-def choose_execution(build: Callable[[object], nn.Module], options, reference: nn.Module, batch, *,
+def choose_execution(build: Callable[[], nn.Module], reference: nn.Module, batch, *,
                      device: torch.device, autocast=None, mode: str = "eager", lr: float = 0.1,
                      prepare: Callable[[nn.Module], nn.Module] = lambda m: m,
                      warmup: int = MEASURE_WARMUP_STEPS, steps: int = MEASURE_STEPS,
                      reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ExecutionChoice:
-    """Time each execution of the method ``build(options with fuse=...)`` and return the fastest.
+    """Time each execution of the method ``build()`` (called inside :func:`member_execution`) and return the fastest.
 
     reference: the run's method as built (its state_dict seeds every candidate, so they compute the same thing).
     prepare: moves a candidate to the run's device and memory format (the trainer's ``.to(...)`` calls).
     mode: the FastStep mode to time in ("graph" when the run captures graphs, else "eager").
     reduce: sums a tensor of times over DDP ranks (None in one process).
-    An execution that fails to build or step, or that has no member group executing that way (one network; "on" for
-    a cohort fusion does not cover), is skipped; "off" always runs, unless nothing else is left to compare it with.
+    An execution that fails to build or step, or that has no member group executing that way (one network; "grouped"
+    for a cohort fusion does not cover), is skipped; "separate" always runs, unless nothing else is left to compare it
+    with.
     """
     saved_rng = rng_state()
     state = {k: v.detach().clone() for k, v in reference.state_dict().items()}
-    times: dict[str, float | None] = {choice: None for choice in MEASURED_CHOICES}
+    times: dict[str, float | None] = {choice: None for choice in MEMBER_EXECUTIONS}
     try:
-        candidates = _candidates(build, options)
-        if len(candidates) == 1:  # no fused or streamed member group: every execution is "off"
-            return ExecutionChoice("off", times, mode)
+        candidates = _candidates(build)
+        if len(candidates) == 1:  # no member group executes another way: every execution is "separate"
+            return ExecutionChoice(REFERENCE_EXECUTION, times, mode)
         for choice, candidate in list(candidates.items()):
             try:
                 candidate.load_state_dict(state)
                 times[choice] = _timed_steps(candidate, batch, device=device, autocast=autocast, mode=mode, lr=lr,
                                              warmup=warmup, steps=steps, prepare=prepare)
-            except Exception as err:  # noqa: BLE001  (a candidate that cannot run is not chosen; "off" re-raises)
-                if choice == "off":
+            except Exception as err:  # noqa: BLE001  (a candidate that cannot run is not chosen; "separate" re-raises)
+                if choice == REFERENCE_EXECUTION:
                     raise
                 _not_chosen(choice, err)
             finally:

@@ -35,11 +35,9 @@ HISTORY = "history.jsonl"
 SWEEP_LOG = "sweep.log"  # a run's output, written by `peerkd sweep` into the folder before the run starts: peerkd's own
 METRICS = "metrics.jsonl"
 # Config keys a resume may change: the schema's fields tagged resumable (peerkd.config.RESUMABLE, PLACEMENT); they
-# decide how far and how the run goes on, what is evaluated or logged, and where and how fast it runs, not what the
-# weights so far were trained with. Untagged until trainer.members / trainer.step replace them: the execution keys
-# trainer.compile, trainer.fast, trainer.fast_mode and method.fuse (fused or separate members: the same numbers, the
-# same state_dict).
-RESUME_CHANGEABLE = (*config_keys("resumable"), "trainer.compile", "trainer.fast", "trainer.fast_mode", "method.fuse")
+# decide how far and how the run goes on, what is evaluated or logged, and where and how fast it runs (trainer.members,
+# trainer.step: the same numbers, the same state_dict), not what the weights so far were trained with.
+RESUME_CHANGEABLE = config_keys("resumable")
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 

@@ -1,8 +1,9 @@
-"""The graph-friendly training step (``trainer.fast``): forward, every loss, backward and the SGD update with no host
+"""The trainer's training step (``trainer.step``): forward, every loss, backward and the SGD update with no host
 synchronisation, static shapes, and the learning rate read from a device tensor.
 
-A plain loop that sets ``group["lr"]`` from Python and sums its logs with Python numbers is fine eagerly but cannot
-be captured. :class:`FastStep` (the trainer's only step) keeps everything the step touches on the device:
+A step written the usual way (``torch.optim.SGD`` whose ``group["lr"]`` is set from Python, logs summed as Python
+numbers) is fine eagerly but cannot be captured. :class:`FastStep`, the one step the trainer runs in every mode, keeps
+everything the step touches on the device:
 
 - the learning rate is a 0-dim tensor that the optimiser reads (``set_lr`` writes it in place: one tiny copy, no
   sync), so a captured graph sees each new value;
@@ -14,17 +15,18 @@ be captured. :class:`FastStep` (the trainer's only step) keeps everything the st
   the inf flag as tensors (``_step_supports_amp_scaling``), so the step skips itself on overflow and the scale grows or
   backs off in place with no host sync, graph-capturable; elsewhere the scaler checks the inf flag on the host.
 
-Three ways to run the same step function (``mode``):
+Three ways to run the same step function (``mode``; the trainer maps ``trainer.step`` onto them):
 
-- ``"eager"``: call it as it is (on CPU in fp32 it gives exactly the parameters of a plain ``torch.optim.SGD`` loop
-  with a float lr: tests/train/test_sgd_reference.py);
-- ``"compile"``: ``torch.compile`` it (``compile_mode="reduce-overhead"`` on CUDA records CUDA graphs for the
-  compiled regions; the backward call splits the step into a forward graph, its AOT backward and the optimiser);
-- ``"graph"``: capture the whole step (forward, backward, optimiser, log sums) as one CUDA graph after
-  ``warmup_steps`` eager steps on a side stream, then replay it with each batch copied into static inputs. CUDA only,
-  one process (no DDP), static batch shapes (the device loader drops the last partial batch).
+- ``"eager"``: call it as it is (``trainer.step: eager``, and ``auto`` off CUDA; on CPU in fp32 it gives exactly the
+  parameters of a plain ``torch.optim.SGD`` loop with a float lr: tests/training/test_sgd_reference.py);
+- ``"compile"``: ``torch.compile`` it (``trainer.step: compile``, and ``auto`` on CUDA; ``compile_mode=
+  "reduce-overhead"`` on CUDA records CUDA graphs for the compiled regions; the backward call splits the step into a
+  forward graph, its AOT backward and the optimiser);
+- ``"graph"`` (``trainer.step: graph``): capture the whole step (forward, backward, optimiser, log sums) as one CUDA
+  graph after ``warmup_steps`` eager steps on a side stream, then replay it with each batch copied into static
+  inputs. CUDA only, one process (no DDP), static batch shapes (the device loader drops the last partial batch).
 
-With ``fallback=True`` (the trainer's ``trainer.fast: auto``) a compile or capture that fails on its first use
+With ``fallback=True`` (the trainer's ``trainer.step: auto``) a compile or capture that fails on its first use
 warns once and the step goes on eagerly: a run that asked for nothing in particular never dies of the fast path.
 The failed call is repeated eagerly; at worst that step's forward ran twice (BatchNorm's running statistics saw the
 batch twice), nothing else.
@@ -169,8 +171,8 @@ class FastStep:
             self._replay(batch)
 
     def _fall_back(self, err: Exception) -> None:
-        warnings.warn(f"trainer.fast: the {self.mode} step failed ({type(err).__name__}: {str(err)[:200]}); "
-                      "training goes on with the eager step (set trainer.fast=off to skip the attempt, or report "
+        warnings.warn(f"trainer.step auto: the {self.mode} step failed ({type(err).__name__}: {str(err)[:200]}); "
+                      "training goes on with the eager step (set trainer.step=eager to skip the attempt, or report "
                       "this)", RuntimeWarning, stacklevel=3)
         if self.mode == "graph":
             self._graph, self._static = None, {}

@@ -1,10 +1,12 @@
 """One training loop for every method (it never asks which method it runs).
 
 SGD with Nesterov momentum and weight decay; multistep or cosine learning rate with optional linear warm-up, set
-every step; bf16 autocast (fp16 with a gradient scaler where the GPU has no bf16) and channels_last on CUDA;
-optional ``torch.compile``; evaluation (always fp32) of every ``predict`` key; atomic checkpoints every epoch with
-every RNG state, and an exact resume from them, also in the middle of an epoch after SIGTERM; a non-finite loss stops
-the run and keeps the last good checkpoint; DDP under ``torchrun``.
+every step; bf16 autocast (fp16 with a gradient scaler where the GPU has no bf16) and channels_last on CUDA; the
+step eager, compiled or captured as one CUDA graph (``trainer.step``); the method's identical members executing as
+``trainer.members`` says (set around the method's build, measured on CUDA under "auto"); evaluation (always fp32) of
+every ``predict`` key; atomic checkpoints every epoch with every RNG state, and an exact resume from them, also in the
+middle of an epoch after SIGTERM; a non-finite loss stops the run and keeps the last good checkpoint; DDP under
+``torchrun``.
 
 The run folder is taken before any set-up (:mod:`peerkd.train.run_folder`: writable, locked, a peerkd run or empty, the
 config of a resume checked against the checkpoint's). Under DDP rank 0 alone takes it and writes; the other ranks get
@@ -26,7 +28,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from peerkd.train.execution import choose_execution, should_measure
+from peerkd.models.execution import REFERENCE_EXECUTION
+from peerkd.train.execution import build_in, choose_execution, should_measure
 from peerkd.config import Config
 from peerkd.core.errors import ConfigError
 from peerkd.core.process import is_main_thread
@@ -103,7 +106,9 @@ class Trainer:
         self.precision = resolve_precision(config.trainer.precision, self.device)
         self.channels_last = config.trainer.channels_last == "on" or (
             config.trainer.channels_last == "auto" and on_cuda)
+        self.step_mode, self.compile_mode, self.step_fallback = self._step_mode()  # refused before the run folder
         self.claim: Claim | None = None
+        self._resumed: dict | None = None  # the checkpoint a resume starts from, loaded once (_resume_state)
         self.last_saved: tuple[int, int] | None = None  # (epoch, step in epoch) of the last checkpoint on disk
         if claim:
             self._claim_run_dir()
@@ -160,21 +165,25 @@ class Trainer:
         # how a deployed model must be fed (peerkd export): RGB NCHW, (pixel / 255 - mean) / std
         self.input_spec = {"image_size": loaders.image_size, "mean": [float(m) for m in loaders.mean],
                            "std": [float(s) for s in loaders.std]}
-        self.method = self._place(build_method(cfg.method.name, cfg.method.options, self.task))
-        self.execution = None  # method.fuse: auto on CUDA -> the measured choice (peerkd/train/execution.py)
-        if should_measure(cfg.method.options, self.device):
-            self._settle_execution()
+        build = lambda: build_method(cfg.method.name, cfg.method.options, self.task)  # noqa: E731
+        members = cfg.trainer.members
+        if members == "auto" and self.resume:  # the execution the run chose: its optimizer state has that layout
+            members = self._resume_state().get("members", "auto")  # (a checkpoint older than the record: measure)
+        self.members = REFERENCE_EXECUTION if members == "auto" else members  # the execution built
+        self.method = self._place(build_in(build, self.members))
+        self.execution = None  # trainer.members auto with member groups on CUDA: the measured choice
+        if members == "auto" and should_measure(self.method, self.device):
+            self._settle_execution(build)
         step_module: torch.nn.Module = self.method
         if self.ddp.world > 1:
             step_module = torch.nn.parallel.DistributedDataParallel(
                 self.method, find_unused_parameters=self.method.ddp_find_unused_parameters,
                 broadcast_buffers=self.method.ddp_broadcast_buffers)
-        mode, compile_mode = self._step_mode()
         self.step = FastStep(step_module, self.method.trainable_parameters(), lr=cfg.optim.lr,
                              momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
                              weight_decay=cfg.optim.weight_decay, device=self.device, autocast=self.autocast,
-                             grad_scaler=self.precision == "fp16", mode=mode, compile_mode=compile_mode,
-                             fallback=cfg.trainer.fast == "auto")
+                             grad_scaler=self.precision == "fp16", mode=self.step_mode,
+                             compile_mode=self.compile_mode, fallback=self.step_fallback)
         self.optimizer = self.step.optimizer  # checkpoints save and restore this one
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.history: dict = {"best": {}, "last": {}}
@@ -184,10 +193,10 @@ class Trainer:
         method = method.to(self.device)
         return method.to(memory_format=torch.channels_last) if self.channels_last else method
 
-    def _settle_execution(self) -> None:
-        """Measure the method's member executions (off / on / streams / vmap) on the first batch; keep the fastest."""
+    def _settle_execution(self, build: Callable[[], torch.nn.Module]) -> None:
+        """Measure the method's member executions (separate / grouped / streams / vmap) on the first batch; keep the
+        fastest (peerkd/train/execution.py). ``build`` builds the method; the measurement sets its execution."""
         cfg = self.config
-        build = lambda options: build_method(cfg.method.name, options, self.task)  # noqa: E731
         first_batch = next(iter(self.train_loader.epoch(0)))
         reduce = _sum_over_ranks if self.ddp.world > 1 else None
 
@@ -196,30 +205,34 @@ class Trainer:
             candidate.on_epoch_start(0, cfg.schedule.epochs)
             return candidate
 
-        graph = self._step_mode()[0] == "graph"
-        self.execution = choose_execution(build, cfg.method.options, self.method, first_batch, device=self.device,
-                                          autocast=self.autocast, mode="graph" if graph else "eager",
-                                          lr=cfg.optim.lr, prepare=prepare, reduce=reduce)
-        if self.execution.choice != "off":
-            chosen = self._place(build(dataclasses.replace(cfg.method.options, fuse=self.execution.choice)))
+        timed_in = "graph" if self.step_mode == "graph" else "eager"  # compiling four candidates would cost minutes
+        self.execution = choose_execution(build, self.method, first_batch, device=self.device, autocast=self.autocast,
+                                          mode=timed_in, lr=cfg.optim.lr, prepare=prepare, reduce=reduce)
+        if self.execution.choice != REFERENCE_EXECUTION:
+            saved = rng_state()  # the rebuild's initial weights are replaced: it draws for nothing
+            chosen = self._place(build_in(build, self.execution.choice))
+            set_rng_state(saved)
             chosen.load_state_dict(self.method.state_dict())
-            self.method = chosen
+            self.method, self.members = chosen, self.execution.choice
 
-    def _step_mode(self) -> tuple[str, str | None]:
-        """How the training step runs: eager; ``trainer.compile`` compiles it (torch's default mode);
-        ``trainer.fast`` (on, or auto on CUDA) compiles it with CUDA graphs ("reduce-overhead") or, with
-        ``trainer.fast_mode: graph``, captures the whole step as one CUDA graph. On CPU there is nothing to capture:
-        fast runs eagerly."""
-        tc = self.config.trainer
-        if tc.fast != "off" and self.device.type == "cuda":
-            if tc.fast_mode == "graph":
-                if self.ddp.world > 1:
-                    raise ConfigError("trainer.fast_mode: graph captures one process's step; use compile under DDP")
-                return "graph", None
-            return "compile", "reduce-overhead"
-        if tc.compile:
-            return "compile", None
-        return "eager", None
+    def _step_mode(self) -> tuple[str, str | None, bool]:
+        """``(FastStep mode, torch.compile mode, fall back to eager on failure)`` for ``trainer.step`` on the run's
+        device: "auto" compiles with CUDA graphs ("reduce-overhead") on CUDA, falling back to eager if that fails, and
+        is eager elsewhere (nothing to capture); "compile" compiles ("reduce-overhead" on CUDA, torch's default mode
+        elsewhere) with no fallback; "graph" captures the whole step as one CUDA graph (CUDA only, one process)."""
+        step, on_cuda = self.config.trainer.step, self.device.type == "cuda"
+        if step == "graph":
+            if not on_cuda:
+                raise ConfigError(f"trainer.step: graph captures a CUDA graph, and this run is on {self.device}; use "
+                                  "auto, eager or compile")
+            if self.ddp.world > 1:
+                raise ConfigError("trainer.step: graph captures one process's step; use compile under DDP")
+            return "graph", None, False
+        if step == "compile":
+            return "compile", "reduce-overhead" if on_cuda else None, False
+        if step == "auto" and on_cuda:
+            return "compile", "reduce-overhead", True
+        return "eager", None, False
 
     def autocast(self):
         if self.precision == "fp32":
@@ -232,25 +245,37 @@ class Trainer:
                 "grad_scaler": None if self.step.scaler is None else self.step.scaler.state_dict(), "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch, "global_step": self.global_step, "rng": rng_state(),
                 "history": self.history, "config": self.config.to_dict(), "task": dataclasses.asdict(self.task),
-                "input": self.input_spec}
+                "input": self.input_spec, "members": self.members}
 
     def save(self) -> None:
         if self.ddp.is_main:
             save_checkpoint(self.run_dir / CHECKPOINT, self.state())
         self.last_saved = (self.epoch, self.step_in_epoch)
 
+    def _resume_state(self) -> dict:
+        """The checkpoint this run resumes from, loaded once: rank 0 loaded (and checked) it when it took the folder;
+        another rank, or a reader, loads it here."""
+        if self._resumed is None:
+            if self.claim is not None and self.claim.state is not None:
+                self._resumed, self.claim.state = self.claim.state, None
+            else:
+                self._resumed = load_checkpoint(self.run_dir / CHECKPOINT, map_location=self.device,
+                                                warn=self.ddp.is_main)
+        return self._resumed
+
     def restore(self) -> None:
-        claimed = self.claim is not None and self.claim.state is not None
-        if claimed:  # rank 0 loaded (and checked) it when it took the folder
-            state, self.claim.state = self.claim.state, None
-        else:
-            state = load_checkpoint(self.run_dir / CHECKPOINT, map_location=self.device, warn=self.ddp.is_main)
+        state, self._resumed = self._resume_state(), None
         try:
             self.method.load_state_dict(state["method"])
             self.optimizer.load_state_dict(state["optimizer"])
             if self.step.scaler is not None and state.get("grad_scaler"):
                 self.step.scaler.load_state_dict(state["grad_scaler"])
         except (RuntimeError, ValueError, KeyError) as err:
+            trained = state.get("members", self.members)
+            if trained != self.members:  # grouped and vmapped members hold their parameters (and momenta) stacked
+                raise RunError(f"{self.run_dir / CHECKPOINT} was trained with trainer.members {trained}, whose "
+                               f"optimizer state does not load into {self.members} members; resume with "
+                               f"--set trainer.members={trained} (or auto)") from None
             raise RunError(f"{self.run_dir / CHECKPOINT} does not fit this config ({str(err)[:160]}); resume with "
                            "the run's own config.yaml") from None
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
@@ -287,10 +312,7 @@ class Trainer:
         if self.execution is not None:
             self.log(self.execution.as_record())
             if self.execution.measured:
-                times = ", ".join(f"{k} {'-' if v is None else f'{v:.1f}'}"
-                                  for k, v in self.execution.ms_per_step.items())
-                print(f"method.fuse auto: '{self.execution.choice}' (ms per step timed {self.execution.mode}: "
-                      f"{times})", flush=True)
+                print(self.execution.describe(), flush=True)
 
     def log(self, record: dict) -> None:
         if not self.ddp.is_main:
@@ -304,7 +326,7 @@ class Trainer:
             elif isinstance(value, dict):
                 for sub, metrics in value.items():
                     for name, number in (metrics.items() if isinstance(metrics, dict) else [("", metrics)]):
-                        if isinstance(number, (int, float)):  # None: an execution autofuse could not measure
+                        if isinstance(number, (int, float)):  # None: an execution auto could not measure
                             tag = f"{prefix}/{key}/{sub}/{name}".rstrip("/")
                             self.writer.add_scalar(tag, number, self.global_step)
 

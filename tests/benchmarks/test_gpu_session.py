@@ -30,9 +30,9 @@ def test_dry_run_runs_the_sessions_commands_on_the_cpu_and_checks_their_outputs(
         (record,) = json.loads((call1 / f"bench_{row}.json").read_text())
         assert record["reference"]["ms_per_step"] > 0 and record["fast"]["ms_per_step"] > 0, record
         assert record["models"] and record["device"] == "cpu"  # --quick --device cpu reached bench.py
-    assert "fast_fuse_streams" in json.loads((call1 / "bench_DML_2xR32.json").read_text())[0]  # --fuse-compare
+    assert "fast_streams" in json.loads((call1 / "bench_DML_2xR32.json").read_text())[0]  # --members-compare
     for row in ("DML_2xR32", "CSS_2xR110x3"):
-        assert "== fast, fuse on:" in (call1 / f"profile_{row}.txt").read_text()
+        assert "== fast, members grouped:" in (call1 / f"profile_{row}.txt").read_text()
     assert "skipped" in (call1 / "test_cuda.txt").read_text()  # the CUDA tests were found (and skip on a CPU)
 
     for cell in ("vanilla_resnet32", "dml_resnet32", "kdcl_general_icl"):

@@ -86,12 +86,15 @@ def test_real_methods_time_through_both_paths(bench_run):
     assert records["CS-KD R32"]["class_pairs"]
 
 
-def test_fuse_compare_times_off_and_streams_for_methods_with_the_option():
-    records, printed = quiet_run(["--fuse-compare", "--only", "vanilla R32"])
-    (vanilla,) = records
-    assert {vanilla[p]["fuse"] for p in ("fast", "fast_fuse_off", "fast_fuse_streams")} == {"on", "off", "streams"}
-    assert all(vanilla[p]["ms_per_step"] > 0 for p in ("fast_fuse_off", "fast_fuse_streams"))
-    assert "fuse streams" in printed
+def test_members_compare_times_every_execution_for_methods_with_member_groups():
+    records, printed = quiet_run(["--members-compare", "--only", "CutnMix-OD 2xR32"])
+    (cohort,) = records  # two identical peers: one member group
+    labels = ("fast", "fast_separate", "fast_streams", "fast_vmap")
+    assert [cohort[p]["members"] for p in labels] == ["grouped", "separate", "streams", "vmap"]
+    assert all(cohort[p]["ms_per_step"] > 0 for p in labels)
+    assert "members streams" in printed
+    (single,) = quiet_run(["--members-compare", "--only", "vanilla R32"])[0]  # one network: no member group
+    assert single["fast"]["members"] == "n/a" and not any(p in single for p in labels[1:])
 
 
 def test_json_holds_the_printed_rows(bench_run):
@@ -220,16 +223,16 @@ def test_cuda_rows_print_every_column():
     timing = dict(ms_per_step=4.0, warmup_s=30.0, peak_memory_mb=900.0, s_per_epoch=1.56, images_per_s=32000.0,
                   peak_fraction=0.05)
     record = {"shape": "DML 2xR32", "device": "cuda", "ratio": 5.0, "reference": dict(timing, ms_per_step=20.0),
-              "fast": dict(timing, fuse="on")}
+              "fast": dict(timing, members="grouped")}
     text = bench.format_row(record)
     assert "ratio 5.00x" in text and "4.00 ms/step" in text and "900 MiB" in text and "5.0% of peak" in text
-    assert "[fuse on]" in text
+    assert "[members grouped]" in text
 
 
 def test_profile_writes_an_operator_table_per_path(tmp_path, capsys):
     """--profile appends torch.profiler's table for the reference and the fast path of each selected row."""
     target = tmp_path / "profile.txt"
-    bench.run(bench.parse_args([*TINY, "--threads", "1", "--only", "vanilla R32", "--profile", str(target)]))
+    bench.run(bench.parse_args([*TINY, "--threads", "1", "--only", "DML 2xR32", "--profile", str(target)]))
     text = target.read_text()
-    assert "== reference:" in text and "== fast, fuse on:" in text
+    assert "== reference:" in text and "== fast, members grouped:" in text
     assert "aten::convolution" in text or "aten::conv2d" in text  # the table lists the step's operators

@@ -5,14 +5,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import assert_one_step, build, random_batch, short_run, tiny_task
 from peerkd.methods.css import quadrant_masks
+from peerkd.models.execution import member_execution
+from peerkd.models.members import MemberList
+from tests.helpers import assert_one_step, build, random_batch, short_run, tiny_task
 
 
-def css(task, **options):
+def css(task, members: str = "separate", **options):
     tree = {"name": "css", "models": ["resnet8", "resnet8"], "branches": 3}
     tree.update(options)
-    return build(tree, task)
+    return build(tree, task, members=members)
 
 
 def test_quadrant_masks_drop_quarter_j_of_every_channel():
@@ -162,12 +164,12 @@ def _scrambled_statistics(method):
     return method.eval()
 
 
-@pytest.mark.parametrize("fuse", ["off", "on"])
-def test_export_of_a_network_is_its_masked_m_branch_aggregate(fuse):
+@pytest.mark.parametrize("members", ["separate", "grouped", "vmap"])
+def test_export_of_a_network_is_its_masked_m_branch_aggregate(members):
     """Issue 12: the paper evaluates net 1 as eq. 3-4 (m tails behind quadrant masks, the mean of each tail's own
     transform logits); export("net1") is that module, equal to predict()["net1"], in every execution."""
     task = tiny_task()
-    method = _scrambled_statistics(css(task, branches=3, fuse=fuse))
+    method = _scrambled_statistics(css(task, members, branches=3))
     x = torch.randn(3, 3, 32, 32)
     predicted = method.predict(x)
     for key in ("net1", "net2", "net1_branch2"):
@@ -177,6 +179,10 @@ def test_export_of_a_network_is_its_masked_m_branch_aggregate(fuse):
     assert torch.allclose(method.export()(x), predicted["net1"], atol=1e-5)  # the default is the evaluated net 1
     plain_path = method.nets.export_branch(0, 2).eval()  # the unmasked path (the export before issue 12)
     assert not torch.allclose(plain_path(x)[:, 2::3], predicted["net1_branch2"], atol=1e-3)
+    with member_execution("grouped"):  # an export is plain whatever execution is current
+        exported = method.export("net2")
+    assert type(exported.net.branches) is MemberList
+    assert torch.allclose(exported(x), predicted["net2"], atol=1e-5)
 
 
 def test_short_run_beats_chance_and_logs_diversity(tmp_path):

@@ -1,4 +1,5 @@
-"""Methods opt into fusion with ``method.fuse: true`` and compute the same loss, gradients and predictions."""
+"""Methods built under ``trainer.members: grouped`` (one fused module) compute the same loss, gradients and
+predictions as under "separate"; the methods themselves never name the execution."""
 from __future__ import annotations
 
 import pytest
@@ -12,10 +13,10 @@ TOLERANCE = 1e-5  # fp32: grouped vs separate convolutions differ only by summat
 
 
 def _pair(tree: dict, task):
-    """The same method unfused and fused, with the same weights (the fused one loads the unfused state_dict)."""
+    """The same method separate and grouped, with the same weights (the grouped one loads the separate state_dict)."""
     torch.manual_seed(0)
-    plain = build(dict(tree, fuse=False), task)
-    fused = build(dict(tree, fuse=True), task)
+    plain = build(tree, task, members="separate")
+    fused = build(tree, task, members="grouped")
     assert isinstance(fused.models, FusedMembers) and not isinstance(plain.models, FusedMembers)
     assert set(fused.state_dict()) == set(plain.state_dict())  # the same checkpoint layout
     fused.load_state_dict(plain.state_dict())
@@ -70,9 +71,9 @@ def test_fused_predictions_checkpoint_and_export():
             assert torch.equal(again.export(key).state_dict()[name], value), name
 
 
-def test_heterogeneous_cohort_runs_unfused():
+def test_heterogeneous_cohort_runs_separately():
     task = tiny_task(image_size=IMAGE)
-    with pytest.warns(UserWarning, match="not identical"):
-        method = build({"name": "dml", "models": ["resnet8", "resnet14"], "fuse": True}, task)
+    with pytest.warns(UserWarning, match="trainer.members grouped: .* not identical; it runs separately"):
+        method = build({"name": "dml", "models": ["resnet8", "resnet14"]}, task, members="grouped")
     assert not isinstance(method.models, FusedMembers)
     method(random_batch(task, batch_size=4)).loss.backward()

@@ -78,7 +78,7 @@ def test_cd_gradient_at_the_papers_gamma_is_in_the_range_fig3_implies():
     (C, d) reading gives r ~ 5e-6 (inert everywhere); the outer-product reading r ~ 4e-3."""
     torch.manual_seed(0)
     task = tiny_task(num_classes=100, num_train=64)
-    method = build({"name": "mde", "model": "resnet32", "fuse": "off"}, task).train()
+    method = build({"name": "mde", "model": "resnet32"}, task).train()
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(16, 3, 32, 32, generator=gen), torch.randint(0, 100, (16,), generator=gen)
     with torch.no_grad():

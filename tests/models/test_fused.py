@@ -1,4 +1,4 @@
-"""Fused members (``build_members(modules, "on")`` over :class:`FusedCopies`) compute exactly what the separate modules
+"""Fused members (``build_members(modules, "grouped")`` over :class:`FusedCopies`) compute exactly what the separate modules
 compute: outputs, gradients, BatchNorm statistics, for whole networks and for the tails of a branched network.
 
 In float64 the two agree to rounding (1e-12). In float32 they agree within 1e-5, with one caveat: grouped and
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peerkd.models import branched, build_model
+from peerkd.models.execution import member_execution
 from peerkd.models.fused import FusedCopies, FusionError, fuse_module
 from peerkd.models.members import FusedMembers, MemberList, build_members
 
@@ -71,7 +72,7 @@ def _assert_same_members(fused: FusedCopies, models, inputs=None, labels=None) -
 
 
 def _fuse(modules: list[nn.Module]) -> FusedMembers:
-    group = build_members(modules, "on")
+    group = build_members(modules, "grouped")
     assert isinstance(group, FusedMembers)
     return group
 
@@ -143,8 +144,8 @@ def test_heterogeneous_cohorts_are_refused():
                  [build_model("resnet8", 5), build_model("wrn16_1", 5)]):
         with pytest.raises(FusionError, match="not identical"):
             FusedCopies(pair)
-        with pytest.warns(UserWarning, match="not identical.*unfused"):  # the group falls back to separate modules
-            assert type(build_members(pair, "on")) is MemberList
+        with pytest.warns(UserWarning, match="not identical.*run separately"):  # the group falls back to separate
+            assert type(build_members(pair, "grouped")) is MemberList
 
 
 def test_unsupported_modules_are_named():
@@ -157,8 +158,9 @@ def test_unsupported_modules_are_named():
 def _branched_pair():
     """The same branched net (float64: the exact maths, no ReLU-kink caveat) with separate and fused tails."""
     torch.manual_seed(0)
-    net = branched("resnet8", 5, split_at=2, branches=3, execution="off").double()
-    fused = branched("resnet8", 5, split_at=2, branches=3, execution="on").double()
+    net = branched("resnet8", 5, split_at=2, branches=3).double()  # outside any context: separate tails
+    with member_execution("grouped"):
+        fused = branched("resnet8", 5, split_at=2, branches=3).double()
     assert isinstance(fused.branches, FusedMembers)
     fused.load_state_dict(net.state_dict())
     return net, fused
@@ -185,7 +187,7 @@ def test_fused_branch_tails_match_the_branched_net():
             for name, p in net.named_parameters():
                 if not name.startswith("branches."):
                     _close(trunk[name].grad, p.grad, f"trunk grad {name}")
-    back = branched("resnet8", 5, split_at=2, branches=3, execution="off").double()
+    back = branched("resnet8", 5, split_at=2, branches=3).double()
     back.load_state_dict(fused.state_dict())
     for key, value in net.state_dict().items():
         assert torch.equal(back.state_dict()[key], value), key
@@ -199,7 +201,7 @@ def test_fused_stack_keeps_the_channels_last_layout(shared_input):
     """The trainer runs CUDA in channels-last; a stacked input in the other layout would cost a conversion kernel."""
     torch.manual_seed(0)
     members = [build_model("resnet8", 5).to(memory_format=torch.channels_last) for _ in range(2)]
-    plain, fused = build_members(copy.deepcopy(members), "off"), build_members(members, "on")
+    plain, fused = build_members(copy.deepcopy(members), "separate"), build_members(members, "grouped")
     x = torch.randn(4, 3, 12, 12).contiguous(memory_format=torch.channels_last)
     inputs = x if shared_input else [x, (x * 2).contiguous(memory_format=torch.channels_last)]
     stacked = fused._stack(inputs)

@@ -1,5 +1,6 @@
 """Branched methods run their identical tails (or whole networks) fused, on streams or one after another, with the same
-loss, logs, gradients, BatchNorm statistics, predictions, exports and checkpoints (``method.fuse``)."""
+loss, logs, gradients, BatchNorm statistics, predictions, exports and checkpoints (``trainer.members``, set around the
+build: the methods never name it)."""
 from __future__ import annotations
 
 import pytest
@@ -33,9 +34,9 @@ CASES = {
 }
 
 
-def _build(case: str, fuse: str, task):
+def _build(case: str, members: str, task):
     torch.manual_seed(0)  # fusion draws no random numbers: every execution initialises alike from one seed
-    return build(dict(CASES[case], fuse=fuse), task)
+    return build(CASES[case], task, members=members)
 
 
 def _groups(method, kind: type) -> list:
@@ -122,7 +123,7 @@ def _assert_same_predictions_and_exports(plain, other) -> None:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_fused_method_equals_unfused(case):
     task = tiny_task(image_size=IMAGE)
-    plain, fused = _build(case, "off", task), _build(case, "on", task)
+    plain, fused = _build(case, "separate", task), _build(case, "grouped", task)
     assert _groups(fused, FusedMembers) and not _groups(plain, FusedMembers)
     # one checkpoint layout, and one initialisation from one seed
     plain_state, fused_state = plain.state_dict(), fused.state_dict()
@@ -139,13 +140,13 @@ def test_fused_method_equals_unfused(case):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_checkpoint_round_trip_between_fused_and_unfused(case):
     task = tiny_task(image_size=IMAGE)
-    fused = _build(case, "on", task)
+    fused = _build(case, "grouped", task)
     torch.manual_seed(1)  # an unfused method with other weights receives the fused checkpoint
-    plain = build(dict(CASES[case], fuse="off"), task)
+    plain = build(CASES[case], task, members="separate")
     _step(fused, _batch(fused, task))  # non-trivial BatchNorm statistics (and EMA) in the checkpoint
     saved = fused.state_dict()
     plain.load_state_dict(saved)
-    again = _build(case, "on", task)
+    again = _build(case, "grouped", task)
     again.load_state_dict(plain.state_dict())  # and back: the unfused checkpoint into a fresh fused method
     for key, value in saved.items():
         assert torch.equal(plain.state_dict()[key], value), key
@@ -154,10 +155,10 @@ def test_checkpoint_round_trip_between_fused_and_unfused(case):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_streams_on_cpu_equal_off(case):
-    """On a CPU "streams" runs the separate members one after another: exactly "off"."""
+def test_streams_on_cpu_equal_separate(case):
+    """On a CPU "streams" runs the separate members one after another: exactly "separate"."""
     task = tiny_task(image_size=IMAGE)
-    plain, streamed = _build(case, "off", task), _build(case, "streams", task)
+    plain, streamed = _build(case, "separate", task), _build(case, "streams", task)
     assert _groups(streamed, StreamedMembers) and not _groups(plain, StreamedMembers)
     batch = _batch(plain, task)
     expected, got = _step(plain, batch), _step(streamed, batch)
@@ -171,29 +172,33 @@ def test_streams_on_cpu_equal_off(case):
 
 
 @pytest.mark.parametrize("name", ["one", "cl", "okddip", "mde", "css", "pcl"])
-def test_a_bad_fuse_value_names_the_key(name):
-    with pytest.raises(ConfigError, match="method.fuse"):
-        build({"name": name, "fuse": "sideways"}, tiny_task(image_size=IMAGE))
+def test_the_old_fuse_option_is_refused_with_its_new_place(name):
+    with pytest.raises(ConfigError, match="^method.fuse moved to trainer.members"):
+        build({"name": name, "fuse": "on"}, tiny_task(image_size=IMAGE))
 
 
-def test_auto_outside_the_trainer_runs_unfused():
-    method = build({"name": "one", "model": "resnet8"}, tiny_task(image_size=IMAGE))
-    assert method.options.fuse == "auto"
+def test_outside_any_member_execution_the_tails_run_separately():
+    from peerkd.config import build_config
+    from peerkd.core.registry import build_method
+
+    options = build_config({"method": {"name": "one", "model": "resnet8"}}).method.options
+    method = build_method("one", options, tiny_task(image_size=IMAGE))
     assert type(method.group.net.branches) is MemberList
 
 
-def test_tails_fusion_cannot_translate_run_unfused_with_a_warning():
+def test_tails_fusion_cannot_translate_run_separately_with_a_warning():
     task = tiny_task(image_size=IMAGE)
-    with pytest.warns(UserWarning, match="unfused"):
-        method = build({"name": "one", "model": "resnet8", "model_options": {"shortcut": "A"}, "fuse": "on"}, task)
+    with pytest.warns(UserWarning, match="trainer.members grouped: .*run separately"):
+        method = build({"name": "one", "model": "resnet8", "model_options": {"shortcut": "A"}}, task,
+                       members="grouped")
     assert not _groups(method, FusedMembers)
     _step(method, random_batch(task, batch_size=BATCH))
 
 
 @pytest.mark.parametrize("case", ["css", "css_no_sd", "css_no_td", "css_no_sd_no_td"])
 def test_css_fuses_its_two_identical_networks_as_one_trunk_group_and_one_tail_group(case):
-    """Two identical networks under "on": ONE fused group of the 2 trunks and ONE of all 2*m tails, nothing else."""
-    method = _build(case, "on", tiny_task(image_size=IMAGE))
+    """Two identical networks under "grouped": ONE fused group of the 2 trunks and ONE of all 2*m tails, nothing else."""
+    method = _build(case, "grouped", tiny_task(image_size=IMAGE))
     m = CASES[case]["branches"]
     assert type(method.nets) is FusedBranchedNets and len(method.nets) == 2
     groups = _groups(method, FusedMembers)
@@ -203,19 +208,19 @@ def test_css_fuses_its_two_identical_networks_as_one_trunk_group_and_one_tail_gr
     assert not _groups(method, MemberList)
 
 
-@pytest.mark.parametrize("fuse", ["off", "streams"])
-def test_css_keeps_its_networks_separate_unless_fused(fuse):
-    method = _build("css", fuse, tiny_task(image_size=IMAGE))
+@pytest.mark.parametrize("members", ["separate", "streams", "vmap"])
+def test_css_keeps_its_networks_separate_unless_grouped(members):
+    method = _build("css", members, tiny_task(image_size=IMAGE))
     assert type(method.nets) is BranchedNets and not _groups(method, FusedMembers)
 
 
-def test_css_different_networks_under_on_fuse_their_tails_net_by_net():
+def test_css_different_networks_under_grouped_fuse_their_tails_net_by_net():
     task = tiny_task(image_size=IMAGE)
     tree = {"name": "css", "models": ["resnet8", "resnet14"], "branches": 3}
     torch.manual_seed(0)
-    plain = build(dict(tree, fuse="off"), task)
+    plain = build(tree, task, members="separate")
     torch.manual_seed(0)
-    fused = build(dict(tree, fuse="on"), task)
+    fused = build(tree, task, members="grouped")
     assert type(fused.nets) is BranchedNets
     assert [len(group) for group in _groups(fused, FusedMembers)] == [3, 3]  # each network's own tails
     assert list(fused.state_dict()) == list(plain.state_dict())
@@ -224,11 +229,11 @@ def test_css_different_networks_under_on_fuse_their_tails_net_by_net():
     _assert_same_predictions_and_exports(plain, fused)
 
 
-def test_css_networks_fusion_cannot_translate_run_unfused_with_a_warning():
+def test_css_networks_fusion_cannot_translate_run_separately_with_a_warning():
     task = tiny_task(image_size=IMAGE)
     tree = {"name": "css", "models": ["resnet8", "resnet8"], "branches": 2, "model_options": {"shortcut": "A"}}
-    with pytest.warns(UserWarning, match="unfused"):
-        method = build(dict(tree, fuse="on"), task)
+    with pytest.warns(UserWarning, match="trainer.members grouped: .*run separately"):
+        method = build(tree, task, members="grouped")
     assert type(method.nets) is BranchedNets and not _groups(method, FusedMembers)
     _step(method, _batch(method, task))
 
@@ -236,9 +241,10 @@ def test_css_networks_fusion_cannot_translate_run_unfused_with_a_warning():
 @pytest.mark.parametrize("case", ["css", "css_no_sd"])
 def test_css_fused_cohort_keeps_channels_last_and_equals_unfused(case):
     """In the trainer's CUDA layout (channels-last model and batch) the fused cohort stacks the trunks' and the tails'
-    inputs channels-last (no layout conversion before their convolutions) and computes what "off" computes."""
+    inputs channels-last (no layout conversion before their convolutions) and computes what "separate" computes."""
     task = tiny_task(image_size=IMAGE)
-    plain, fused = (_build(case, fuse, task).to(memory_format=torch.channels_last) for fuse in ("off", "on"))
+    plain, fused = (_build(case, members, task).to(memory_format=torch.channels_last)
+                    for members in ("separate", "grouped"))
     layouts = []
     for group in (fused.nets.trunks, fused.nets.tails):
         group.fused.register_forward_pre_hook(

@@ -1,6 +1,6 @@
-"""KDCL and CutnMix run their identical peers fused (``method.fuse: on``) or streamed (``streams``, sequential on CPU)
+"""KDCL and CutnMix built under ``trainer.members: grouped`` (one fused module) or ``streams`` (sequential on CPU) run
 with the maths of separate peers: the same loss, logs, gradients on every parameter, BatchNorm statistics and
-weights after a step, predictions, exports and checkpoints as ``fuse: off`` from the same weights."""
+weights after a step, predictions, exports and checkpoints as under ``separate`` from the same weights."""
 from __future__ import annotations
 
 import pytest
@@ -47,12 +47,12 @@ def _views(tree: dict) -> int:
     return len(tree["models"]) if tree.get("separate_views", True) else 1
 
 
-def _pair(tree: dict, task, fuse: str = "on"):
-    """The same method with ``fuse: off`` and ``fuse: <fuse>``, the second loaded from the first's state_dict."""
+def _pair(tree: dict, task, members: str = "grouped"):
+    """The same method built separate and as ``members``, the second loaded from the first's state_dict."""
     torch.manual_seed(0)
-    plain = build(dict(tree, fuse="off"), task)
-    other = build(dict(tree, fuse=fuse), task)
-    expected_type = FusedMembers if fuse == "on" else StreamedMembers
+    plain = build(tree, task, members="separate")
+    other = build(tree, task, members=members)
+    expected_type = FusedMembers if members == "grouped" else StreamedMembers
     assert isinstance(other.models, expected_type) and type(plain.models) is MemberList
     assert set(other.state_dict()) == set(plain.state_dict())  # the same checkpoint layout
     other.load_state_dict(plain.state_dict())
@@ -194,7 +194,7 @@ def test_run_cohort_features_matches_every_members_own_pass():
     torch.manual_seed(0)
     members = [build_model("resnet8", 5) for _ in range(3)]
     plain = MemberList(members)
-    fused = build_members(members, "on")
+    fused = build_members(members, "grouped")
     assert isinstance(fused, FusedMembers)
     assert feature_widths(fused) == feature_widths(plain) == [m.head.in_features for m in members]
     shared = torch.randn(4, 3, IMAGE, IMAGE)
@@ -218,9 +218,9 @@ def test_run_cohort_features_matches_every_members_own_pass():
 
 @pytest.mark.parametrize("tree", [_tree("kdcl", KDCL_CASES["minlogit_icl_cutout"]), _tree("cutnmix", {})],
                          ids=["kdcl", "cutnmix"])
-def test_streams_on_cpu_equal_off(tree):
+def test_streams_on_cpu_equal_separate(tree):
     task = tiny_task(image_size=IMAGE)
-    plain, streamed = _pair(tree, task, fuse="streams")
+    plain, streamed = _pair(tree, task, members="streams")
     batch = random_batch(task, batch_size=BATCH, views=_views(tree))
     _assert_same_step(plain, streamed, batch, tolerance=0.0)  # the same modules one after another: bit for bit
     _assert_same_predictions_and_exports(plain, streamed, task, tolerance=0.0)
@@ -228,53 +228,53 @@ def test_streams_on_cpu_equal_off(tree):
 
 @pytest.mark.parametrize("tree", [_tree("kdcl", {"target": "general"}), _tree("cutnmix", {})],
                          ids=["kdcl", "cutnmix"])
-def test_fused_checkpoint_loads_unfused_after_training(tree):
+def test_grouped_checkpoint_loads_separate_after_training(tree):
     task = tiny_task(image_size=IMAGE)
     plain, fused = _pair(tree, task)
     _train_step(fused, random_batch(task, batch_size=BATCH, views=_views(tree)))
     if tree["name"] == "kdcl":
         fused.general_weights.copy_(torch.tensor([0.25, 0.75]))  # a method buffer outside the cohort travels too
-    again = build(dict(tree, fuse="off"), task)
-    again.load_state_dict(fused.state_dict())  # strict: every key of the unfused layout is there
+    again = build(tree, task, members="separate")
+    again.load_state_dict(fused.state_dict())  # strict: every key of the separate layout is there
     state = fused.state_dict()
     for key, value in again.state_dict().items():
         assert torch.equal(value, state[key]), key
-    refused = build(dict(tree, fuse="on"), task)
+    refused = build(tree, task, members="grouped")
     refused.load_state_dict(again.state_dict())  # and back into a fused method
     _assert_same_predictions_and_exports(again, refused, task)
     _assert_same_predictions_and_exports(again, fused, task)
 
 
-@pytest.mark.parametrize("fuse", ["on", "streams"])
-def test_cohort_checkpoint_keys_are_the_module_lists_in_every_execution(fuse):
-    """``models.{i}.<name>`` in every execution: a state_dict saved with fuse off loads (strictly) with fuse on or
-    streams, is saved under the same keys there, and loads back with fuse off unchanged."""
+@pytest.mark.parametrize("members", ["grouped", "streams", "vmap"])
+def test_cohort_checkpoint_keys_are_the_module_lists_in_every_execution(members):
+    """``models.{i}.<name>`` in every execution: a state_dict saved separate loads (strictly) grouped, streamed or
+    vmapped, is saved under the same keys there, and loads back separate unchanged."""
     task = tiny_task(image_size=IMAGE)
     tree = {"name": "dml", "models": PEERS}
     torch.manual_seed(0)
-    off = build(dict(tree, fuse="off"), task)
+    off = build(tree, task, members="separate")
     member_keys = list(build_model(PEERS[0], task.num_classes).state_dict())
     expected = [f"models.{i}.{key}" for i in range(len(PEERS)) for key in member_keys]
     assert list(off.state_dict()) == expected
-    other = build(dict(tree, fuse=fuse), task)
+    other = build(tree, task, members=members)
     other.load_state_dict(off.state_dict())
     assert list(other.state_dict()) == expected
-    back = build(dict(tree, fuse="off"), task)
+    back = build(tree, task, members="separate")
     back.load_state_dict(other.state_dict())
     saved, restored = off.state_dict(), back.state_dict()
     for key in expected:
         assert torch.equal(restored[key], saved[key]), key
 
 
-def test_kdcl_heterogeneous_students_run_unfused_with_a_warning():
+def test_kdcl_heterogeneous_students_run_separately_with_a_warning():
     task = tiny_task(image_size=IMAGE)
-    with pytest.warns(UserWarning, match="not identical"):
-        method = build({"name": "kdcl", "models": ["resnet8", "wrn16_1"], "fuse": "on"}, task)
+    with pytest.warns(UserWarning, match="not identical; it runs separately"):
+        method = build({"name": "kdcl", "models": ["resnet8", "wrn16_1"]}, task, members="grouped")
     assert not isinstance(method.models, FusedMembers)
     method(random_batch(task, batch_size=4, views=2)).loss.backward()
 
 
 @pytest.mark.parametrize("name", ["kdcl", "cutnmix"])
-def test_a_bad_fuse_value_names_the_key(name):
-    with pytest.raises(ConfigError, match="method.fuse"):
-        build({"name": name, "models": PEERS, "fuse": "sometimes"}, tiny_task(image_size=IMAGE))
+def test_the_old_fuse_option_is_refused_with_its_new_place(name):
+    with pytest.raises(ConfigError, match="^method.fuse moved to trainer.members"):
+        build({"name": name, "models": PEERS, "fuse": "on"}, tiny_task(image_size=IMAGE))

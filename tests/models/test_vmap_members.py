@@ -1,4 +1,4 @@
-"""method.fuse: vmap (peerkd.models.members.VmappedMembers): identical members of any type as one vectorised forward
+"""trainer.members: vmap (peerkd.models.members.VmappedMembers): identical members of any type as one vectorised forward
 computes what separate modules compute: outputs, gradients, BatchNorm statistics, state_dict keys and exports."""
 import copy
 
@@ -60,7 +60,7 @@ def test_vmapped_state_dict_moves_between_executions_and_exports_plain_members()
 
 def test_dml_trains_with_vmapped_peers():
     task = tiny_task()
-    method = build({"name": "dml", "models": ["resnet8", "resnet8"], "fuse": "vmap"}, task)
+    method = build({"name": "dml", "models": ["resnet8", "resnet8"]}, task, members="vmap")
     assert isinstance(method.models, VmappedMembers)
     assert_one_step(method, random_batch(task, batch_size=4))
     assert isinstance(build_members([build_model("resnet8", 5)], "vmap"), MemberList)  # one member: nothing to map

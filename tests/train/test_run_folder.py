@@ -189,9 +189,8 @@ def test_the_keys_a_resume_may_change_are_the_schema_fields_tagged_resumable():
     tagged = {"schedule.epochs", "schedule.milestones", "trainer.eval_every", "trainer.log_every", "trainer.progress",
               "trainer.out", "trainer.device", "trainer.threads", "trainer.precision", "trainer.channels_last",
               "trainer.cudnn_benchmark", "data.root", "data.download", "data.eval_batch_size", "data.test_subset",
-              "data.workers"}
-    execution = {"trainer.compile", "trainer.fast", "trainer.fast_mode", "method.fuse"}  # until trainer.step/members
-    assert set(RESUME_CHANGEABLE) == tagged | execution and len(RESUME_CHANGEABLE) == len(tagged | execution)
+              "data.workers", "trainer.members", "trainer.step"}
+    assert set(RESUME_CHANGEABLE) == tagged and len(RESUME_CHANGEABLE) == len(tagged)
 
 
 def test_a_resume_may_change_a_resumable_key_and_no_other(finished_run):

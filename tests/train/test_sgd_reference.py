@@ -66,13 +66,13 @@ def _config(schedule: dict):
     return build_config({
         "name": "sgd-reference", "seed": 0,
         "data": {**_data_tree(), "batch_size": BATCH, "eval_batch_size": 100},
-        "method": {"name": "vanilla", "models": ["resnet20"], "fuse": "off"},
+        "method": {"name": "vanilla", "models": ["resnet20"]},
         "optim": {"lr": BASE_LR, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
         "schedule": {"epochs": EPOCHS, **schedule},
         # fp32 eager steps on the CPU (the setting where peerkd promises equality); log_every 1: the logged loss of
         # step 0 is that step's alone; one thread: the test's time budget is one core
-        "trainer": {"device": "cpu", "precision": "fp32", "fast": "off", "compile": False, "channels_last": "off",
-                    "progress": "off", "log_every": 1, "threads": 1},
+        "trainer": {"device": "cpu", "precision": "fp32", "step": "eager", "members": "separate",
+                    "channels_last": "off", "progress": "off", "log_every": 1, "threads": 1},
     })
 
 

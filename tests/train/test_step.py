@@ -28,8 +28,8 @@ def test_the_trainer_loop_is_the_eager_fast_step_driven_by_learning_rate(tmp_pat
     """The trainer's loop (its schedule, epoch hooks, evaluation and logging) adds nothing to the weights beyond an
     eager FastStep fed the same batches with ``learning_rate()``; both sides are FastStep, so this checks the loop
     around the step, not the step's arithmetic (test_sgd_reference.py does that)."""
-    config = tiny_config({"name": "dml", "models": ["resnet8", "resnet8"], "fuse": True}, epochs=2, train_size=48,
-                         overrides=("data.batch_size=16",))
+    config = tiny_config({"name": "dml", "models": ["resnet8", "resnet8"]}, epochs=2, train_size=48,
+                         overrides=("data.batch_size=16", "trainer.members=grouped"))
     trainer = Trainer(config, run_dir=tmp_path / "plain")
     method = copy.deepcopy(trainer.method)
     loader = trainer.train_loader

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-from peerkd.models.execution import resolved
 from peerkd.models import branched
 from peerkd.models.branched import BranchedNet
 from peerkd.models.branched_cohort import BranchedNets, FusedBranchedNets, branched_cohort
@@ -25,18 +24,16 @@ def _with_config_errors(build: Callable[..., Built], *args, **kwargs) -> Built:
         raise ConfigError(f"method.split_at: {err}") from None
 
 
-def build_branched(name: str, num_classes: int, split_at: int, branches: int, model_options: dict,
-                   fuse: str = "off") -> BranchedNet:
+def build_branched(name: str, num_classes: int, split_at: int, branches: int, model_options: dict) -> BranchedNet:
     """``branched(name, ...)`` with config errors (``split_at <= 0`` counts from the end: -1 shares every stage but
-    the last, the ONE / OKDDip / PCL / CSS split for CIFAR ResNets). ``fuse`` is the method's ``method.fuse``: how the
-    identical tails execute (:mod:`peerkd.models.execution`)."""
-    return _with_config_errors(branched, name, num_classes, split_at=split_at, branches=branches,
-                               execution=resolved(fuse), **model_options)
+    the last, the ONE / OKDDip / PCL / CSS split for CIFAR ResNets). The identical tails execute as the current member
+    execution says (:mod:`peerkd.models.execution`)."""
+    return _with_config_errors(branched, name, num_classes, split_at=split_at, branches=branches, **model_options)
 
 
-def build_branched_cohort(names: list[str], num_classes: int, split_at: int, branches: int, model_options: dict,
-                          fuse: str = "off") -> BranchedNets | FusedBranchedNets:
+def build_branched_cohort(names: list[str], num_classes: int, split_at: int, branches: int,
+                          model_options: dict) -> BranchedNets | FusedBranchedNets:
     """:func:`~peerkd.models.branched_cohort.branched_cohort` (one branched network per name; identical networks
-    fused as one cohort under ``fuse`` "on") with config errors, as :func:`build_branched`."""
+    grouped as one cohort under the member execution "grouped") with config errors, as :func:`build_branched`."""
     return _with_config_errors(branched_cohort, names, num_classes, split_at=split_at, branches=branches,
-                               execution=resolved(fuse), **model_options)
+                               **model_options)

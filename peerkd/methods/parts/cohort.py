@@ -1,13 +1,14 @@
 """Whole-network cohorts for methods whose members are complete networks (vanilla cohorts, KD students, DML peers,
 KDCL students, CutnMix peers): networks built by name and run as one member group (:mod:`peerkd.models.members`).
 
-A method builds its members with ``build_cohort(..., fuse=...)`` and runs them with ``run_cohort(models, x)`` (the
-logits) or ``run_cohort_features(models, x)`` (pooled penultimate features and logits); it never needs to know whether
-they run as separate modules, on CUDA streams or as one fused module: that is the group's business, and so are the
-state_dict keys (``{i}.<name>`` in every execution, so checkpoints load into a method built with or without fusion)
-and the plain models ``export_member`` returns. This module only adds what is particular to whole networks: building
-them from names, refusing to fuse a cohort of different networks, and per-member inputs as one ``(P, B, C, H, W)``
-tensor (a batch's views).
+A method builds its members with ``build_cohort(...)`` and runs them with ``run_cohort(models, x)`` (the logits) or
+``run_cohort_features(models, x)`` (pooled penultimate features and logits); it never needs to know whether they run
+as separate modules, on CUDA streams, as one fused module or vmapped (the run's ``trainer.members``, which reaches the
+build through :func:`~peerkd.models.execution.member_execution`): that is the group's business, and so are the
+state_dict keys (``{i}.<name>`` in every execution, so checkpoints load into a method built in any execution) and the
+plain models ``export_member`` returns. This module only adds what is particular to whole networks: building them from
+names, running a cohort of different networks separately, and per-member inputs as one ``(P, B, C, H, W)`` tensor (a
+batch's views).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from peerkd.losses import mean_probs_logits
 from peerkd.core.method import Method
-from peerkd.models.execution import resolved
+from peerkd.models.execution import current_member_execution
 from peerkd.models import build_model
 from peerkd.models.members import build_members
 from peerkd.models.registry import model_label
@@ -26,20 +27,21 @@ from peerkd.models.registry import model_label
 CohortInputs = torch.Tensor | list[torch.Tensor]  # (B, C, H, W) for every member; (P, B, C, H, W) or a list: one each
 
 
-def build_cohort(names: list[str], num_classes: int, model_options: dict, fuse: str = "off") -> nn.Module:
-    """The networks named ``names`` as a member group executing as ``fuse`` (:func:`build_members`: "off", "on",
-    "streams"; "auto" is "off" unless the trainer settled it, :mod:`peerkd.models.execution`). A heterogeneous
-    cohort, or one with a module fusion does not know, runs unfused with a warning."""
+def build_cohort(names: list[str], num_classes: int, model_options: dict) -> nn.Module:
+    """The networks named ``names`` as a member group executing as the current member execution (:func:`build_members`,
+    :mod:`peerkd.models.execution`). A heterogeneous cohort, or one with a module fusion does not know, cannot be
+    grouped or vmapped: it runs separately, with a warning."""
     from peerkd.core.errors import ConfigError
 
     if not names:
         raise ConfigError("method.models: name at least one model (see `peerkd list models`)")
     models = [build_model(name, num_classes, key="method.models", **model_options) for name in names]
-    execution = resolved(fuse)
-    if execution in ("on", "vmap") and len(set(names)) > 1:
+    execution = current_member_execution()
+    if execution in ("grouped", "vmap") and len(set(names)) > 1:
         labels = ", ".join(model_label(name) for name in names)
-        warnings.warn(f"method.fuse: the cohort [{labels}] is not identical; it runs unfused", stacklevel=2)
-        execution = "off"
+        warnings.warn(f"trainer.members {execution}: the cohort [{labels}] is not identical; it runs separately",
+                      stacklevel=2)
+        execution = "separate"
     return build_members(models, execution)
 
 

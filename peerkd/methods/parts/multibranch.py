@@ -4,8 +4,8 @@ the classifier-diversification loss, gradient rescaling and the distillation ram
 A *branch group* is either one network with a shared trunk and m branch tails (``branched``: the branch-based
 setting) or m whole networks sharing nothing (OKDDip's network-based setting). Either way one call gives, per branch,
 the last feature map, the pooled feature and the logits, plus the trunk's output (the gate's input). The identical
-tails (or networks) execute as ``method.fuse`` says (:mod:`peerkd.models.execution`); the group reads them only
-through the member-group interface (:mod:`peerkd.models.members`), so nothing here changes with it.
+tails (or networks) execute as the run's ``trainer.members`` says (:mod:`peerkd.models.execution`); the group reads
+them only through the member-group interface (:mod:`peerkd.models.members`), so nothing here changes with it.
 
 A *target builder* turns the branches' outputs into one soft target per peer, given as logits:
 
@@ -29,7 +29,6 @@ from torch import nn
 from peerkd.core.errors import ConfigError
 from peerkd.methods.parts.rampup import sigmoid_rampup  # noqa: F401  (re-exported for ONE / OKDDip)
 from peerkd.methods.parts.branching import build_branched
-from peerkd.models.execution import resolved
 from peerkd.models import build_model
 from peerkd.models.members import build_members
 
@@ -70,10 +69,10 @@ class GroupOutput:
 class BranchGroup(nn.Module):
     """m branches of backbone ``model``: a shared trunk (stages before ``split_at``) and m tails, or m whole networks
     when ``network_based``. ``split_at=None`` branches the last stage (ONE's and OKDDip's ResNets share stem, stage 1
-    and stage 2 and give each branch its own stage 3 and classifier). ``fuse``: the method's ``method.fuse``."""
+    and stage 2 and give each branch its own stage 3 and classifier)."""
 
     def __init__(self, model: str, num_classes: int, branches: int, split_at: int | None = None,
-                 network_based: bool = False, model_options: dict | None = None, fuse: str = "off"):
+                 network_based: bool = False, model_options: dict | None = None):
         super().__init__()
         model_options = dict(model_options or {})
         if branches < 2:
@@ -85,11 +84,11 @@ class BranchGroup(nn.Module):
         self.feature_dim = probe.head.in_features
         if network_based:
             self.nets = build_members([probe] + [build_model(model, num_classes, **model_options)
-                                                 for _ in range(branches - 1)], resolved(fuse))
+                                                 for _ in range(branches - 1)])
             self.trunk_channels = 3
         else:
             self.net = build_branched(model, num_classes, -1 if split_at is None else split_at, branches,
-                                      model_options, fuse)
+                                      model_options)
             self.trunk_channels = self.net.trunk_channels
 
     def forward(self, x: torch.Tensor, trunk_gradient_scale: float = 1.0) -> GroupOutput:
