@@ -91,9 +91,9 @@ def test_the_lock_of_a_killed_process_is_taken_over(finished_run, tmp_path):
 
 
 def test_without_fcntl_the_lock_file_is_the_lock(tmp_path, monkeypatch):
-    import peerkd.train.lock
+    from peerkd.train import lock as lock_module  # not peerkd.train.lock: peerkd.train is also the function train
 
-    monkeypatch.setattr(peerkd.train.lock, "fcntl", None)
+    monkeypatch.setattr(lock_module, "fcntl", None)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
     lock = RunLock(tmp_path)
@@ -257,7 +257,7 @@ def test_a_failed_start_leaves_no_folder_behind(tmp_path):
 
 
 def test_disk_full_is_one_line_and_the_last_checkpoint_is_kept(finished_run, tmp_path, monkeypatch, capsys):
-    import peerkd.train.checkpoint
+    from peerkd.train import checkpoint  # not peerkd.train.checkpoint: peerkd.train is also the function train
 
     run = _copy(finished_run, tmp_path)
     real_fsync = os.fsync
@@ -269,13 +269,13 @@ def test_disk_full_is_one_line_and_the_last_checkpoint_is_kept(finished_run, tmp
 
     if not os.path.isdir("/proc/self/fd"):
         pytest.skip("needs /proc/self/fd to tell the checkpoint's writes")
-    monkeypatch.setattr(peerkd.train.checkpoint.os, "fsync", full_for_checkpoints)
+    monkeypatch.setattr(checkpoint.os, "fsync", full_for_checkpoints)
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(run), "--set", "schedule.epochs=2"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert f"no space left on the device of {run}" in err and "checkpoint.pt: 1 epochs done) is kept" in err
-    monkeypatch.setattr(peerkd.train.checkpoint.os, "fsync", real_fsync)
+    monkeypatch.setattr(checkpoint.os, "fsync", real_fsync)
     assert load_checkpoint(run / CHECKPOINT)["epoch"] == 1
     assert not list(run.glob(".*.tmp"))
 
