@@ -19,15 +19,15 @@ from peerkd.data import Batch  # noqa: E402
 from peerkd.data.datasets import ArrayDataset  # noqa: E402
 from peerkd.deploy.export import export_run  # noqa: E402
 from peerkd.losses import hard_ce, kd_kl, soft_ce  # noqa: E402
-from peerkd.metrics import Evaluator  # noqa: E402
+from peerkd.metrics import EvalResult, Evaluator  # noqa: E402
 from peerkd.models import Backbone, branched, build_model  # noqa: E402
 from peerkd.params import count_parameters, parameter_summary  # noqa: E402
 from peerkd.train.checkpoint import LoadedRun, load_run  # noqa: E402
 from peerkd.train.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, train  # noqa: E402
 
-__all__ = ["ArrayDataset", "Backbone", "DATASETS", "METHODS", "MODELS", "Registry", "Batch", "Config", "ConfigError", "DataError", "DataRequest", "EpochContext",
-           "Evaluator", "LoadedRun", "Method", "NonFiniteLossError", "RunError", "StepOutput", "TaskInfo", "Trainer",
-           "TrainingInterrupted", "branched", "build_config", "build_model", "count_parameters", "dataset_names",
-           "export_run", "hard_ce", "kd_kl", "load_config", "load_imports", "load_run", "method_names", "model_names",
-           "parameter_summary", "register_dataset",
-           "register_method", "register_model", "soft_ce", "train"]
+__all__ = ["ArrayDataset", "Backbone", "Batch", "Config", "ConfigError", "DATASETS", "DataError", "DataRequest",
+           "EpochContext", "EvalResult", "Evaluator", "LoadedRun", "METHODS", "MODELS", "Method", "NonFiniteLossError",
+           "Registry", "RunError", "StepOutput", "TaskInfo", "Trainer", "TrainingInterrupted", "branched",
+           "build_config", "build_model", "count_parameters", "dataset_names", "export_run", "hard_ce", "kd_kl",
+           "load_config", "load_imports", "load_run", "method_names", "model_names", "parameter_summary",
+           "register_dataset", "register_method", "register_model", "soft_ce", "train"]

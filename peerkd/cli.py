@@ -12,13 +12,16 @@ from pathlib import Path
 from peerkd.config import build_config, load_yaml
 from peerkd.core.errors import ConfigError
 from peerkd.core.errors import DataError
+from peerkd.metrics import EvalResult
 from peerkd.experiments.aggregate import ReportError
 from peerkd.deploy.export import FORMATS as EXPORT_FORMATS
 from peerkd.core.plugins import load_imports
-from peerkd.train.checkpoint import CHECKPOINT, load_checkpoint
+from peerkd.core.run_files import CHECKPOINT, EVAL_FILE, EXPORT_DIR
+from peerkd.train.checkpoint import load_checkpoint
 from peerkd.core.errors import RunError
 
-from peerkd.core.process import EXIT_BAD_INPUT, EXIT_CTRL_C, EXIT_INTERRUPTED, EXIT_NONFINITE  # noqa: F401 (re-exported)
+# the exit codes, re-exported for the tests and scripts that read them here
+from peerkd.core.process import EXIT_BAD_INPUT, EXIT_CTRL_C, EXIT_INTERRUPTED, EXIT_NONFINITE  # noqa: F401
 
 # The quickstart: ResNet-8 (the smallest CIFAR ResNet) on 5,000 generated 32x32 images of 10 classes, 12 epochs with
 # a cosine schedule; a vanilla network, then a DML pair. About 2 minutes on 2 CPU cores, no download.
@@ -68,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folder (diversity: one or more)")
     pl.add_argument("-o", "--out", help="PNG to write (default: in the (first) run's folder)")
     pl.add_argument("--key", help="reliability: the predict key to draw (default: ensemble, else the first)")
-    pl.add_argument("--group", action="append", help="diversity: the group(s) to draw (default: branches)")
+    pl.add_argument("--group", action="append",
+                    help="diversity: the group(s) to draw (default: branches where a run has it, else all its groups)")
     pl.add_argument("--data-dir", help="reliability: folder holding the dataset (sets data.root)")
     from peerkd.experiments import report, sweep
 
@@ -175,6 +179,7 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
+    """``peerkd eval``: the checkpoint's method on the run's test set, printed and written to ``eval.json``."""
     from peerkd.train.checkpoint import write_json
     from peerkd.train.trainer import Trainer
 
@@ -187,9 +192,9 @@ def _eval(args) -> int:
                                              "trainer.step=eager"])
     trainer = Trainer(config, run_dir=run_dir, resume=True, claim=False)  # a reader: no lock, the checkpoint there
     trainer.restore()
-    metrics = trainer.evaluate()
-    write_json(run_dir / "eval.json", {"epoch": trainer.epoch, "metrics": metrics})
-    print(format_metrics(metrics))
+    result = trainer.evaluate()
+    write_json(run_dir / EVAL_FILE, {"epoch": trainer.epoch, "metrics": result.to_record()})
+    print(format_metrics(result))
     return 0
 
 
@@ -213,7 +218,7 @@ def _export(args) -> int:
     from peerkd.deploy.export import export_run
 
     info = export_run(args.run_dir, args.key, args.format, args.out, normalize=args.normalize)
-    folder = Path(args.out).parent if args.out else Path(args.run_dir) / "export"
+    folder = Path(args.out).parent if args.out else Path(args.run_dir) / EXPORT_DIR
     norm = info["input"]["normalization"]
     built = "built in: feed pixel / 255" if norm["built_in"] else "not built in: feed (pixel / 255 - mean) / std"
     print(f"{info['key']} ({info['module']}) -> {folder / info['file']} ({info['format']})")
@@ -288,21 +293,21 @@ def _list(what: str) -> int:
 
 # ----------------------------------------------------------------------------------------------------- tables
 
-def format_metrics(metrics: dict) -> str:
+def format_metrics(result: EvalResult) -> str:
+    """A table of every predict key's metrics, then one line per measure of every diversity group."""
     lines = [f"{'key':<12} {'top1 %':>7} {'top5 %':>7} {'NLL':>7} {'ECE %':>7} {'AURC':>7}"]
-    for key, m in metrics.items():
-        if key == "diversity":
-            continue
+    for key, m in result.keys.items():
         lines.append(f"{key:<12} {m['top1']:7.2f} {m['top5']:7.2f} {m['nll']:7.3f} {m['ece']:7.2f} {m['aurc']:7.1f}")
-    for group, value in metrics.get("diversity", {}).items():
-        if group.endswith("_agreement"):
-            lines.append(f"diversity ({group[:-len('_agreement')]}): interrater agreement {value:.4f}")
-        else:
-            lines.append(f"diversity ({group}): mean pairwise distance of predictions {value:.4f}")
+    for group, measures in result.groups.items():
+        if "diversity" in measures:
+            lines.append(f"diversity ({group}): mean pairwise distance of predictions {measures['diversity']:.4f}")
+        if "agreement" in measures:
+            lines.append(f"diversity ({group}): interrater agreement {measures['agreement']:.4f}")
     return "\n".join(lines)
 
 
 def format_summary(summary: dict) -> str:
+    """The end-of-training table: every predict key's last and best top-1 and the epoch of the best."""
     lines = [f"{summary['name']} ({summary['method']}, {summary['epochs']} epochs)",
              f"{'key':<12} {'last top1 %':>11} {'best top1 %':>11} {'best epoch':>10}"]
     for key, entry in summary["keys"].items():

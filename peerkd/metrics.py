@@ -1,14 +1,18 @@
 """Evaluation metrics. Units: ``top1``, ``top5`` and ``ece`` in percent, ``nll`` in nats per image, ``aurc`` and
-``eaurc`` times 1000 (as the calibration tables report them), ``diversity`` a Euclidean distance between
-probability vectors (0 .. sqrt 2) and, under ``<group>_agreement``, Kuncheva's interrater agreement kappa (1: the
-members are right and wrong on the same images; lower: more diverse; 0: independent errors).
+``eaurc`` times 1000 (as the calibration tables report them); per group of predict keys, ``diversity`` the mean
+Euclidean distance between their probability vectors (0 .. sqrt 2) and ``agreement`` Kuncheva's interrater agreement
+kappa (1: the members are right and wrong on the same images; lower: more diverse; 0: independent errors).
 
 The evaluator streams: per key it keeps one confidence and one correctness flag per image, so memory grows with the
-test set, not with the number of classes.
+test set, not with the number of classes. It returns an :class:`EvalResult`: the metrics of every predict key apart
+from the measures of every diversity group; ``EvalResult.to_record`` / ``from_record`` convert it to and from the form
+run folders store (the ``metrics`` of an ``eval`` record in ``metrics.jsonl``, ``summary.json``'s ``diversity``
+block).
 """
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +86,51 @@ def agreement_from_sums(disagreement: float, correct_total: float, members: int,
     return 1.0 - (disagreement / members) / denominator
 
 
+DIVERSITY_BLOCK = "diversity"  # the stored record's block of group measures, beside the predict keys
+AGREEMENT_SUFFIX = "_agreement"  # in that block, ``<group>_agreement`` is the group's kappa; ``<group>`` its distance
+
+
+@dataclass
+class EvalResult:
+    """One evaluation: ``keys`` holds ``{predict key: {top1, top5, nll, ece, aurc, eaurc}}``, ``groups`` holds
+    ``{diversity group: {"diversity": mean pairwise distance, "agreement": interrater kappa}}`` (units: above)."""
+
+    keys: dict[str, dict[str, float]] = field(default_factory=dict)
+    groups: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def groups_record(self) -> dict[str, dict[str, float]]:
+        """The stored form of ``groups``: ``{"diversity": {group: distance, group + "_agreement": kappa}}``, or
+        ``{}`` without groups (as ``summary.json`` and the ``eval`` records of ``metrics.jsonl`` hold it)."""
+        if not self.groups:
+            return {}
+        block = {}
+        for group, measures in self.groups.items():
+            if "diversity" in measures:
+                block[group] = measures["diversity"]
+            if "agreement" in measures:
+                block[group + AGREEMENT_SUFFIX] = measures["agreement"]
+        return {DIVERSITY_BLOCK: block}
+
+    def to_record(self) -> dict[str, dict[str, float]]:
+        """The stored form: every predict key's metrics, plus the ``diversity`` block where there are groups."""
+        return {**self.keys, **self.groups_record()}
+
+    @classmethod
+    def from_record(cls, record: dict) -> EvalResult:
+        """The inverse of :meth:`to_record`, for records written by any peerkd version (an older record's groups
+        may lack ``agreement``)."""
+        keys = {key: dict(metrics) for key, metrics in record.items() if key != DIVERSITY_BLOCK}
+        block = record.get(DIVERSITY_BLOCK) or {}
+        groups: dict[str, dict[str, float]] = {}
+        for name, value in block.items():
+            group = name[:-len(AGREEMENT_SUFFIX)] if name.endswith(AGREEMENT_SUFFIX) else None
+            if group is not None and group in block:
+                groups.setdefault(group, {})["agreement"] = float(value)
+            else:
+                groups.setdefault(name, {})["diversity"] = float(value)
+        return cls(keys, groups)
+
+
 class Evaluator:
     """Accumulates predictions batch by batch, then computes every metric of every ``predict`` key."""
 
@@ -118,15 +167,14 @@ class Evaluator:
                 self.correct_total[group] = self.correct_total.get(group, 0) + rho.sum()
         self.count += len(y)
 
-    def compute(self) -> dict[str, dict[str, float]]:
-        """``{key: {top1, top5, nll, ece, aurc, eaurc}}`` plus ``{"diversity": {group: distance,
-        group + "_agreement": kappa}}``."""
-        out: dict[str, dict[str, float]] = {}
+    def compute(self) -> EvalResult:
+        """Every metric of every predict key, and the distance and agreement of every group of more than one key."""
+        result = EvalResult()
         for key in self.confidence:
             conf = torch.cat(self.confidence[key]).cpu()
             correct = torch.cat(self.correct[key]).cpu()
             area, excess = aurc(conf, correct)
-            out[key] = {
+            result.keys[key] = {
                 "top1": 100.0 * float(correct.double().mean()),
                 "top5": 100.0 * float(self.top5[key]) / self.count,
                 "nll": float(self.nll[key]) / self.count,
@@ -134,11 +182,10 @@ class Evaluator:
                 "aurc": 1000.0 * area,
                 "eaurc": 1000.0 * excess,
             }
-        if self.diversity:
-            out["diversity"] = {}
-            for group, total in self.diversity.items():
-                out["diversity"][group] = float(total) / self.count
-                out["diversity"][f"{group}_agreement"] = agreement_from_sums(
-                    float(self.disagreement[group]), float(self.correct_total[group]), len(self.groups[group]),
-                    self.count)
-        return out
+        for group, total in self.diversity.items():
+            result.groups[group] = {
+                "diversity": float(total) / self.count,
+                "agreement": agreement_from_sums(float(self.disagreement[group]), float(self.correct_total[group]),
+                                                 len(self.groups[group]), self.count),
+            }
+        return result

@@ -1,9 +1,10 @@
 """Metrics against small worked examples."""
 import math
 
+import pytest
 import torch
 
-from peerkd.metrics import Evaluator, aurc, expected_calibration_error, mean_pairwise_distance, topk_correct
+from peerkd.metrics import EvalResult, Evaluator, aurc, expected_calibration_error, mean_pairwise_distance, topk_correct
 
 
 def test_ece_worked_example():
@@ -52,9 +53,23 @@ def test_evaluator_reports_every_key_and_diversity():
     b = torch.tensor([[0.0, 5.0], [0.0, 5.0]])  # wrong, right
     ev.update({"a": a, "b": b}, y)
     out = ev.compute()
-    assert out["a"]["top1"] == 50.0 and out["b"]["top1"] == 50.0
-    assert out["a"]["top5"] == 100.0
+    assert list(out.keys) == ["a", "b"] and list(out.groups) == ["peers"]
+    assert out.keys["a"]["top1"] == 50.0 and out.keys["b"]["top1"] == 50.0
+    assert out.keys["a"]["top5"] == 100.0
     nll = -(math.log(torch.softmax(a[0], 0)[0].item()) + math.log(torch.softmax(a[1], 0)[1].item())) / 2
-    assert abs(out["a"]["nll"] - nll) < 1e-5
+    assert abs(out.keys["a"]["nll"] - nll) < 1e-5
     pa, pb = torch.softmax(a, -1), torch.softmax(b, -1)
-    assert abs(out["diversity"]["peers"] - float((pa - pb).norm(dim=-1).mean())) < 1e-6
+    assert abs(out.groups["peers"]["diversity"] - float((pa - pb).norm(dim=-1).mean())) < 1e-6
+    assert out.groups["peers"]["agreement"] == pytest.approx(-1.0)  # each image: one right, one wrong
+
+
+def test_eval_result_stored_form_round_trips_and_reads_older_records():
+    result = EvalResult({"a": {"top1": 50.0}, "b": {"top1": 25.0}},
+                        {"peers": {"diversity": 0.5, "agreement": -0.25}, "x_agreement": {"diversity": 0.1}})
+    record = result.to_record()
+    assert record == {"a": {"top1": 50.0}, "b": {"top1": 25.0},
+                      "diversity": {"peers": 0.5, "peers_agreement": -0.25, "x_agreement": 0.1}}
+    assert EvalResult.from_record(record) == result  # a group whose name ends in _agreement stays a group
+    older = EvalResult.from_record({"net1": {"top1": 70.0}, "diversity": {"branches": 0.3}})  # before agreement
+    assert older.keys == {"net1": {"top1": 70.0}} and older.groups == {"branches": {"diversity": 0.3}}
+    assert EvalResult({"net": {"top1": 1.0}}).to_record() == {"net": {"top1": 1.0}}  # no groups: no block

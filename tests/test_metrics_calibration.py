@@ -40,7 +40,7 @@ def test_evaluator_reports_top_k_nll_and_units():
     y = torch.tensor([0, 5])
     ev = Evaluator()
     ev.update({"net": logits}, y)
-    m = ev.compute()["net"]
+    m = ev.compute().keys["net"]
     assert m["top1"] == pytest.approx(50.0) and 100 - m["top1"] == pytest.approx(50.0)  # top-1 error 50 %
     assert m["top5"] == pytest.approx(50.0)  # top-5 error 50 %
     nll0 = -(2.0 - math.log(math.exp(2) + math.exp(1) + 4))

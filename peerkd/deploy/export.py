@@ -1,7 +1,7 @@
 """``peerkd export``: one ``predict`` key of a trained run as a file that runs without peerkd, and a JSON beside it.
 
-``export_run(run_dir, key, fmt, out, normalize=False)`` rebuilds the run (:func:`peerkd.train.checkpoint.load_run`, on the CPU,
-in eval mode), picks the module for ``key`` and writes it in one of four formats:
+``export_run(run_dir, key, fmt, out, normalize=False)`` rebuilds the run (:func:`peerkd.train.checkpoint.load_run`,
+on the CPU, in eval mode), picks the module for ``key`` and writes it in one of four formats:
 
 - ``state_dict``: the weights of one network. A network that mirrors a library model (``native_spec()``: the tv_*
   networks, ``tv:`` / ``timm:`` models) is written in that library's key layout (``native_state_dict()``), so it
@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from peerkd.core.errors import ConfigError
+from peerkd.core.run_files import CHECKPOINT, ENVIRONMENT_FILE, EXPORT_DIR
 
 FORMATS = ("state_dict", "torchscript", "onnx", "exported_program")
 SUFFIXES = {"state_dict": ".pt", "torchscript": ".torchscript.pt", "onnx": ".onnx", "exported_program": ".pt2"}
@@ -206,7 +207,7 @@ def _normalisation(run) -> tuple[list[float], list[float], int]:
 
 
 def _run_facts(run, key: str) -> dict:
-    environment_path = run.path / "environment.json"
+    environment_path = run.path / ENVIRONMENT_FILE
     environment = json.loads(environment_path.read_text()) if environment_path.is_file() else {}
     entry = (run.summary or {}).get("keys", {}).get(key) or {}
     best = entry.get("best") or {}
@@ -218,14 +219,14 @@ def _run_facts(run, key: str) -> dict:
 
 
 def default_out(run_dir: Path, key: str, fmt: str) -> Path:
-    return Path(run_dir) / "export" / f"{key}{SUFFIXES[fmt]}"
+    return Path(run_dir) / EXPORT_DIR / f"{key}{SUFFIXES[fmt]}"
 
 
 def export_run(run_dir: str | Path, key: str | None = None, fmt: str = "exported_program",
                out: str | Path | None = None, normalize: bool = False) -> dict:
     """Export ``key`` of the run in ``run_dir`` as ``fmt`` to ``out`` (default ``<run>/export/<key><suffix>``), with
     the input normalisation built in when ``normalize``; write ``<out>.json`` and return what it holds."""
-    from peerkd.train.checkpoint import CHECKPOINT, load_run, write_json
+    from peerkd.train.checkpoint import load_run, write_json
     from peerkd.core.errors import RunError
 
     _require(fmt)

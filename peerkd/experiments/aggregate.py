@@ -42,11 +42,11 @@ import yaml
 
 from peerkd.config import (PAPER_MEAN_PREFIX, ConfigError, PaperConfig, check_paper_block, config_keys, flatten_tree,
                            from_dict)
+from peerkd.core.run_files import CHECKPOINT, CONFIG_FILE, ENVIRONMENT_FILE, RUN_MARKERS, SUMMARY_FILE
 
 # keys that say where and how visibly a run ran, not what it computed (the schema's fields tagged placement), and the
 # seed: runs differing only here are seeds of one group
 PLACEMENT_KEYS = ("seed", *config_keys("placement"))
-RUN_MARKERS = ("config.yaml", "summary.json", "checkpoint.pt", "metrics.jsonl")  # any of them: a run folder
 MAX_DEPTH = 3  # folder levels below a RUNS_DIR searched for run folders
 
 
@@ -96,7 +96,7 @@ def find_run_folders(roots: Sequence[str | Path]) -> tuple[list[Path], list[tupl
                 any_run = True
             else:  # a folder without any run below it is named once, itself
                 del foreign[mark:]
-                foreign.append((child, "not a run folder (no config.yaml, summary.json or checkpoint.pt)"))
+                foreign.append((child, f"not a run folder (no {', '.join(RUN_MARKERS)})"))
         return any_run
 
     for root in map(Path, roots):
@@ -109,24 +109,24 @@ def find_run_folders(roots: Sequence[str | Path]) -> tuple[list[Path], list[tupl
 
 def read_run(path: Path) -> Run:
     """One finished run folder; ``ValueError`` with a short reason when it cannot be used."""
-    config_path, summary_path = path / "config.yaml", path / "summary.json"
+    config_path, summary_path = path / CONFIG_FILE, path / SUMMARY_FILE
     if not config_path.is_file():
-        raise ValueError("broken: no config.yaml")
+        raise ValueError(f"broken: no {CONFIG_FILE}")
     try:
         config = yaml.safe_load(config_path.read_text())
     except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"broken: config.yaml unreadable ({type(err).__name__})") from None
+        raise ValueError(f"broken: {CONFIG_FILE} unreadable ({type(err).__name__})") from None
     if not isinstance(config, dict):
-        raise ValueError("broken: config.yaml holds no mapping")
+        raise ValueError(f"broken: {CONFIG_FILE} holds no mapping")
     if not summary_path.is_file():
-        raise ValueError("unfinished: no summary.json" if (path / "checkpoint.pt").is_file()
-                         else "broken: no summary.json and no checkpoint")
+        raise ValueError(f"unfinished: no {SUMMARY_FILE}" if (path / CHECKPOINT).is_file()
+                         else f"broken: no {SUMMARY_FILE} and no checkpoint")
     try:
         summary = json.loads(summary_path.read_text())
         keys = summary["keys"]
         assert isinstance(keys, dict)
     except (OSError, ValueError, KeyError, TypeError, AssertionError):
-        raise ValueError("broken: summary.json unreadable or without 'keys'") from None
+        raise ValueError(f"broken: {SUMMARY_FILE} unreadable or without 'keys'") from None
     epochs = (config.get("schedule") or {}).get("epochs")
     if isinstance(epochs, int) and isinstance(summary.get("epochs"), int) and summary["epochs"] < epochs:
         raise ValueError(f"unfinished: summary of {summary['epochs']} of {epochs} epochs")
@@ -138,7 +138,7 @@ def read_run(path: Path) -> Run:
         except ConfigError as err:
             raise ValueError(f"broken: invalid paper block ({err})") from None
     try:
-        environment = json.loads((path / "environment.json").read_text())
+        environment = json.loads((path / ENVIRONMENT_FILE).read_text())
     except (OSError, ValueError):
         environment = {}
     return Run(path, config, summary, environment if isinstance(environment, dict) else {}, paper)

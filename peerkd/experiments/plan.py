@@ -13,6 +13,7 @@ from typing import Sequence
 
 from peerkd.config import Config, load_config
 from peerkd.core.errors import ConfigError
+from peerkd.core.run_files import CHECKPOINT, SUMMARY_FILE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,14 +42,14 @@ class RunSpec:
 def run_state(spec: RunSpec) -> str:
     """``done`` (a summary of all the config's epochs), ``partial`` (a checkpoint to continue from) or ``new``."""
     run = Path(spec.run_dir)
-    summary = run / "summary.json"
+    summary = run / SUMMARY_FILE
     if summary.is_file():
         try:
             if json.loads(summary.read_text()).get("epochs", 0) >= spec.epochs:
                 return "done"
         except (OSError, ValueError):
             pass  # a summary being written or broken: the checkpoint decides
-    return "partial" if (run / "checkpoint.pt").is_file() else "new"
+    return "partial" if (run / CHECKPOINT).is_file() else "new"
 
 
 def config_files(paths: Sequence[str]) -> list[Path]:

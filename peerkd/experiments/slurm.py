@@ -9,8 +9,8 @@ decided again at every start), so a job is an ordinary run. When SLURM signals t
 ``signal_delay_s`` before the time limit, or on pre-emption where the cluster sets ``preempt_send_user_signal``),
 submitit calls ``checkpoint()``: it sends the training process SIGTERM, whose handler saves a checkpoint of the
 exact step and exits 143 (the trainer's path), and returns the resubmission; the requeued job finds the checkpoint
-and continues, bit for bit as an uninterrupted run on CPU (tests/experiments/test_sweep.py checks it with submitit's local
-executor, which requeues the same way).
+and continues, bit for bit as an uninterrupted run on CPU (tests/experiments/test_sweep.py checks it with
+submitit's local executor, which requeues the same way).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from typing import Sequence
 
 from peerkd.core.errors import ConfigError
 from peerkd.core.process import EXIT_INTERRUPTED
+from peerkd.core.run_files import CHECKPOINT, SUMMARY_FILE
 from peerkd.experiments.plan import RunSpec, child_env, run_state
 
 SIGNAL_DELAY_S = 120  # seconds before the time limit that SLURM signals a job: time to save a checkpoint
@@ -71,7 +72,7 @@ class RunJob:
                 raise RunInterrupted(f"{self.spec.name} stopped with a checkpoint; run the sweep again to continue")
             if code != 0:
                 raise RuntimeError(f"{self.spec.name}: peerkd train exited {code}; see this job's log")
-        return json.loads((run_dir / "summary.json").read_text())
+        return json.loads((run_dir / SUMMARY_FILE).read_text())
 
     def checkpoint(self, *args, **kwargs):
         """Called by submitit on the requeue signal: stop the run with a checkpoint, then resubmit a fresh job."""
@@ -83,7 +84,7 @@ class RunJob:
             except ProcessLookupError:
                 pass
             _wait_for(process, STOP_TIMEOUT_S)
-        print(f"peerkd job: {self.spec.name} requeued; it continues from {Path(self.spec.run_dir) / 'checkpoint.pt'}",
+        print(f"peerkd job: {self.spec.name} requeued; it continues from {Path(self.spec.run_dir) / CHECKPOINT}",
               flush=True)
         return submitit.helpers.DelayedSubmission(type(self)(self.spec, self.nproc))
 

@@ -6,7 +6,7 @@ depends only on the config and the seed, so a sweep started again finds its runs
 all its epochs is skipped, a run with a ``checkpoint.pt`` and no summary (stopped, pre-empted, crashed) is continued
 with ``peerkd train --resume`` under the same config file and the same ``--set`` overrides it started with, and the
 others start. The seed is the config's ``seed`` (``--set seed=S``): it seeds the weights, the data order and every
-augmentation (``peerkd.train.trainer.seed_everything`` and the loaders' generators); the generated dataset keeps its own
+augmentation (``peerkd.train.setup.seed_everything`` and the loaders' generators); the generated dataset keeps its own
 ``data.synthetic.seed``, so every seed sees the same images.
 
 Executors:
@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 from peerkd.experiments.plan import RunSpec, child_env, parse_seeds, plan, run_state  # noqa: F401 (re-exported)
 from peerkd.core.errors import ConfigError
 from peerkd.core.process import EXIT_INTERRUPTED, is_main_thread
-from peerkd.train.run_folder import SWEEP_LOG  # each run's stdout and stderr, in its run folder (appended across restarts)
+from peerkd.core.run_files import SUMMARY_FILE, SWEEP_LOG
 
 POLL_S = 0.2  # seconds between looks at the running processes
 STOP_WAIT_S = 120.0  # seconds a stopped run gets to save its checkpoint before it is killed
@@ -51,7 +51,7 @@ def last_lines(path: Path, count: int = 1) -> str:
 def summary_line(run_dir: Path) -> str:
     """``net1 last top1 71.20, ...`` from a finished run's summary (the first three keys)."""
     try:
-        keys = json.loads((run_dir / "summary.json").read_text())["keys"]
+        keys = json.loads((run_dir / SUMMARY_FILE).read_text())["keys"]
     except (OSError, ValueError, KeyError):
         return ""
     return ", ".join(f"{k} {v['last']['top1']:.2f}" for k, v in list(keys.items())[:3]) + " (last top-1 %)"

@@ -34,7 +34,7 @@ import torch
 from peerkd.losses import hard_ce, kd_kl
 from peerkd.core.method import Method, StepOutput
 from peerkd.methods.parts.multibranch import (BranchGroup, CdProduct, GateTarget, TargetGradient,
-                                        classifier_diversification, peer_targets, sigmoid_rampup)
+                                        classifier_diversification, sigmoid_rampup)
 from peerkd.core.registry import register_method
 
 OneTargetGradient = Literal["none", TargetGradient]  # "none": the teacher detached in the KL, or the two of OKDDip
@@ -75,12 +75,17 @@ class ONE(Method):
     def on_epoch_start(self, epoch, epochs):
         self.distill_scale.fill_(sigmoid_rampup(epoch, self.options.rampup_epochs))
 
+    def gated_ensemble(self, out) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(z_e, g, z)``: the gated ensemble's logits ``sum_i g_i z_i`` (B, C), the gate's weights (B, m, 1) and
+        the branch logits (B, m, C), in fp32; the one computation of the ensemble, for training and ``predict``."""
+        weights = self.gate.weights(out, self.branch_ids).unsqueeze(-1)
+        logits = torch.stack([z.float() for z in out.logits], 1)
+        return (weights * logits).sum(1), weights, logits
+
     def forward(self, batch) -> StepOutput:
         opts = self.options
         out = self.group(batch.view(0))
-        weights = self.gate.weights(out, self.branch_ids).unsqueeze(-1)  # (B, m, 1)
-        logits = torch.stack([z.float() for z in out.logits], 1)  # (B, m, C)
-        ensemble = (weights * logits).sum(1)
+        ensemble, weights, logits = self.gated_ensemble(out)
         if opts.target_gradient == "none":
             teacher = ensemble.detach()
         elif opts.target_gradient == "weights":
@@ -104,7 +109,7 @@ class ONE(Method):
     def predict(self, x):
         out = self.group(x)
         preds = {f"branch{i}": z for i, z in enumerate(out.logits)}
-        preds["ensemble"] = peer_targets(self.gate, out, self.branch_ids)[0][:, 0]
+        preds["ensemble"] = self.gated_ensemble(out)[0]
         return preds
 
     def diversity_groups(self):

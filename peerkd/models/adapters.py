@@ -61,10 +61,6 @@ def is_library_name(name) -> bool:
     return isinstance(name, str) and name.partition(":")[0] in LIBRARIES and ":" in name
 
 
-def library_model_hint() -> str:
-    return "timm:<name> (pip install 'peerkd[timm]') or tv:<name> (any torchvision classification model)"
-
-
 # ------------------------------------------------------------------------------------------------ the adapters
 
 class _NativeMixin:
@@ -198,8 +194,8 @@ def build_library_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     :class:`LibraryClassifier`. Unknown names and a missing library raise ``ConfigError``."""
     prefix, _, model_name = name.partition(":")
     if kwargs.get("pretrained") or kwargs.get("weights") is not None:
-        raise ConfigError(f"model '{name}': peerkd trains from scratch and downloads nothing; drop pretrained / weights "
-                       "from method.model_options")
+        raise ConfigError(f"model '{name}': peerkd trains from scratch and downloads nothing; drop pretrained / "
+                          "weights from method.model_options")
     kwargs = {k: v for k, v in kwargs.items() if k not in ("pretrained", "weights")}
     library = LIBRARIES[prefix]
     net = _create_timm(model_name, num_classes, kwargs) if prefix == "timm" else \

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peerkd.models.base import Backbone, ClassifierHead
+from peerkd.models.init import init_weights
 from peerkd.models.registry import register_model
 
 
@@ -64,16 +65,6 @@ class CifarResNet(Backbone):
         self.stage_channels = list(widths)
         self.head = ClassifierHead(widths[-1], num_classes)
         init_weights(self)
-
-
-def init_weights(model: nn.Module) -> None:
-    """He (fan-out) init for convolutions, BN weight 1 / bias 0, PyTorch's default for linear layers."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def _register(depth: int):

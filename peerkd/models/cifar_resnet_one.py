@@ -21,18 +21,16 @@ from __future__ import annotations
 from torch import nn
 
 from peerkd.models.base import Backbone, ClassifierHead
-from peerkd.models.cifar_resnet import init_weights
+from peerkd.models.cifar_resnet4 import Bottleneck4
+from peerkd.models.init import init_weights
 from peerkd.models.registry import register_model
-from peerkd.models.resnext import ResNeXtBottleneck
 
 
-class Bottleneck(ResNeXtBottleneck):
-    """1x1 -> 3x3 -> 1x1 bottleneck with expansion 4: a ResNeXt bottleneck of cardinality 1."""
-
-    expansion = 4
+class Bottleneck(Bottleneck4):
+    """1x1 -> 3x3 -> 1x1 bottleneck with expansion 4 and ``planes * inner_width`` channels inside (ungrouped)."""
 
     def __init__(self, in_ch: int, planes: int, stride: int = 1, inner_width: int = 1):
-        super().__init__(in_ch, planes * inner_width, planes * self.expansion, cardinality=1, stride=stride)
+        super().__init__(in_ch, planes, stride, groups=1, base_width=64 * inner_width)
 
 
 class CifarBottleneckResNet(Backbone):

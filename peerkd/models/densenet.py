@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peerkd.models.base import Backbone, ClassifierHead
-from peerkd.models.cifar_resnet import init_weights
+from peerkd.models.init import init_weights
 from peerkd.models.registry import register_model
 from peerkd.models.wrn import FinalActivation
 

@@ -1,7 +1,7 @@
 """Identical members behind one interface, however they execute: ``build_members(modules, execution)``.
 
-A branched network's tails, a cohort's networks (:mod:`peerkd.methods.parts.cohort`; there they may also differ, and then
-run unfused), a network-based group's whole networks, a head tree's stage segments and classifiers: each is a group
+A branched network's tails, a cohort's networks (:mod:`peerkd.methods.parts.cohort`; there they may also differ, and
+then run unfused), a network-based group's whole networks, a head tree's stage segments and classifiers: each is a group
 of identical modules that a method runs side by side. The method asks the group, never a member:
 
 - ``run(inputs)``: every member's ``forward``;
@@ -21,9 +21,9 @@ class:
   forward mapped over them (``torch.func.vmap`` of ``functional_call``): the general path, for identical members of
   any module type (timm and torchvision blocks, which the fusion translator does not know).
 
-All four keep the ModuleList's state_dict keys (``{j}.<name>``; the fused group converts on save and on load), so a
-checkpoint saved under one execution loads under another, and all compute the same maths (fused: up to the order of
-floating-point sums).
+All four keep the ModuleList's state_dict keys (``{j}.<name>``; the fused and the vmapped groups convert on save and
+on load), so a checkpoint saved under one execution loads under another, and all compute the same maths (fused and
+vmapped: up to the order of floating-point sums; vmapped dropout: other random masks).
 """
 from __future__ import annotations
 

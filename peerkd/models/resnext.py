@@ -8,33 +8,12 @@ Table 1 network (C = 2, d = 64); ``resnext29_8x64d`` and ``resnext29_16x64d`` ar
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from peerkd.models.base import Backbone, ClassifierHead
-from peerkd.models.cifar_resnet import init_weights
+from peerkd.models.cifar_resnet4 import Bottleneck4
+from peerkd.models.init import init_weights
 from peerkd.models.registry import register_model
-
-
-class ResNeXtBottleneck(nn.Module):
-    def __init__(self, in_ch: int, group_width: int, out_ch: int, cardinality: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, group_width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(group_width)
-        self.conv2 = nn.Conv2d(group_width, group_width, 3, stride, 1, groups=cardinality, bias=False)
-        self.bn2 = nn.BatchNorm2d(group_width)
-        self.conv3 = nn.Conv2d(group_width, out_ch, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_ch)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
 
 
 class CifarResNeXt(Backbone):
@@ -45,11 +24,12 @@ class CifarResNeXt(Backbone):
                                   nn.ReLU(inplace=True))
         stages, in_ch = [], stem_width
         for i, out_ch in enumerate(out_widths):
-            group_width = cardinality * bottleneck_width * 2 ** i
             blocks = []
             for b in range(blocks_per_stage):
-                blocks.append(ResNeXtBottleneck(in_ch, group_width, out_ch, cardinality,
-                                                stride=2 if (i > 0 and b == 0) else 1))
+                # the bottleneck of ResNeXt-50: with planes = out_ch / 4 = 64 * 2**i its grouped 3x3 convolution is
+                # C * d * 2**i channels wide, as here
+                blocks.append(Bottleneck4(in_ch, out_ch // Bottleneck4.expansion, stride=2 if (i > 0 and b == 0) else 1,
+                                          groups=cardinality, base_width=bottleneck_width))
                 in_ch = out_ch
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)

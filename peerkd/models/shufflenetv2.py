@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from peerkd.models.base import Backbone, ClassifierHead
-from peerkd.models.cifar_resnet import init_weights
+from peerkd.models.init import init_weights
 from peerkd.models.registry import register_model
 
 WIDTHS = {0.5: (48, 96, 192), 1.0: (116, 232, 464), 1.5: (176, 352, 704), 2.0: (244, 488, 976)}

@@ -1,27 +1,30 @@
 """Branch diversity over training (CSS Fig. 3) from runs' ``metrics.jsonl``.
 
-Every evaluation record (``{"kind": "eval", "epoch": e, "metrics": {..., "diversity": {group: distance}}}``) holds
-the mean Euclidean distance between the probability vectors of each ``diversity_groups()`` group; with
-``trainer.eval_every: 1`` that is one point per epoch. Groups named ``mutual<j>`` (CSS: branch j of net 1 against
-branch j of net 2) are also averaged into one ``mutual`` curve.
+Every evaluation record (``{"kind": "eval", "epoch": e, "metrics": {..., "diversity": {group: distance,
+group_agreement: kappa}}}``, read by :meth:`peerkd.metrics.EvalResult.from_record`) holds the mean Euclidean distance
+between the probability vectors of each ``diversity_groups()`` group; with ``trainer.eval_every: 1`` that is one
+point per epoch. Groups named ``mutual<j>`` (CSS: branch j of net 1 against branch j of net 2) are also averaged into
+one ``mutual`` curve.
 
-    python -m peerkd.plots.diversity runs/css_resnet110_2x2 runs/dml_resnet110 -o diversity.png [--group branches]
+    peerkd plot diversity runs/css_resnet110_2x2 runs/dml_resnet110 -o diversity.png [--group branches]
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
+
+from peerkd.core.run_files import DIVERSITY_PLOT, METRICS_LOG
+from peerkd.metrics import EvalResult
 
 
 def load_diversity(path: str | Path) -> dict[str, list[tuple[int, float]]]:
     """``{group: [(epoch, distance), ...]}`` from a run folder or its ``metrics.jsonl``, epochs counted from 1."""
     path = Path(path)
     if path.is_dir():
-        path = path / "metrics.jsonl"
+        path = path / METRICS_LOG
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: pass a run folder or its metrics.jsonl")
+        raise FileNotFoundError(f"{path} does not exist: pass a run folder or its {METRICS_LOG}")
     curves: dict[str, list[tuple[int, float]]] = {}
     for line in path.read_text().splitlines():
         if not line.strip():
@@ -29,10 +32,11 @@ def load_diversity(path: str | Path) -> dict[str, list[tuple[int, float]]]:
         record = json.loads(line)
         if record.get("kind") != "eval":
             continue
-        diversity = record.get("metrics", {}).get("diversity", {})
+        groups = EvalResult.from_record(record.get("metrics", {})).groups
+        diversity = {group: measures["diversity"] for group, measures in groups.items() if "diversity" in measures}
         epoch = int(record["epoch"]) + 1
         for group, value in diversity.items():
-            curves.setdefault(group, []).append((epoch, float(value)))
+            curves.setdefault(group, []).append((epoch, value))
         mutual = [v for g, v in diversity.items() if re.fullmatch(r"mutual\d+", g)]
         if mutual:
             curves.setdefault("mutual", []).append((epoch, sum(mutual) / len(mutual)))
@@ -42,7 +46,7 @@ def load_diversity(path: str | Path) -> dict[str, list[tuple[int, float]]]:
 def default_output(runs: list[str | Path]) -> Path:
     """``diversity.png`` in the (first) run's folder, not in the current folder."""
     first = Path(runs[0])
-    return (first if first.is_dir() else first.parent) / "diversity.png"
+    return (first if first.is_dir() else first.parent) / DIVERSITY_PLOT
 
 
 def plot_diversity(runs: list[str | Path], out: str | Path, groups: list[str] | None = None,
@@ -82,15 +86,3 @@ def plot_diversity(runs: list[str | Path], out: str | Path, groups: list[str] | 
     plt.close(fig)
     return out
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Plot branch diversity over training from runs' metrics.jsonl")
-    parser.add_argument("runs", nargs="+", help="run folders or metrics.jsonl files")
-    parser.add_argument("-o", "--out", help="image file to write (default: diversity.png in the first run's folder)")
-    parser.add_argument("--group", action="append", help="diversity group(s) to draw (default: branches)")
-    args = parser.parse_args(argv)
-    print(plot_diversity(args.runs, args.out or default_output(args.runs), args.group))
-
-
-if __name__ == "__main__":
-    main()

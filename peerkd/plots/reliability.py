@@ -1,4 +1,4 @@
-"""Plots of a finished run. matplotlib is optional: it is imported inside the functions that draw.
+"""The reliability diagram of a finished run. matplotlib is optional: it is imported inside the function that draws.
 
 ``reliability_diagram(run_dir)`` writes the reliability diagram (accuracy against confidence in equal-width bins,
 the bins of the ECE in :mod:`peerkd.metrics`) of one ``predict`` key of a run on its test set, as a PNG.
@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from peerkd.core.run_files import reliability_plot
 from peerkd.metrics import ECE_BINS
 
 
@@ -85,7 +86,7 @@ def reliability_diagram(run_dir: str | Path, out: str | Path | None = None, key:
     bins = bins or run.config.trainer.ece_bins  # the run's own ECE bins unless asked otherwise
     key, confidence, correct = _test_predictions(run, key, data_dir, device)
     binned = reliability_bins(confidence, correct, bins)
-    out = Path(out) if out else Path(run_dir) / f"reliability_{key}.png"
+    out = Path(out) if out else Path(run_dir) / reliability_plot(key)
 
     lefts = binned.edges[:-1].numpy()
     width = 1.0 / bins

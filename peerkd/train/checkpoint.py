@@ -1,9 +1,7 @@
-"""The run folder: atomic checkpoints, JSON files, and ``load_run`` to get a trained method back.
+"""Checkpoints and JSON files of a run folder, written atomically, and ``load_run`` to get a trained method back.
 
-A run folder holds ``config.yaml`` (resolved), ``environment.json`` (git SHA, library versions, device),
-``metrics.jsonl``, TensorBoard events, ``checkpoint.pt`` (checksummed; ``checkpoint.prev.pt`` the one before it),
-``history.jsonl`` (one line per start or resume of the run, with what a resume changed), a lock file held while a
-process writes the folder, and, once finished, ``summary.json``.
+A checkpoint (``checkpoint.pt``; ``checkpoint.prev.pt`` the one before it) is checksummed; a damaged one falls back
+to the one before. The files of a run folder are named in :mod:`peerkd.core.run_files`.
 """
 from __future__ import annotations
 
@@ -23,9 +21,8 @@ from typing import Any
 import torch
 
 from peerkd.core.errors import RunError
+from peerkd.core.run_files import CHECKPOINT, PREVIOUS_CHECKPOINT, SUMMARY_FILE, TEMP_SUFFIX
 
-CHECKPOINT = "checkpoint.pt"
-PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"  # the checkpoint before the last one, kept in case the last is damaged
 CHECKPOINT_FORMAT = "peerkd-checkpoint-2"
 LEGACY_CHECKPOINT_FORMAT = "peerkd-checkpoint-1"  # a bare torch.save zip (before checksums); still loaded
 # A checkpoint file: this line, one JSON header line {"sha256": hex digest of the payload, "bytes": its length}, then
@@ -45,7 +42,7 @@ def atomic_write_bytes(path: Path, write, before_replace=None) -> None:
     leaves either the old file or the new one, never half of one. The file gets the mode ``open`` would give it
     (0666 less the umask; mkstemp alone makes it 0600). ``before_replace()`` runs once the new file is complete."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
@@ -79,7 +76,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
     def keep_previous():  # a hard link, so that checkpoint.pt never goes missing between the two renames
         if not path.is_file() or checkpoint_problem(path) is not None:
             return
-        link = path.with_name(f".{PREVIOUS_CHECKPOINT}.link.tmp")
+        link = path.with_name(f".{PREVIOUS_CHECKPOINT}.link{TEMP_SUFFIX}")
         try:
             link.unlink(missing_ok=True)
             os.link(path, link)
@@ -187,7 +184,7 @@ def load_checkpoint_from(path: Path, map_location="cpu", warn=True) -> tuple[dic
     previous = path.with_name(PREVIOUS_CHECKPOINT)
     if not path.is_file() and not previous.is_file():
         raise RunError(f"no checkpoint at {path}; start the run without --resume, or point at a run folder that "
-                       "holds checkpoint.pt")
+                       f"holds {CHECKPOINT}")
     try:
         return read_checkpoint(path, map_location), path
     except RunError as err:
@@ -249,23 +246,30 @@ class LoadedRun:
         return self.method.export(key)
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
-    """Rebuild the method of the run in ``run_dir`` from its checkpoint, in eval mode on ``device``."""
+def saved_config(state: dict, run_dir: Path):
+    """The Config saved in the checkpoint ``state`` of the run in ``run_dir``; RunError when it no longer validates
+    (a method's options renamed since, a plugin not imported)."""
     from peerkd.config import build_config
     from peerkd.core.errors import ConfigError
+
+    try:
+        return build_config(state["config"])
+    except ConfigError as err:
+        raise RunError(f"the config saved in {Path(run_dir) / CHECKPOINT} no longer validates: {err}") from None
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+    """Rebuild the method of the run in ``run_dir`` from its checkpoint, in eval mode on ``device``."""
     from peerkd.core.method import TaskInfo
     from peerkd.core.registry import build_method
 
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir / CHECKPOINT)
-    try:
-        config = build_config(state["config"])
-    except ConfigError as err:
-        raise RunError(f"the config saved in {run_dir / CHECKPOINT} no longer validates: {err}") from None
+    config = saved_config(state, run_dir)
     task = TaskInfo(**dict(state["task"], restoring=True))
     method = build_method(config.method.name, config.method.options, task)
     method.load_state_dict(state["method"])
     method.to(device).eval()
-    summary_path = run_dir / "summary.json"
+    summary_path = run_dir / SUMMARY_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     return LoadedRun(run_dir, config, method, summary, state["epoch"], state.get("input"))

@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 
 from peerkd.core.errors import RunError
+from peerkd.core.run_files import LOCK_FILE
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None
-
-LOCK_FILE = ".peerkd.lock"
 
 
 class RunLock:

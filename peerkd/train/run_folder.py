@@ -27,13 +27,12 @@ import time
 from pathlib import Path
 
 from peerkd.config import config_keys, flatten_tree
-from peerkd.train.checkpoint import CHECKPOINT, atomic_write_bytes, has_checkpoint, load_checkpoint_from
 from peerkd.core.errors import RunError
-from peerkd.train.lock import LOCK_FILE, RunLock
+from peerkd.core.run_files import (CHECKPOINT, CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_LOG, LOCK_FILE, METRICS_LOG,
+                                   SWEEP_LOG, TEMP_SUFFIX, TENSORBOARD_PREFIX)
+from peerkd.train.checkpoint import atomic_write_bytes, has_checkpoint, load_checkpoint_from, saved_config
+from peerkd.train.lock import RunLock
 
-HISTORY = "history.jsonl"
-SWEEP_LOG = "sweep.log"  # a run's output, written by `peerkd sweep` into the folder before the run starts: peerkd's own
-METRICS = "metrics.jsonl"
 # Config keys a resume may change: the schema's fields tagged resumable (peerkd.config.RESUMABLE, PLACEMENT); they
 # decide how far and how the run goes on, what is evaluated or logged, and where and how fast it runs (trainer.members,
 # trainer.step: the same numbers, the same state_dict), not what the weights so far were trained with.
@@ -124,7 +123,7 @@ def _unwritable(run_dir: Path, err: OSError) -> str:
 
 def _remove_stale_temporaries(run_dir: Path) -> None:
     """Remove the ``.<name>.*.tmp`` files an atomic write leaves when its process is killed mid-write."""
-    for path in run_dir.glob(".*.tmp"):
+    for path in run_dir.glob(f".*{TEMP_SUFFIX}"):
         path.unlink(missing_ok=True)
 
 
@@ -144,7 +143,7 @@ def _settle_kind(claim: Claim) -> None:
     others = sorted(p.name for p in run_dir.iterdir() if p.name not in (LOCK_FILE, SWEEP_LOG))
     if not others:
         return
-    if HISTORY not in others:
+    if HISTORY_LOG not in others:
         shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
         raise RunError(f"{run_dir} is not empty ({shown}) and is not a peerkd run; nothing was written: choose a new "
                        "or empty folder with --out")
@@ -152,7 +151,7 @@ def _settle_kind(claim: Claim) -> None:
           flush=True)
     for name in others:
         path = run_dir / name
-        if name == METRICS or name in ("config.yaml", "environment.json") or name.startswith("events.out.tfevents."):
+        if name in (METRICS_LOG, CONFIG_FILE, ENVIRONMENT_FILE) or name.startswith(TENSORBOARD_PREFIX):
             path.unlink() if path.is_file() else shutil.rmtree(path)
 
 
@@ -162,13 +161,7 @@ def _settle_kind(claim: Claim) -> None:
 def resume_changes(state: dict, config, run_dir: Path) -> dict:
     """The keys in which ``config`` differs from the config of the checkpoint ``state`` (key -> [old, new]);
     RunError naming them when one is not in RESUME_CHANGEABLE or a change would rewrite what was trained."""
-    from peerkd.config import build_config
-    from peerkd.core.errors import ConfigError
-
-    try:
-        saved = build_config(state["config"])
-    except ConfigError as err:
-        raise RunError(f"the config saved in {run_dir / CHECKPOINT} no longer validates: {err}") from None
+    saved = saved_config(state, run_dir)
     old, new = flatten_tree(saved.to_dict()), flatten_tree(config.to_dict())
     changed = {k: [old.get(k), new.get(k)] for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
     refused = [k for k in changed if k not in RESUME_CHANGEABLE]
@@ -197,7 +190,7 @@ def resume_changes(state: dict, config, run_dir: Path) -> dict:
 def truncate_metrics(run_dir: Path, global_step: int) -> int:
     """Drop the records of ``metrics.jsonl`` logged after step ``global_step`` (the checkpoint's: they are trained
     again) and a torn last line; return how many were dropped."""
-    path = Path(run_dir) / METRICS
+    path = Path(run_dir) / METRICS_LOG
     if not path.is_file():
         return 0
     kept, dropped = [], 0
@@ -220,7 +213,7 @@ def append_history(run_dir: Path, record: dict) -> None:
     """One line of ``history.jsonl``: a start or a resume of the run, with its time, host and pid."""
     record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "pid": os.getpid(),
               **record}
-    with open(Path(run_dir) / HISTORY, "a") as f:
+    with open(Path(run_dir) / HISTORY_LOG, "a") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())

@@ -37,10 +37,11 @@ from peerkd.data.pipeline import build_loaders
 from peerkd.train.step import FastStep
 from peerkd.core.method import EpochContext, TaskInfo
 from peerkd.core.registry import build_method
-from peerkd.metrics import Evaluator
+from peerkd.metrics import EvalResult, Evaluator
 from peerkd.params import parameter_summary
-from peerkd.train.checkpoint import (CHECKPOINT, RunError, environment_info, has_checkpoint, load_checkpoint, save_checkpoint,
-                        write_json)
+from peerkd.core.run_files import CHECKPOINT, CONFIG_FILE, ENVIRONMENT_FILE, METRICS_LOG, SUMMARY_FILE
+from peerkd.train.checkpoint import (RunError, environment_info, has_checkpoint, load_checkpoint, save_checkpoint,
+                                     write_json)
 from peerkd.train.setup import (Distributed, init_distributed, resolve_device, resolve_precision, rng_state,  # noqa: F401
                                  seed_everything, set_rng_state)
 from peerkd.train.run_folder import OUT_OF_SPACE, Claim, append_history, claim_run_folder, truncate_metrics
@@ -277,7 +278,7 @@ class Trainer:
                                f"optimizer state does not load into {self.members} members; resume with "
                                f"--set trainer.members={trained} (or auto)") from None
             raise RunError(f"{self.run_dir / CHECKPOINT} does not fit this config ({str(err)[:160]}); resume with "
-                           "the run's own config.yaml") from None
+                           f"the run's own {CONFIG_FILE}") from None
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.history = state["global_step"], state["history"]
         set_rng_state(state["rng"])
@@ -301,10 +302,10 @@ class Trainer:
                 record["from"] = claim.source.name
             truncate_metrics(self.run_dir, self.global_step)  # the steps past the checkpoint are trained again
         else:
-            (self.run_dir / "config.yaml").write_text(self.config.to_yaml())
-            write_json(self.run_dir / "environment.json", environment)
+            (self.run_dir / CONFIG_FILE).write_text(self.config.to_yaml())
+            write_json(self.run_dir / ENVIRONMENT_FILE, environment)
         append_history(self.run_dir, record)
-        self.metrics_file = open(self.run_dir / "metrics.jsonl", "a")
+        self.metrics_file = open(self.run_dir / METRICS_LOG, "a")
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step: TensorBoard hides the events a killed session logged past the checkpoint's step
@@ -337,7 +338,7 @@ class Trainer:
 
     # -- evaluation -------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, loader=None) -> dict:
+    def evaluate(self, loader=None) -> EvalResult:
         loader = loader or self.test_loader
         was_training = self.method.training
         self.method.eval()
@@ -350,14 +351,12 @@ class Trainer:
         self.method.train(was_training)
         return evaluator.compute()
 
-    def _record_eval(self, metrics: dict) -> None:
-        for key, values in metrics.items():
-            if key == "diversity":
-                continue
+    def _record_eval(self, result: EvalResult) -> None:
+        for key, values in result.keys.items():
             best = self.history["best"].get(key)
             if best is None or values["top1"] > best["top1"]:
                 self.history["best"][key] = dict(values, epoch=self.epoch)
-        self.history["last"] = dict(metrics, epoch=self.epoch)
+        self.history["last"] = dict(result.to_record(), epoch=self.epoch)  # in the checkpoint: the stored form
 
     # -- training ---------------------------------------------------------------------------------------------
     def _on_stop_signal(self, signum, frame) -> None:
@@ -412,7 +411,7 @@ class Trainer:
             self._close_logs()
         summary = self.summary()
         if self.ddp.is_main:
-            write_json(self.run_dir / "summary.json", summary)
+            write_json(self.run_dir / SUMMARY_FILE, summary)
         return summary
 
     def _loop(self) -> None:
@@ -467,7 +466,8 @@ class Trainer:
             if (self.epoch + 1) % cfg.trainer.eval_every == 0 or last:
                 metrics = self.evaluate()
                 self._record_eval(metrics)
-                self.log({"kind": "eval", "epoch": self.epoch, "global_step": self.global_step, "metrics": metrics})
+                self.log({"kind": "eval", "epoch": self.epoch, "global_step": self.global_step,
+                          "metrics": metrics.to_record()})
                 if progress is not None:
                     progress.set_postfix_str(_short(metrics))
             if epoch_lines is not None:
@@ -494,13 +494,14 @@ class Trainer:
         return means
 
     def summary(self) -> dict:
-        last = {k: v for k, v in self.history["last"].items() if k not in ("epoch", "diversity")}
+        last = dict(self.history["last"])  # the last evaluation's stored form and its epoch
+        last_epoch = last.pop("epoch", None)
+        result = EvalResult.from_record(last)
         out = {"name": self.config.name, "method": self.config.method.name, "epochs": self.epoch,
-               "last_epoch": self.history["last"].get("epoch"), "keys": {}}
-        for key, metrics in last.items():
+               "last_epoch": last_epoch, "keys": {}}
+        for key, metrics in result.keys.items():
             out["keys"][key] = {"last": metrics, "best": self.history["best"].get(key)}
-        if "diversity" in self.history["last"]:
-            out["diversity"] = self.history["last"]["diversity"]
+        out.update(result.groups_record())  # summary.json's "diversity" block, where the method has groups
         out["params"] = parameter_summary(self.method, list(out["keys"]))  # trained / exported / per predict key
         return out
 
@@ -530,12 +531,12 @@ class EpochLines:
         """After the epoch's last step (before its evaluation)."""
         self.train_seconds = time.perf_counter() - self.tick
 
-    def finish(self, epoch: int, metrics: dict | None, batch_size: int) -> str:
+    def finish(self, epoch: int, metrics: EvalResult | None, batch_size: int) -> str:
         seconds = time.perf_counter() - self.tick  # training + evaluation of this epoch
         epoch_seconds = seconds * self.steps_per_epoch / max(self.steps, 1)
         left = (self.epochs - epoch - 1) * epoch_seconds
         loss = f"{self.loss_sum / self.loss_steps:.4f}" if self.loss_steps else "-"
-        scored = [(k, v) for k, v in (metrics or {}).items() if k != "diversity"]
+        scored = list(metrics.keys.items()) if metrics is not None else []
         top1 = f"{scored[0][1]['top1']:.2f} % ({scored[0][0]})" if scored else "- (not evaluated)"
         rate = self.steps * batch_size / max(self.train_seconds or seconds, 1e-9)
         return (f"epoch {epoch + 1}/{self.epochs}  loss {loss}  top-1 {top1}  {rate:.0f} images/s  "
@@ -548,8 +549,8 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
-def _short(metrics: dict) -> str:
-    return " ".join(f"{k}={v['top1']:.1f}" for k, v in metrics.items() if k != "diversity")
+def _short(metrics: EvalResult) -> str:
+    return " ".join(f"{k}={v['top1']:.1f}" for k, v in metrics.keys.items())
 
 
 def _progress_bar(mode: str, is_main: bool, total: int, initial: int):

@@ -268,3 +268,23 @@ def test_a_foundation_config_without_cells_reports_every_key(capsys, tmp_path):
     assert code == 0
     (row,) = csv_rows(out)
     assert row["key"] == "net1" and float(row["ours"]) == 66.0 and row["verdict"] == "no paper value"
+
+
+def test_a_run_trained_here_is_reported_from_its_stored_summary(capsys, tmp_path):
+    """The files a training run writes today are what the report reads: a predict key's top-1 and a diversity
+    group's agreement come out as summary.json holds them."""
+    from tests.helpers import tiny_config
+    from peerkd.train.trainer import train
+
+    paper = {"id": "001", "table": "2", "cells": [
+        {"row": "DML", "column": "top1", "metric": "top1", "value": 50.0, "predict": "peer0"},
+        {"row": "DML", "column": "agree", "metric": "agreement", "value": 0.5, "predict": "peers"}]}
+    run = tmp_path / "runs" / "dml-s0"
+    summary = train(tiny_config({"name": "dml", "models": ["resnet8", "resnet8"]}, epochs=1, train_size=128,
+                                name="dml", paper=paper), run_dir=run)
+    capsys.readouterr()  # the epoch lines of training
+    code, out, _ = report(capsys, tmp_path / "runs", "--format", "csv")
+    assert code == 0
+    rows = {row["column"]: float(row["ours"]) for row in csv_rows(out)}
+    assert rows["top1"] == pytest.approx(summary["keys"]["peer0"]["last"]["top1"], abs=0.01)
+    assert rows["agree"] == pytest.approx(summary["diversity"]["peers_agreement"], abs=1e-4)

@@ -27,5 +27,6 @@ def test_evaluator_reports_distance_and_agreement_per_group():
     evaluator.update({k: v[:2] for k, v in preds.items()}, y[:2])  # streamed in two batches
     evaluator.update({k: v[2:] for k, v in preds.items()}, y[2:])
     metrics = evaluator.compute()
-    assert abs(metrics["diversity"]["peers_agreement"] - (-0.125)) < 1e-9
-    assert 0 < metrics["diversity"]["peers"] < 2 ** 0.5
+    assert set(metrics.groups) == {"peers"} and set(metrics.keys) == {"a", "b", "c"}
+    assert abs(metrics.groups["peers"]["agreement"] - (-0.125)) < 1e-9
+    assert 0 < metrics.groups["peers"]["diversity"] < 2 ** 0.5

@@ -125,3 +125,18 @@ def test_the_checkpoint_holds_only_tensors_and_plain_containers(finished_run):
     data = (finished_run / CHECKPOINT).read_bytes()
     payload = data[data.index(b"\n", len(b"PEERKD-CHECKPOINT-2\n")) + 1:]
     assert torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(payload)) == []
+
+
+def test_a_saved_config_that_no_longer_validates_is_one_run_error(finished_run, tmp_path):
+    """load_run and a resume read the checkpoint's config the same way: a RunError naming the checkpoint."""
+    from peerkd.train.checkpoint import _checkpoint_bytes
+
+    run = _copy(finished_run, tmp_path)
+    state = read_checkpoint(run / CHECKPOINT)
+    state["config"]["method"]["no_such_option"] = 1
+    (run / CHECKPOINT).write_bytes(_checkpoint_bytes(state))
+    (run / PREVIOUS_CHECKPOINT).unlink()
+    with pytest.raises(RunError, match=f"the config saved in {run / CHECKPOINT} no longer validates: .*no_such_option"):
+        load_run(run)
+    with pytest.raises(RunError, match="no longer validates: .*no_such_option"):
+        Trainer(_config(), run_dir=run, resume=True)

@@ -24,7 +24,7 @@ def test_ece_bin_count_is_a_config_key_and_the_evaluator_uses_it():
     for bins, expected in ((10, 15.0), (15, 53.0)):
         evaluator = Evaluator(ece_bins=bins)
         evaluator.update({"net": logits}, torch.tensor([0, 0]))
-        assert evaluator.compute()["net"]["ece"] == pytest.approx(expected, abs=1e-4)
+        assert evaluator.compute().keys["net"]["ece"] == pytest.approx(expected, abs=1e-4)
     with pytest.raises(peerkd.ConfigError, match="trainer.ece_bins"):
         peerkd.load_config(overrides=["trainer.ece_bins=0"])
 

@@ -34,6 +34,24 @@ def test_run_folder_contents(tmp_path):
     assert json.loads((run / "summary.json").read_text()) == json.loads(json.dumps(summary))
 
 
+def test_stored_metrics_keep_their_layout(tmp_path):
+    """summary.json and the eval records of metrics.jsonl: predict keys beside one "diversity" block of
+    {group: distance, group_agreement: kappa}, as peerkd report and older run folders have them."""
+    run = tmp_path / "run"
+    summary = train(tiny_config(DML, epochs=2, train_size=128), run_dir=run)
+    assert list(summary) == ["name", "method", "epochs", "last_epoch", "keys", "diversity", "params"]
+    assert summary["last_epoch"] == 1 and list(summary["keys"]) == ["peer0", "peer1", "ensemble"]
+    assert set(summary["diversity"]) == {"peers", "peers_agreement"}
+    assert -1.0 <= summary["diversity"]["peers_agreement"] <= 1.0
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if r["kind"] == "eval"]
+    assert [r["epoch"] for r in evals] == [0, 1]
+    last = evals[-1]["metrics"]
+    assert list(last) == ["peer0", "peer1", "ensemble", "diversity"] and last["diversity"] == summary["diversity"]
+    assert all(last[key] == summary["keys"][key]["last"] for key in summary["keys"])
+    assert load_checkpoint(run / "checkpoint.pt")["history"]["last"] == dict(last, epoch=1)  # resume reads it
+
+
 def test_refuses_to_overwrite_a_run_and_resume_needs_a_checkpoint(tmp_path):
     run = tmp_path / "run"
     train(tiny_config(DML, epochs=1, train_size=128), run_dir=run)
@@ -139,7 +157,7 @@ def test_kd_student_learns_from_a_teacher_run_and_exports(tmp_path):
     saved = build_config(load_checkpoint(tmp_path / "student" / "checkpoint.pt")["config"])  # as `--resume` does
     resumed = Trainer(saved, run_dir=tmp_path / "student", resume=True)
     resumed.restore()
-    assert resumed.evaluate()["teacher"]["top1"] == pytest.approx(teacher_top1)
+    assert resumed.evaluate().keys["teacher"]["top1"] == pytest.approx(teacher_top1)
     x = torch.randn(4, 3, 32, 32)
     assert torch.allclose(student(x), run.method.predict(x)["student"])
 
