@@ -2,7 +2,7 @@
 # The measurements only a GPU can make, in as few device calls as a lease allows (see BENCHMARKS.md, RESULTS.md).
 # Run from the repository root on the GPU machine; results go to $OUT (default /tmp/peerkd_out).
 #
-#   bash benchmarks/gpu_session.sh check                  # CUDA tests (tests/train/test_cuda.py), device and versions
+#   bash benchmarks/gpu_session.sh check                  # CUDA tests (tests/training/test_cuda.py), device and versions
 #   bash benchmarks/gpu_session.sh bench [ROWS] [MODE]    # python benchmarks/bench.py --members-compare; ROWS: a
 #                                                         # row-name substring (every row compiles: all of them
 #                                                         # overrun one 10-minute call, so split: dml, css, one,
@@ -62,7 +62,7 @@ environment() {
 case "${1:-}" in
 check)
     environment | tee "$OUT/environment.txt"
-    "$PYTHON" -m pytest -q -x tests/train/test_cuda.py 2>&1 | tail -40 | tee "$OUT/test_cuda.txt"
+    "$PYTHON" -m pytest -q -x tests/training/test_cuda.py 2>&1 | tail -40 | tee "$OUT/test_cuda.txt"
     ;;
 bench)
     environment | tee "$OUT/environment.txt"
@@ -76,7 +76,7 @@ bench)
     ;;
 call1)
     environment | tee "$OUT/environment.txt"
-    timeout 150 "$PYTHON" -m pytest -q -x tests/train/test_cuda.py 2>&1 | tail -40 | tee "$OUT/test_cuda.txt"
+    timeout 150 "$PYTHON" -m pytest -q -x tests/training/test_cuda.py 2>&1 | tail -40 | tee "$OUT/test_cuda.txt"
     # one row per run, each under its own limit, so a row that hangs in compilation costs only its own minute
     for row in "${CALL1_ROWS[@]}"; do
         tag=$(echo "$row" | tr ' +' '__')
@@ -217,7 +217,7 @@ tag = lambda row: row.replace(" ", "_").replace("+", "_")
 problems = []
 tests = (dry / "call1" / "test_cuda.txt").read_text() if (dry / "call1" / "test_cuda.txt").is_file() else ""
 if not re.search(r"\d+ (passed|skipped)", tests) or re.search(r"\d+ (failed|errors?)\b", tests):
-    problems.append(f"call1: tests/train/test_cuda.py did not pass or skip: {tests.strip()[-300:]!r}")
+    problems.append(f"call1: tests/training/test_cuda.py did not pass or skip: {tests.strip()[-300:]!r}")
 for row in rows:
     path = dry / "call1" / f"bench_{tag(row)}.json"
     if not path.is_file():

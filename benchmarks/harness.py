@@ -11,7 +11,7 @@ method (:func:`derived_rows`: a new method file is timed without an edit here). 
     peerkd's own mixing code), and a plain ``torch.optim.SGD`` step (zero_grad, forward, backward, step);
 (b) fast: the method built with grouped members (``trainer.members: grouped``: one fused module per member group,
     where the method has member groups; the record says ``members: "n/a"`` where it has none), the device loader, and
-    on CUDA bf16 autocast, channels_last and :class:`peerkd.train.step.FastStep` compiled (or graph-captured, or
+    on CUDA bf16 autocast, channels_last and :class:`peerkd.training.step.FastStep` compiled (or graph-captured, or
     eager: ``--step``); on CPU the same FastStep, eager fp32. ``--members-compare`` also times the fast path with
     separate, streamed and vmapped members (``trainer.members``' other choices), for methods with member groups.
 
@@ -52,9 +52,9 @@ from peerkd.data.batch import Batch
 from peerkd.data.device_loader import DeviceLoader
 from peerkd.data.mixing import MixingSpec, apply_mixing, sample_step, step_generator
 from peerkd.data.pipeline import mixing_spec, normalization
-from peerkd.train.step import FastStep
+from peerkd.training.step import FastStep
 from peerkd.models.execution import member_execution
-from peerkd.train.execution import member_groups
+from peerkd.training.execution import member_groups
 
 CIFAR_TRAIN_IMAGES = 50_000  # images in a CIFAR training split: an epoch is CIFAR_TRAIN_IMAGES // batch steps
 NUM_CLASSES = 100  # CIFAR-100, the dataset of every row's config

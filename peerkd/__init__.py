@@ -22,8 +22,8 @@ from peerkd.losses import hard_ce, kd_kl, soft_ce  # noqa: E402
 from peerkd.metrics import EvalResult, Evaluator  # noqa: E402
 from peerkd.models import Backbone, branched, build_model  # noqa: E402
 from peerkd.params import count_parameters, parameter_summary  # noqa: E402
-from peerkd.train.checkpoint import LoadedRun, load_run  # noqa: E402
-from peerkd.train.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, train  # noqa: E402
+from peerkd.training.checkpoint import LoadedRun, load_run  # noqa: E402
+from peerkd.training.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, train  # noqa: E402
 
 __all__ = ["ArrayDataset", "Backbone", "Batch", "Config", "ConfigError", "DATASETS", "DataError", "DataRequest",
            "EpochContext", "EvalResult", "Evaluator", "LoadedRun", "METHODS", "MODELS", "Method", "NonFiniteLossError",

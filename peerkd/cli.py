@@ -17,7 +17,7 @@ from peerkd.experiments.aggregate import ReportError
 from peerkd.deploy.export import FORMATS as EXPORT_FORMATS
 from peerkd.core.plugins import load_imports
 from peerkd.core.run_files import CHECKPOINT, EVAL_FILE, EXPORT_DIR
-from peerkd.train.checkpoint import load_checkpoint
+from peerkd.training.checkpoint import load_checkpoint
 from peerkd.core.errors import RunError
 
 # the exit codes, re-exported for the tests and scripts that read them here
@@ -127,13 +127,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def training_stops() -> tuple[type, ...]:
     """The exceptions that end training with a one-line message: a requested stop and a diverged loss."""
-    from peerkd.train.trainer import NonFiniteLossError, TrainingInterrupted
+    from peerkd.training.trainer import NonFiniteLossError, TrainingInterrupted
 
     return TrainingInterrupted, NonFiniteLossError
 
 
 def _report_stop(err: Exception) -> int:
-    from peerkd.train.trainer import TrainingInterrupted
+    from peerkd.training.trainer import TrainingInterrupted
 
     print(f"peerkd: {err}", file=sys.stderr)
     if not isinstance(err, TrainingInterrupted):
@@ -151,7 +151,7 @@ def _cli_overrides(args) -> list[str]:
 
 
 def _train(args) -> int:
-    from peerkd.train.trainer import Trainer
+    from peerkd.training.trainer import Trainer
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -180,8 +180,8 @@ def _train(args) -> int:
 
 def _eval(args) -> int:
     """``peerkd eval``: the checkpoint's method on the run's test set, printed and written to ``eval.json``."""
-    from peerkd.train.checkpoint import write_json
-    from peerkd.train.trainer import Trainer
+    from peerkd.training.checkpoint import write_json
+    from peerkd.training.trainer import Trainer
 
     run_dir = Path(args.run_dir)
     require_run(run_dir, "eval")
@@ -321,7 +321,7 @@ def format_summary(summary: dict) -> str:
 
 def quickstart(args) -> int:
     """A vanilla ResNet-8, then a DML pair of ResNet-8, on generated data; ends with a comparison table."""
-    from peerkd.train.trainer import train
+    from peerkd.training.trainer import train
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(args.out) if args.out else Path("runs") / f"quickstart-{stamp}"

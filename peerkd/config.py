@@ -33,7 +33,7 @@ from peerkd.core.registry import DATASETS, METHODS
 
 # Field metadata: what a key says about a run besides what it computes (:func:`config_keys` lists the keys of a tag).
 # resumable: a --resume may change it; it decides how far and how the run goes on, what is evaluated or logged, and
-# where and how fast it runs, not what the weights so far were trained with (peerkd/train/run_folder.py).
+# where and how fast it runs, not what the weights so far were trained with (peerkd/training/run_folder.py).
 RESUMABLE = {"resumable": True}
 # placement: where and how visibly a run ran, not what it computed; `peerkd report` groups runs that differ only here
 # (and in the seed) as seeds of one config (peerkd/experiments/aggregate.py). Where a run runs may change on resume.

@@ -9,7 +9,7 @@ import torch
 from peerkd.config import build_config
 from peerkd.data import Batch
 from peerkd.methods import TaskInfo, build_method
-from peerkd.train.trainer import train
+from peerkd.training.trainer import train
 
 SHARED_CIFAR100 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar100"
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import SHARED_CIFAR100, tiny_config, torchrun_train
 from peerkd.config import build_config
-from peerkd.train.trainer import train
+from peerkd.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

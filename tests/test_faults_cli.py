@@ -18,8 +18,8 @@ from tests.helpers import tiny_config
 from peerkd.cli import main
 from peerkd.config import ConfigError, build_config, load_config
 from peerkd.data import DataError
-from peerkd.train.checkpoint import load_checkpoint
-from peerkd.train.trainer import NonFiniteLossError, Trainer, train
+from peerkd.training.checkpoint import load_checkpoint
+from peerkd.training.trainer import NonFiniteLossError, Trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 VANILLA = {"name": "vanilla", "models": ["resnet8"]}
@@ -238,7 +238,7 @@ def test_readme_model_count_is_the_registry_count():
 def test_plain_pytest_collects_the_modules_that_import_tests(tmp_path):
     """The README's `pytest -q`, not `python -m pytest` (which puts the current folder on sys.path)."""
     result = subprocess.run([shutil.which("pytest"), "-q", "--collect-only", "-p", "no:cacheprovider",
-                             "tests/train/test_step.py"],
+                             "tests/training/test_step.py"],
                             capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-2000:]
     assert "No module named 'tests'" not in result.stdout

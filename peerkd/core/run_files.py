@@ -1,5 +1,5 @@
 """The files of a run folder, by name: the contract between training, which writes a run folder
-(:mod:`peerkd.train`), and what reads it back (``peerkd eval`` / ``export`` / ``plot`` / ``sweep`` / ``report``,
+(:mod:`peerkd.training`), and what reads it back (``peerkd eval`` / ``export`` / ``plot`` / ``sweep`` / ``report``,
 :func:`peerkd.load_run`). Every module names these files through this one, never by a literal.
 
 A run folder ``runs/<name>/`` holds, in the order a run writes them: :data:`LOCK_FILE` while a process writes it,

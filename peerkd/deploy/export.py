@@ -1,6 +1,6 @@
 """``peerkd export``: one ``predict`` key of a trained run as a file that runs without peerkd, and a JSON beside it.
 
-``export_run(run_dir, key, fmt, out, normalize=False)`` rebuilds the run (:func:`peerkd.train.checkpoint.load_run`,
+``export_run(run_dir, key, fmt, out, normalize=False)`` rebuilds the run (:func:`peerkd.training.checkpoint.load_run`,
 on the CPU, in eval mode), picks the module for ``key`` and writes it in one of four formats:
 
 - ``state_dict``: the weights of one network. A network that mirrors a library model (``native_spec()``: the tv_*
@@ -226,7 +226,7 @@ def export_run(run_dir: str | Path, key: str | None = None, fmt: str = "exported
                out: str | Path | None = None, normalize: bool = False) -> dict:
     """Export ``key`` of the run in ``run_dir`` as ``fmt`` to ``out`` (default ``<run>/export/<key><suffix>``), with
     the input normalisation built in when ``normalize``; write ``<out>.json`` and return what it holds."""
-    from peerkd.train.checkpoint import load_run, write_json
+    from peerkd.training.checkpoint import load_run, write_json
     from peerkd.core.errors import RunError
 
     _require(fmt)

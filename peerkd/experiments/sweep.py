@@ -6,7 +6,7 @@ depends only on the config and the seed, so a sweep started again finds its runs
 all its epochs is skipped, a run with a ``checkpoint.pt`` and no summary (stopped, pre-empted, crashed) is continued
 with ``peerkd train --resume`` under the same config file and the same ``--set`` overrides it started with, and the
 others start. The seed is the config's ``seed`` (``--set seed=S``): it seeds the weights, the data order and every
-augmentation (``peerkd.train.setup.seed_everything`` and the loaders' generators); the generated dataset keeps its own
+augmentation (``peerkd.training.setup.seed_everything`` and the loaders' generators); the generated dataset keeps its own
 ``data.synthetic.seed``, so every seed sees the same images.
 
 Executors:

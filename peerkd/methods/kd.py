@@ -57,7 +57,7 @@ class KD(Method):
 
     @staticmethod
     def _load_teacher(options, task):
-        from peerkd.train.checkpoint import load_run
+        from peerkd.training.checkpoint import load_run
         from peerkd.core.errors import RunError
 
         if not options.teacher_run:

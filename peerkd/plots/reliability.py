@@ -80,7 +80,7 @@ def reliability_diagram(run_dir: str | Path, out: str | Path | None = None, key:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ImportError("the reliability diagram needs matplotlib: pip install matplotlib") from None
-    from peerkd.train.checkpoint import load_run
+    from peerkd.training.checkpoint import load_run
 
     run = load_run(run_dir, device=device)
     bins = bins or run.config.trainer.ece_bins  # the run's own ECE bins unless asked otherwise

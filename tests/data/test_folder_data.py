@@ -10,7 +10,7 @@ from peerkd.data import DataError, load_dataset
 from peerkd.data.folder import FolderLoader, build_transform, imagefolder_samples
 from peerkd.data.pipeline import build_loaders
 from peerkd.methods import DataRequest
-from peerkd.train.trainer import train
+from peerkd.training.trainer import train
 
 
 def write_image_folder(root, classes=3, per_class=16, size=40, seed=0):

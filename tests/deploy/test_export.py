@@ -14,9 +14,9 @@ import torch
 
 from tests.helpers import short_run
 from peerkd.cli import main
-from peerkd.train.checkpoint import load_checkpoint
+from peerkd.training.checkpoint import load_checkpoint
 from peerkd.deploy.export import export_run
-from peerkd.train.checkpoint import load_run
+from peerkd.training.checkpoint import load_run
 
 # A child interpreter that cannot import peerkd: isolated mode (-I: no PYTHONPATH, no cwd on sys.path), the editable
 # install's finder removed, and peerkd blocked in sys.modules, so any pickled peerkd class would fail to load.

@@ -274,7 +274,7 @@ def test_a_run_trained_here_is_reported_from_its_stored_summary(capsys, tmp_path
     """The files a training run writes today are what the report reads: a predict key's top-1 and a diversity
     group's agreement come out as summary.json holds them."""
     from tests.helpers import tiny_config
-    from peerkd.train.trainer import train
+    from peerkd.training.trainer import train
 
     paper = {"id": "001", "table": "2", "cells": [
         {"row": "DML", "column": "top1", "metric": "top1", "value": 50.0, "predict": "peer0"},

@@ -17,7 +17,7 @@ import yaml
 from peerkd.cli import main
 from peerkd.config import load_config
 from peerkd.experiments.sweep import plan, run_state
-from peerkd.train.trainer import train
+from peerkd.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {"data": {"dataset": "synthetic", "batch_size": 32, "eval_batch_size": 200,

@@ -226,7 +226,7 @@ def test_general_on_epoch_end_sets_eq11_weights_that_survive_a_state_dict_round_
 
 
 def test_general_short_run_with_icl_beats_chance_and_updates_its_weights(tmp_path):
-    from peerkd.train.checkpoint import load_run
+    from peerkd.training.checkpoint import load_run
 
     tree = {"name": "kdcl", "models": STUDENTS, "target": "general", "icl": True, "heldout_per_class": 10}
     summary = short_run(tree, tmp_path / "run", epochs=2, overrides=("data.heldout_per_class=10",))

@@ -109,7 +109,7 @@ def test_memory_under_two_process_torchrun_holds_every_rank_writes(tmp_path):
     leave rank 0's checkpointed memory with a prediction for every training image -- a softmax row (sums to 1, not the
     one-hot initialisation) -- not only for the images rank 0 saw itself."""
     from helpers import tiny_config, torchrun_train
-    from peerkd.train.checkpoint import CHECKPOINT, load_checkpoint
+    from peerkd.training.checkpoint import CHECKPOINT, load_checkpoint
 
     train_size = 256
     run = tmp_path / "run"

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import peerkd
 from tests.helpers import assert_one_step, build, random_batch, short_run, tiny_config, tiny_task
 from peerkd.methods.parts.self_distillation import dmfl_loss, symmetric_kl
-from peerkd.train.trainer import Trainer, TrainingInterrupted
+from peerkd.training.trainer import Trainer, TrainingInterrupted
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "pskd"
 

@@ -46,7 +46,7 @@ def _attempt_store(world: int):
     failed ... Connection refused"); with the attempt in the prefix each attempt sees only its own keys."""
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None
-    from peerkd.train.run_folder import elastic_restart_count
+    from peerkd.training.run_folder import elastic_restart_count
 
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
     return dist.PrefixStore(f"peerkd/attempt-{elastic_restart_count()}", store)

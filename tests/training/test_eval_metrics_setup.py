@@ -8,7 +8,7 @@ import torch
 import peerkd
 from tests.helpers import tiny_config
 from peerkd.metrics import Evaluator, expected_calibration_error
-from peerkd.train.trainer import Trainer
+from peerkd.training.trainer import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -7,8 +7,8 @@ from torch import nn
 
 from tests.helpers import tiny_config
 from peerkd.config import ConfigError, build_config
-from peerkd.train.step import FastStep
-from peerkd.train.trainer import Trainer, resolve_precision
+from peerkd.training.step import FastStep
+from peerkd.training.trainer import Trainer, resolve_precision
 
 
 @pytest.mark.parametrize("bf16, expected", [(True, "bf16"), (False, "fp16")])

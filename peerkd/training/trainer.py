@@ -8,7 +8,7 @@ every ``predict`` key; atomic checkpoints every epoch with every RNG state, and 
 middle of an epoch after SIGTERM; a non-finite loss stops the run and keeps the last good checkpoint; DDP under
 ``torchrun``.
 
-The run folder is taken before any set-up (:mod:`peerkd.train.run_folder`: writable, locked, a peerkd run or empty, the
+The run folder is taken before any set-up (:mod:`peerkd.training.run_folder`: writable, locked, a peerkd run or empty, the
 config of a resume checked against the checkpoint's). Under DDP rank 0 alone takes it and writes; the other ranks get
 its verdict (the same error, or whether the run resumes) by one broadcast. A write that finds the disk full ends the
 run with one line naming the folder and the checkpoint kept.
@@ -29,22 +29,22 @@ import torch
 import torch.distributed as dist
 
 from peerkd.models.execution import REFERENCE_EXECUTION
-from peerkd.train.execution import build_in, choose_execution, should_measure
+from peerkd.training.execution import build_in, choose_execution, should_measure
 from peerkd.config import Config
 from peerkd.core.errors import ConfigError
 from peerkd.core.process import is_main_thread
 from peerkd.data.pipeline import build_loaders
-from peerkd.train.step import FastStep
+from peerkd.training.step import FastStep
 from peerkd.core.method import EpochContext, TaskInfo
 from peerkd.core.registry import build_method
 from peerkd.metrics import EvalResult, Evaluator
 from peerkd.params import parameter_summary
 from peerkd.core.run_files import CHECKPOINT, CONFIG_FILE, ENVIRONMENT_FILE, METRICS_LOG, SUMMARY_FILE
-from peerkd.train.checkpoint import (RunError, environment_info, has_checkpoint, load_checkpoint, save_checkpoint,
+from peerkd.training.checkpoint import (RunError, environment_info, has_checkpoint, load_checkpoint, save_checkpoint,
                                      write_json)
-from peerkd.train.setup import (Distributed, init_distributed, resolve_device, resolve_precision, rng_state,  # noqa: F401
+from peerkd.training.setup import (Distributed, init_distributed, resolve_device, resolve_precision, rng_state,  # noqa: F401
                                  seed_everything, set_rng_state)
-from peerkd.train.run_folder import OUT_OF_SPACE, Claim, append_history, claim_run_folder, truncate_metrics
+from peerkd.training.run_folder import OUT_OF_SPACE, Claim, append_history, claim_run_folder, truncate_metrics
 
 
 class NonFiniteLossError(RuntimeError):
@@ -127,7 +127,7 @@ class Trainer:
             raise RunError(f"--resume: {self.run_dir} holds no {CHECKPOINT}; start the run without --resume")
 
     def _claim_run_dir(self) -> None:
-        """Rank 0 takes the run folder (peerkd.train.run_folder.claim_run_folder); every rank learns the outcome."""
+        """Rank 0 takes the run folder (peerkd.training.run_folder.claim_run_folder); every rank learns the outcome."""
         verdict: dict = {}
         error: BaseException | None = None
         if self.ddp.is_main:
@@ -196,7 +196,7 @@ class Trainer:
 
     def _settle_execution(self, build: Callable[[], torch.nn.Module]) -> None:
         """Measure the method's member executions (separate / grouped / streams / vmap) on the first batch; keep the
-        fastest (peerkd/train/execution.py). ``build`` builds the method; the measurement sets its execution."""
+        fastest (peerkd/training/execution.py). ``build`` builds the method; the measurement sets its execution."""
         cfg = self.config
         first_batch = next(iter(self.train_loader.epoch(0)))
         reduce = _sum_over_ranks if self.ddp.world > 1 else None

@@ -16,10 +16,10 @@ from peerkd.models import build_model
 from peerkd.models.execution import current_member_execution, member_execution
 from peerkd.models.members import FusedMembers, MemberList, StreamedMembers, VmappedMembers
 from peerkd.models.streams import StreamedModels
-from peerkd.train import trainer as trainer_module  # (``import peerkd.train.trainer`` meets the function peerkd.train)
-from peerkd.train.execution import choose_execution, should_measure
-from peerkd.train.step import FastStep
-from peerkd.train.trainer import Trainer, rng_state
+import peerkd.training.trainer as trainer_module
+from peerkd.training.execution import choose_execution, should_measure
+from peerkd.training.step import FastStep
+from peerkd.training.trainer import Trainer, rng_state
 from tests.helpers import build, random_batch, tiny_config, tiny_task, twin_methods
 
 IMAGE = 12  # pixels per side: small maps keep the checks quick
@@ -174,7 +174,7 @@ def test_only_a_method_with_a_member_group_is_measured_and_only_on_cuda():
 
 
 def _final_state(run_dir):
-    from peerkd.train.checkpoint import load_checkpoint
+    from peerkd.training.checkpoint import load_checkpoint
 
     return load_checkpoint(run_dir / "checkpoint.pt")["method"]
 
@@ -218,7 +218,7 @@ def test_the_trainer_builds_the_method_in_the_asked_execution(tmp_path, members,
 def test_a_resume_under_auto_keeps_the_execution_the_run_trained_with(tmp_path):
     """The checkpoint records the execution built; a resume under auto builds it again (a new measurement could pick
     another whose optimizer state has another layout), and an explicit other layout is refused naming the fix."""
-    from peerkd.train.checkpoint import RunError, load_checkpoint
+    from peerkd.training.checkpoint import RunError, load_checkpoint
 
     def config(epochs: int, members: str):
         return tiny_config(PAIR, epochs=epochs, train_size=32,

@@ -15,9 +15,9 @@ import pytest
 
 from tests.helpers import tiny_vanilla_config
 from peerkd import cli
-from peerkd.train.checkpoint import CHECKPOINT, RunError, load_checkpoint
-from peerkd.train.lock import LOCK_FILE, RunLock
-from peerkd.train.trainer import Trainer, train
+from peerkd.training.checkpoint import CHECKPOINT, RunError, load_checkpoint
+from peerkd.training.lock import LOCK_FILE, RunLock
+from peerkd.training.trainer import Trainer, train
 
 def _config(epochs: int = 1, **kwargs):
     return tiny_vanilla_config(epochs, **kwargs)
@@ -92,7 +92,7 @@ def test_the_lock_of_a_killed_process_is_taken_over(finished_run, tmp_path):
 
 
 def test_without_fcntl_the_lock_file_is_the_lock(tmp_path, monkeypatch):
-    from peerkd.train import lock as lock_module  # the module (peerkd.train, the attribute, is the train function)
+    import peerkd.training.lock as lock_module
 
     monkeypatch.setattr(lock_module, "fcntl", None)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -167,7 +167,7 @@ def test_resume_with_another_config_is_refused_naming_the_keys(finished_run, tmp
 
 
 def test_resume_may_not_undo_what_was_trained(finished_run):
-    from peerkd.train.run_folder import resume_changes
+    from peerkd.training.run_folder import resume_changes
 
     state = load_checkpoint(finished_run / CHECKPOINT)
     state["config"]["schedule"].update(kind="multistep", milestones=[1, 3])
@@ -184,7 +184,7 @@ def test_resume_may_not_undo_what_was_trained(finished_run):
 
 
 def test_the_keys_a_resume_may_change_are_the_schema_fields_tagged_resumable():
-    from peerkd.train.run_folder import RESUME_CHANGEABLE
+    from peerkd.training.run_folder import RESUME_CHANGEABLE
 
     tagged = {"schedule.epochs", "schedule.milestones", "trainer.eval_every", "trainer.log_every", "trainer.progress",
               "trainer.out", "trainer.device", "trainer.threads", "trainer.precision", "trainer.channels_last",
@@ -194,7 +194,7 @@ def test_the_keys_a_resume_may_change_are_the_schema_fields_tagged_resumable():
 
 
 def test_a_resume_may_change_a_resumable_key_and_no_other(finished_run):
-    from peerkd.train.run_folder import resume_changes
+    from peerkd.training.run_folder import resume_changes
 
     state = load_checkpoint(finished_run / CHECKPOINT)
     own = ("trainer.log_every=1",)  # the finished run's own override
@@ -282,7 +282,7 @@ def test_a_failed_start_leaves_no_folder_behind(tmp_path):
 
 
 def test_disk_full_is_one_line_and_the_last_checkpoint_is_kept(finished_run, tmp_path, monkeypatch, capsys):
-    from peerkd.train import checkpoint as checkpoint_module  # the module, not peerkd's train function's attribute
+    import peerkd.training.checkpoint as checkpoint_module
 
     run = _copy(finished_run, tmp_path)
     real_fsync = os.fsync

@@ -10,9 +10,9 @@ import torch
 
 from tests.helpers import tiny_vanilla_config
 from peerkd import cli
-from peerkd.train.checkpoint import (CHECKPOINT, PREVIOUS_CHECKPOINT, RunError, checkpoint_problem, load_checkpoint, load_run,
+from peerkd.training.checkpoint import (CHECKPOINT, PREVIOUS_CHECKPOINT, RunError, checkpoint_problem, load_checkpoint, load_run,
                         read_checkpoint)
-from peerkd.train.trainer import Trainer, train
+from peerkd.training.trainer import Trainer, train
 
 def _config(epochs: int = 2, **kwargs):
     return tiny_vanilla_config(epochs, **kwargs)
@@ -85,7 +85,7 @@ class _WritesAFile:
 
 @pytest.mark.parametrize("with_header", [False, True])
 def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(finished_run, tmp_path, capsys, with_header):
-    from peerkd.train.checkpoint import _checkpoint_bytes  # the current file layout, with a valid checksum of the bad payload
+    from peerkd.training.checkpoint import _checkpoint_bytes  # the current file layout, with a valid checksum of the bad payload
 
     run = _copy(finished_run, tmp_path)
     target = tmp_path / "written-by-the-checkpoint"
@@ -129,7 +129,7 @@ def test_the_checkpoint_holds_only_tensors_and_plain_containers(finished_run):
 
 def test_a_saved_config_that_no_longer_validates_is_one_run_error(finished_run, tmp_path):
     """load_run and a resume read the checkpoint's config the same way: a RunError naming the checkpoint."""
-    from peerkd.train.checkpoint import _checkpoint_bytes
+    from peerkd.training.checkpoint import _checkpoint_bytes
 
     run = _copy(finished_run, tmp_path)
     state = read_checkpoint(run / CHECKPOINT)

@@ -1,6 +1,6 @@
 """``peerkd`` under torchrun with one worker killed: in the first attempt (TORCHELASTIC_RESTART_COUNT 0), the rank
 named by PEERKD_TEST_KILL_RANK ends itself with ``os._exit`` (as kill -9 would: nothing saved, no clean-up) when it
-reaches global step PEERKD_TEST_KILL_STEP. Used by tests/train/test_ddp_fault.py; not a test module."""
+reaches global step PEERKD_TEST_KILL_STEP. Used by tests/training/test_ddp_fault.py; not a test module."""
 import faulthandler
 import os
 import signal

@@ -1,8 +1,8 @@
-"""The graph-friendly step (peerkd.train.step) against itself: the trainer's loop is nothing but the eager step driven
+"""The graph-friendly step (peerkd.training.step) against itself: the trainer's loop is nothing but the eager step driven
 by ``learning_rate()``, and the compiled step agrees with the eager one.
 
 The trainer trains through :class:`FastStep` too, so nothing here compares the step with plain PyTorch: that is
-tests/train/test_sgd_reference.py (the trainer against ``torch.optim.SGD`` with a float lr, a torch LR scheduler and
+tests/training/test_sgd_reference.py (the trainer against ``torch.optim.SGD`` with a float lr, a torch LR scheduler and
 ``F.cross_entropy``, bitwise on CPU in fp32).
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ import os
 import pytest
 import torch
 
-from peerkd.train.step import FastStep
-from peerkd.train.trainer import Trainer, learning_rate
+from peerkd.training.step import FastStep
+from peerkd.training.trainer import Trainer, learning_rate
 from tests.helpers import random_batch, tiny_config, tiny_task, twin_methods
 
 

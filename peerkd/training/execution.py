@@ -9,7 +9,7 @@ more members (:func:`should_measure`; a method without one has nothing to choose
 "streams", "vmap" it builds the method inside :func:`peerkd.models.execution.member_execution`, keeps the candidates
 that hold a group executing that way, loads the weights of the run's own method (every execution keeps the same
 state_dict keys), and times ``steps`` full training steps (forward, loss, backward, SGD update through
-:class:`peerkd.train.step.FastStep`, the run's precision) on the run's first batch after ``warmup`` untimed ones; under
+:class:`peerkd.training.step.FastStep`, the run's precision) on the run's first batch after ``warmup`` untimed ones; under
 ``trainer.step: graph`` the timed steps are graph replays, as in the run. Under compile the steps are eager (compiling
 four variants would cost minutes); the ranking is then that of eager execution. The throwaway copies never touch the
 run: its weights, and every random number generator, are as they were before the measurement.
@@ -29,8 +29,8 @@ from torch import nn
 
 from peerkd.models.execution import MEMBER_EXECUTIONS, REFERENCE_EXECUTION, member_execution
 from peerkd.models.members import FusedMembers, MemberList, StreamedMembers, VmappedMembers
-from peerkd.train.setup import rng_state, set_rng_state
-from peerkd.train.step import FastStep
+from peerkd.training.setup import rng_state, set_rng_state
+from peerkd.training.step import FastStep
 
 MEASURE_WARMUP_STEPS = 3  # untimed steps per execution (cuDNN autotuning, allocator warm-up; graph mode captures)
 MEASURE_STEPS = 5  # timed steps per execution: enough to rank variants that differ by tens of percent

@@ -1,6 +1,6 @@
 """peerkd's trainer optimises exactly like a plain PyTorch loop.
 
-The trainer runs every step through :class:`peerkd.train.step.FastStep`: ``torch.optim.SGD`` with ``foreach=True``
+The trainer runs every step through :class:`peerkd.training.step.FastStep`: ``torch.optim.SGD`` with ``foreach=True``
 reading its learning rate from a 0-dim float32 tensor that the trainer fills every step from ``learning_rate()``.
 Here that real trainer (``Trainer(config).fit()``: vanilla ResNet-20 on CIFAR-100, fp32, CPU, 20 steps over two
 epochs) is held against a loop written with nothing of peerkd but the network's architecture and the batches:
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from peerkd.config import build_config
 from peerkd.models import build_model
-from peerkd.train.trainer import Trainer
+from peerkd.training.trainer import Trainer
 from tests.helpers import SHARED_CIFAR100
 
 BATCH = 32  # images per step

@@ -11,8 +11,8 @@ import torch
 
 from tests.helpers import tiny_config
 from peerkd.config import build_config
-from peerkd.train.checkpoint import RunError, load_checkpoint, load_run
-from peerkd.train.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, learning_rate, train
+from peerkd.training.checkpoint import RunError, load_checkpoint, load_run
+from peerkd.training.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, learning_rate, train
 
 DML = {"name": "dml", "models": ["resnet8", "resnet8"]}
 

@@ -1,5 +1,5 @@
 """CUDA-only checks of the fast path (skipped without a GPU; the first thing a GPU session runs):
-``pytest -q tests/train/test_cuda.py``.
+``pytest -q tests/training/test_cuda.py``.
 
 CPU tests cover the logic of every execution; these check what only a GPU can: the whole-step CUDA graph and the
 reduce-overhead compile give the eager step's parameters, streams give the sequential members' outputs and
@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch import nn
 
-from peerkd.train.step import FastStep
+from peerkd.training.step import FastStep
 from peerkd.models import build_model
 from peerkd.models.members import FusedMembers, StreamedMembers, build_members
-from peerkd.train.trainer import Trainer
+from peerkd.training.trainer import Trainer
 from tests.helpers import build, random_batch, tiny_config, tiny_task
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
