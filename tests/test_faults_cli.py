@@ -58,11 +58,11 @@ def temperature_fields(options_cls) -> list[str]:
 
 
 def test_every_methods_temperature_must_be_positive():
-    from peerkd.core.registry import method_names, method_options_class
+    from peerkd.core.registry import method_class, method_names
 
     checked = 0
     for name in method_names():
-        for field in temperature_fields(method_options_class(name)):
+        for field in temperature_fields(method_class(name).Options):
             for bad in (0, -1):
                 with pytest.raises(ConfigError, match=f"method.{field}: a softmax temperature must be positive"):
                     build_config({"method": {"name": name, field: bad}})

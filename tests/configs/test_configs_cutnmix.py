@@ -62,7 +62,7 @@ def test_table1_cell_comment_names_the_papers_number(cell):
 
 @pytest.mark.parametrize("row", ["kdcl", "one", "okddip"])
 def test_added_online_rows_build_their_method(row):
-    from helpers import tiny_task
+    from tests.helpers import tiny_task
     from peerkd.methods import build_method
 
     config = peerkd.load_config(Path(__file__).resolve().parents[2] / "configs" / "cutnmix" / "table1"

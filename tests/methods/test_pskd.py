@@ -108,7 +108,7 @@ def test_memory_under_two_process_torchrun_holds_every_rank_writes(tmp_path):
     """A 2-process DDP run (gloo, CPU): each rank trains on its half of every epoch, and the all-gathered writes must
     leave rank 0's checkpointed memory with a prediction for every training image -- a softmax row (sums to 1, not the
     one-hot initialisation) -- not only for the images rank 0 saw itself."""
-    from helpers import tiny_config, torchrun_train
+    from tests.helpers import tiny_config, torchrun_train
     from peerkd.training.checkpoint import CHECKPOINT, load_checkpoint
 
     train_size = 256

@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 
-from peerkd import trainer
+from peerkd.training import trainer
 from peerkd.cli import main
 
 faulthandler.register(signal.SIGUSR1)  # a hung worker's stacks: kill -USR1 <pid>

@@ -13,6 +13,7 @@ import os
 import pytest
 import torch
 
+from peerkd.metrics import EvalResult
 from peerkd.training.step import FastStep
 from peerkd.training.trainer import Trainer, learning_rate
 from tests.helpers import random_batch, tiny_config, tiny_task, twin_methods
@@ -34,7 +35,7 @@ def test_the_trainer_loop_is_the_eager_fast_step_driven_by_learning_rate(tmp_pat
     method = copy.deepcopy(trainer.method)
     loader = trainer.train_loader
     # the trainer's own loop, without its file output and evaluation (they do not touch the weights)
-    trainer.log, trainer.save, trainer.evaluate = (lambda record: None), (lambda: None), (lambda: {})
+    trainer.log, trainer.save, trainer.evaluate = (lambda record: None), (lambda: None), (lambda: EvalResult({}))
     trainer._loop()
 
     fast = _fast_step(method, config)

@@ -197,7 +197,7 @@ def test_kd_loss_weights_by_hand(tmp_path):
     """(1 - alpha) CE + alpha T^2 KL by default; ce_weight replaces 1 - alpha (KDCL eq. 2: CE + lambda T^2 KL)."""
     import math
 
-    from helpers import random_batch, tiny_task
+    from tests.helpers import random_batch, tiny_task
     from peerkd.config import build_config
     from peerkd.methods import build_method
 
