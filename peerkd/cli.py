@@ -9,13 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-from peerkd.config import build_config, load_yaml
+from peerkd.config import build_config, build_saved_config, load_yaml, upgrade_saved_config
 from peerkd.core.errors import ConfigError
 from peerkd.core.errors import DataError
 from peerkd.metrics import EvalResult
 from peerkd.experiments.aggregate import ReportError
 from peerkd.deploy.export import FORMATS as EXPORT_FORMATS
-from peerkd.core.plugins import load_imports
+from peerkd.core.plugins import check_recorded_imports, load_imports, trust_recorded_imports
 from peerkd.core.run_files import CHECKPOINT, EVAL_FILE, EXPORT_DIR
 from peerkd.training.checkpoint import load_checkpoint
 from peerkd.core.errors import RunError
@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     user_code.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
                            help="a module name or .py file that registers methods, models or datasets (repeatable; "
                            "recorded in the run's config as imports)")
+    user_code.add_argument("--trust-imports", action="store_true",
+                           help="let a run folder's recorded imports (user .py files and modules) run; without it a "
+                           "run naming code not given with --import is refused (a run folder is data, not code)")
     sub = parser.add_subparsers(dest="command", required=True)
     tr = sub.add_parser("train", parents=[user_code], help="train a run from a config (no config: the quickstart)")
     tr.add_argument("-c", "--config", help="YAML config file (see configs/)")
@@ -93,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # the installed plugins and the user's code, before any config (sweep and report take no --import)
         args.imports = load_imports(getattr(args, "imports", []))
+        trust_recorded_imports(getattr(args, "trust_imports", False))  # KD teachers, eval, export, plot, --resume
         if args.command == "list":
             return _list(args.what)
         if args.command == "eval":
@@ -163,6 +167,8 @@ def _train(args) -> int:
             tree = load_yaml(args.config)
         else:
             tree = load_checkpoint(run_dir / CHECKPOINT, warn=False)["config"]  # the trainer names a damaged one
+            tree = upgrade_saved_config(tree)
+            check_recorded_imports(tree.get("imports"), tree.get("import_digests"), run_dir / CHECKPOINT)
     else:
         tree = load_yaml(args.config)
         run_dir = Path(args.out) if args.out else None
@@ -188,8 +194,8 @@ def _eval(args) -> int:
     tree = load_checkpoint(run_dir / CHECKPOINT)["config"]
     overrides = [f"data.root={args.data_dir}"] if args.data_dir else []
     # a reader takes no training step: nothing to compile or capture (a graph run evaluates on a CPU too)
-    config = build_config(tree, overrides + [f"trainer.device={args.device}", "trainer.progress=off",
-                                             "trainer.step=eager"])
+    config = build_saved_config(tree, overrides + [f"trainer.device={args.device}", "trainer.progress=off",
+                                                   "trainer.step=eager"], source=run_dir / CHECKPOINT)
     trainer = Trainer(config, run_dir=run_dir, resume=True, claim=False)  # a reader: no lock, the checkpoint there
     trainer.restore()
     result = trainer.evaluate()

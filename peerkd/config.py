@@ -181,6 +181,9 @@ class Config:
     seed: int = 0  # seeds weights, data order, augmentation and every method's randomness
     imports: list[str] = field(default_factory=list)  # user modules / .py files registering methods, models or
     # datasets, loaded before the method is validated (peerkd/core/plugins.py); recorded resolved (absolute paths)
+    import_digests: dict[str, str] = field(default_factory=dict, metadata=RESUMABLE)  # written by peerkd: the
+    # SHA-256 of each imported file as the run loaded it, so code that changed since is reported (a resume that
+    # changes a file is allowed and recorded in history.jsonl)
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -470,9 +473,10 @@ def build_config(tree: dict | None = None, overrides: typing.Sequence[str] = ())
     if not isinstance(method_tree, dict):
         raise ConfigError("method: expected a mapping with at least 'name'")
     config = from_dict(Config, tree)
-    from peerkd.core.plugins import load_imports
+    from peerkd.core.plugins import import_digests, load_imports
 
     config.imports = load_imports(config.imports)  # the user's code registers its method before it is looked up
+    config.import_digests = import_digests(config.imports)  # what was loaded, not what a tree claimed
     method_tree = dict(method_tree)
     name = _convert(method_tree.pop("name", "vanilla"), str, "method.name")
     options_cls = METHODS.get(name).Options
@@ -484,6 +488,19 @@ def build_config(tree: dict | None = None, overrides: typing.Sequence[str] = ())
 
 DEVICE_FORM = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # the device strings trainer.device accepts
 
+
+
+def build_saved_config(tree: dict, overrides: typing.Sequence[str] = (), source: str | Path = "the run",
+                       trust_imports: bool = False) -> Config:
+    """:func:`build_config` for a config a run folder saved (its checkpoint's or ``config.yaml``): the code it names
+    (``imports``) runs only if already loaded in this process or trusted
+    (:func:`peerkd.core.plugins.check_recorded_imports`); moved keys of an older peerkd are read under their new
+    names."""
+    from peerkd.core.plugins import check_recorded_imports
+
+    tree = upgrade_saved_config(tree if isinstance(tree, dict) else {})
+    check_recorded_imports(tree.get("imports"), tree.get("import_digests"), source, trust_imports)
+    return build_config(tree, overrides)
 
 def _check_values(config: Config) -> None:
     if not DEVICE_FORM.fullmatch(config.trainer.device):

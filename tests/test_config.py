@@ -120,7 +120,8 @@ def test_keys_tagged_in_the_schema_are_listed_dotted():
     assert set(config_keys("placement")) == placement and len(config_keys("placement")) == len(placement)
     assert set(config_keys("resumable")) == placement | {
         "schedule.epochs", "schedule.milestones", "trainer.eval_every", "trainer.precision", "trainer.channels_last",
-        "trainer.cudnn_benchmark", "data.eval_batch_size", "data.test_subset", "trainer.members", "trainer.step"}
+        "trainer.cudnn_benchmark", "data.eval_batch_size", "data.test_subset", "trainer.members", "trainer.step",
+        "import_digests"}
     assert config_keys("no-such-tag") == ()
 
 

@@ -7,16 +7,23 @@ Three ways in, all ending in an ordinary Python import whose module calls ``regi
   ending in ``.py`` (or containing a ``/``) is imported from that file, anything else as a module name from
   ``sys.path``. A relative path in a YAML file is relative to that file's folder; on the command line, to the
   current folder.
-- Installed packages: every entry point of the group ``peerkd.core.plugins`` (``importlib.metadata``) is loaded once per
+- Installed packages: every entry point of the group ``peerkd.plugins`` (``importlib.metadata``) is loaded once per
   process, before the first config is validated. A package declares it in its ``pyproject.toml``::
 
       [project.entry-points."peerkd.plugins"]
       my_methods = "my_package.peerkd_methods"
 
-The resolved imports (absolute file paths, module names) are part of the config, so a run folder's ``config.yaml`` and
-checkpoint name them and ``peerkd eval``, ``peerkd train --resume`` and ``load_run`` in a new process load the same
-code. A file is imported once per process (keyed by its absolute path), so naming it twice registers nothing twice.
-A missing or failing import is a :class:`~peerkd.config.ConfigError` naming it.
+The resolved imports (absolute file paths, module names) are part of the config, with the SHA-256 of each file
+(``import_digests``), so a run folder's ``config.yaml`` and checkpoint name the code the run was trained with. A file
+is imported once per process (keyed by its absolute path), so naming it twice registers nothing twice. A missing or
+failing import is a :class:`~peerkd.core.errors.ConfigError` naming it.
+
+**A run folder is data, not code.** Loading a run (``peerkd eval`` / ``export`` / ``plot``, ``train --resume``
+without ``-c``, :func:`peerkd.load_run`, a KD teacher run) whose recorded imports are not already loaded in the process
+is refused (:func:`check_recorded_imports`), naming each file and how to allow it — the convention of the Hugging
+Face libraries' ``trust_remote_code``: ``--trust-imports`` on the command line (``trust_imports=True`` in Python), or
+the same ``--import`` again. A recorded file path that is not absolute is never resolved against the current folder,
+and a file whose SHA-256 differs from the recorded one is reported before it is trusted.
 """
 from __future__ import annotations
 
@@ -32,6 +39,8 @@ ENTRY_POINT_GROUP = "peerkd.plugins"
 
 _loaded_files: dict[str, object] = {}  # absolute path -> module, so a file runs once per process
 _entry_points_loaded = False
+_trust_recorded = False  # --trust-imports: this process may run the code a run folder names (the CLI sets it)
+DIGEST_PREFIX = "sha256:"  # recorded digests name their hash, so another one can follow without ambiguity
 
 
 def _error(message: str):
@@ -129,4 +138,56 @@ def load_imports(specs: Iterable[str], base: str | Path | None = None) -> list[s
     return resolved
 
 
-__all__ = ["ENTRY_POINT_GROUP", "import_one", "load_entry_points", "load_imports", "resolve_import"]
+def file_digest(path: str | Path) -> str:
+    """``sha256:<hex>`` of a file's bytes (what a config records for each imported file)."""
+    return DIGEST_PREFIX + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def import_digests(specs: Iterable[str]) -> dict[str, str]:
+    """``{absolute file path: file_digest}`` for the file imports among ``specs`` (resolved; module names skipped)."""
+    return {spec: file_digest(spec) for spec in specs if is_file_spec(spec) and Path(spec).is_file()}
+
+
+def trust_recorded_imports(trust: bool = True) -> None:
+    """Let (or stop letting) this process import the code that run folders name (``--trust-imports``)."""
+    global _trust_recorded
+    _trust_recorded = trust
+
+
+def is_loaded(spec: str) -> bool:
+    """Whether ``spec`` (a resolved import) already ran in this process: a file through :func:`import_one`, a module
+    name through any import."""
+    return spec in _loaded_files if is_file_spec(spec) else spec in sys.modules
+
+
+def check_recorded_imports(specs, digests, source: str | Path, trust: bool = False) -> None:
+    """Refuse the imports a run folder's config records (``specs``, with their recorded ``digests``) unless each is
+    already loaded in this process, or the caller trusts the run (``trust``, or ``--trust-imports`` for the whole
+    process). A recorded file path that is not absolute is refused even when trusted: it would be resolved against
+    whatever the current folder is. A trusted file whose SHA-256 differs from the recorded one is reported (a
+    warning) before it is imported. Raises :class:`~peerkd.core.errors.RunError` (exit 2), having run nothing."""
+    import warnings
+
+    from peerkd.core.errors import RunError
+
+    if isinstance(specs, str):
+        specs = [specs]
+    specs = [str(spec) for spec in specs or []]
+    digests = digests if isinstance(digests, dict) else {}
+    relative = [spec for spec in specs if is_file_spec(spec) and not Path(spec).is_absolute()]
+    if relative:
+        raise RunError(f"{source} records imports by relative path ({', '.join(relative)}); peerkd does not resolve "
+                       "them against the current folder: load the files yourself with --import PATH")
+    untrusted = [spec for spec in specs if not is_loaded(spec)]
+    if untrusted and not (trust or _trust_recorded):
+        raise RunError(f"{source} names code to import: {', '.join(untrusted)}; peerkd runs no code a run names "
+                       "unless told: check it, then pass --trust-imports (Python: trust_imports=True) or --import it")
+    for spec in specs:
+        recorded = digests.get(spec)
+        if recorded and Path(spec).is_file() and file_digest(spec) != recorded:
+            warnings.warn(f"imports: {spec} changed since the run was made (its SHA-256 differs from the recorded "
+                          "one): the run's method may not be the code it was trained with", stacklevel=2)
+
+
+__all__ = ["ENTRY_POINT_GROUP", "check_recorded_imports", "file_digest", "import_digests", "import_one", "is_loaded",
+           "load_entry_points", "load_imports", "resolve_import", "trust_recorded_imports"]

@@ -223,9 +223,10 @@ def default_out(run_dir: Path, key: str, fmt: str) -> Path:
 
 
 def export_run(run_dir: str | Path, key: str | None = None, fmt: str = "exported_program",
-               out: str | Path | None = None, normalize: bool = False) -> dict:
+               out: str | Path | None = None, normalize: bool = False, trust_imports: bool = False) -> dict:
     """Export ``key`` of the run in ``run_dir`` as ``fmt`` to ``out`` (default ``<run>/export/<key><suffix>``), with
-    the input normalisation built in when ``normalize``; write ``<out>.json`` and return what it holds."""
+    the input normalisation built in when ``normalize``; write ``<out>.json`` and return what it holds. A run naming
+    user code not loaded in this process is refused unless ``trust_imports`` (:func:`peerkd.load_run`)."""
     from peerkd.training.checkpoint import load_run, write_json
     from peerkd.core.errors import RunError
 
@@ -238,7 +239,7 @@ def export_run(run_dir: str | Path, key: str | None = None, fmt: str = "exported
                           f"the file ending in .pt2, not '{out}'")
     if not (Path(run_dir) / CHECKPOINT).is_file():
         raise RunError(f"'{run_dir}' is not a run folder (no {CHECKPOINT}); give a folder `peerkd train` wrote")
-    run = load_run(run_dir, device="cpu")
+    run = load_run(run_dir, device="cpu", trust_imports=trust_imports)
     mean, std, size = _normalisation(run)
     channels = run.method.task.in_channels
     sample = torch.randn(CHECK_BATCH, channels, size, size, generator=torch.Generator().manual_seed(CHECK_SEED))

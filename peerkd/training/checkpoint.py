@@ -246,26 +246,30 @@ class LoadedRun:
         return self.method.export(key)
 
 
-def saved_config(state: dict, run_dir: Path):
+def saved_config(state: dict, run_dir: Path, trust_imports: bool = False):
     """The Config saved in the checkpoint ``state`` of the run in ``run_dir``; RunError when it no longer validates
-    (a method's options renamed since, a plugin not imported)."""
-    from peerkd.config import build_config
+    (a method's options renamed since, a plugin not imported) or names code to import that this process has not
+    loaded and was not told to trust (``trust_imports``; peerkd/core/plugins.py)."""
+    from peerkd.config import build_saved_config
     from peerkd.core.errors import ConfigError
 
+    source = Path(run_dir) / CHECKPOINT
     try:
-        return build_config(state["config"])
+        return build_saved_config(state["config"], source=source, trust_imports=trust_imports)
     except ConfigError as err:
-        raise RunError(f"the config saved in {Path(run_dir) / CHECKPOINT} no longer validates: {err}") from None
+        raise RunError(f"the config saved in {source} no longer validates: {err}") from None
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
-    """Rebuild the method of the run in ``run_dir`` from its checkpoint, in eval mode on ``device``."""
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", trust_imports: bool = False) -> LoadedRun:
+    """Rebuild the method of the run in ``run_dir`` from its checkpoint, in eval mode on ``device``. A run whose
+    config names user code (``imports``) not loaded in this process is refused unless ``trust_imports`` (the code a
+    run folder names is code from an artifact: check it first)."""
     from peerkd.core.method import TaskInfo
     from peerkd.core.registry import build_method
 
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir / CHECKPOINT)
-    config = saved_config(state, run_dir)
+    config = saved_config(state, run_dir, trust_imports)
     task = TaskInfo(**dict(state["task"], restoring=True))
     method = build_method(config.method.name, config.method.options, task)
     method.load_state_dict(state["method"])

@@ -1,5 +1,6 @@
 """User code from the CLI: --import, imports: in YAML, the peerkd.plugins entry points, and runs made with user code
-re-opened by eval, --resume and load_run in fresh processes (every step a new interpreter: the registry starts empty).
+re-opened by eval, --resume and load_run in fresh processes when trusted (every step a new interpreter: the registry
+starts empty).
 """
 from __future__ import annotations
 
@@ -49,12 +50,14 @@ def test_user_method_and_model_train_eval_resume_and_load_in_new_processes(tmp_p
     assert recorded == [str(tmp_path / "my_method.py"), str(PLUGINS / "my_model.py")]  # absolute, in order
     assert (run / "summary.json").is_file()
 
-    resumed = peerkd_cli("train", "--resume", run, "--set", "schedule.epochs=2")  # no --import: the run knows
+    refused = peerkd_cli("train", "--resume", run, "--set", "schedule.epochs=2")  # the run names code: not run
+    assert refused.returncode == 2 and "names code to import" in refused.stderr, refused.stderr
+    resumed = peerkd_cli("train", "--resume", run, "--set", "schedule.epochs=2", "--trust-imports")  # the run knows
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2
 
-    script = ("import sys, torch; from peerkd.cli import main; assert main(['eval', sys.argv[1]]) == 0; "
-              "from peerkd import load_run; r = load_run(sys.argv[1]); "
+    script = ("import sys, torch; from peerkd.cli import main; assert main(['eval', sys.argv[1], '--trust-imports']) "
+              "== 0; from peerkd import load_run; r = load_run(sys.argv[1], trust_imports=True); "
               "print(type(r.method).__name__, sorted(r.method.predict(torch.zeros(2, 3, 32, 32))))")
     fresh = subprocess.run([sys.executable, "-c", script, str(run)], cwd=ROOT, capture_output=True, text=True,
                            timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))

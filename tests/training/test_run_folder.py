@@ -189,7 +189,7 @@ def test_the_keys_a_resume_may_change_are_the_schema_fields_tagged_resumable():
     tagged = {"schedule.epochs", "schedule.milestones", "trainer.eval_every", "trainer.log_every", "trainer.progress",
               "trainer.out", "trainer.device", "trainer.threads", "trainer.precision", "trainer.channels_last",
               "trainer.cudnn_benchmark", "data.root", "data.download", "data.eval_batch_size", "data.test_subset",
-              "data.workers", "trainer.members", "trainer.step"}
+              "data.workers", "trainer.members", "trainer.step", "import_digests"}
     assert set(RESUME_CHANGEABLE) == tagged and len(RESUME_CHANGEABLE) == len(tagged)
 
 
