@@ -6,8 +6,8 @@ depends only on the config and the seed, so a sweep started again finds its runs
 all its epochs is skipped, a run with a ``checkpoint.pt`` and no summary (stopped, pre-empted, crashed) is continued
 with ``peerkd train --resume`` under the same config file and the same ``--set`` overrides it started with, and the
 others start. The seed is the config's ``seed`` (``--set seed=S``): it seeds the weights, the data order and every
-augmentation (``peerkd.training.setup.seed_everything`` and the loaders' generators); the generated dataset keeps its own
-``data.synthetic.seed``, so every seed sees the same images.
+augmentation (``peerkd.training.setup.seed_everything`` and the loaders' generators); the generated dataset keeps its
+own ``data.synthetic.seed``, so every seed sees the same images.
 
 Executors:
 
@@ -16,6 +16,12 @@ Executors:
   per run as it starts, ends or fails and the sweep's overall count after each; a failed run is reported with the
   end of its log and the others go on. SIGTERM or Ctrl-C stops the sweep: each running run gets SIGTERM, saves a
   checkpoint and exits 143 (the trainer's path), and the same command continues them later.
+  Faults of the sweep itself: a run whose folder another live process holds (the runs of an earlier sweep that was
+  killed, a second sweep into the same ``--out``) is waited for and counted when it ends, never started a second
+  time (:func:`peerkd.core.run_lock.lock_holder`); a run that fails is started again up to ``--retries`` times
+  (a run that fails every time is reported with the last lines of its log, and the sweep goes on and exits 1 with
+  the list); a run that cannot even start (its folder cannot be written: disk full, permissions) is a failure of
+  that run alone.
 - ``slurm`` (``peerkd[cluster]``, submitit): one job per run, or one job array; see :mod:`peerkd.experiments.slurm`.
 
 ``--nproc-per-run P`` runs each run under ``torchrun --standalone --nproc_per_node P`` (DDP; gloo on CPU, nccl on
@@ -35,9 +41,13 @@ from peerkd.experiments.plan import RunSpec, child_env, parse_seeds, plan, run_s
 from peerkd.core.errors import ConfigError
 from peerkd.core.process import EXIT_INTERRUPTED, is_main_thread
 from peerkd.core.run_files import SUMMARY_FILE, SWEEP_LOG
+from peerkd.core.run_lock import lock_holder
 
 POLL_S = 0.2  # seconds between looks at the running processes
 STOP_WAIT_S = 120.0  # seconds a stopped run gets to save its checkpoint before it is killed
+ELSEWHERE_POLL_S = 1.0  # seconds between looks at the lock of a run another process holds
+RETRIES = 1  # a failed run is started again once (a crash, a node's hiccup); one failing every time costs one rerun
+FAILED_LOG_LINES = 3  # lines of a failed run's log shown in the sweep's output
 
 
 def last_lines(path: Path, count: int = 1) -> str:
@@ -85,8 +95,9 @@ class SweepResult:
 
 
 def run_local(specs: Sequence[RunSpec], jobs: int = 1, gpus: Sequence[str] = (), nproc: int = 1,
-              say: Callable[[str], None] | None = None) -> SweepResult:
-    """Run ``specs`` on this machine, at most ``jobs`` at once (each holding ``nproc`` of ``gpus`` when given)."""
+              say: Callable[[str], None] | None = None, retries: int = RETRIES) -> SweepResult:
+    """Run ``specs`` on this machine, at most ``jobs`` at once (each holding ``nproc`` of ``gpus`` when given); a run
+    another process holds is waited for, a failed one started again up to ``retries`` times."""
     say = say or (lambda line: print(line, flush=True))
     total, result = len(specs), SweepResult()
     free_gpus = list(gpus)
@@ -100,7 +111,10 @@ def run_local(specs: Sequence[RunSpec], jobs: int = 1, gpus: Sequence[str] = (),
         else:
             waiting.append((index, spec))
     running: list[_Running] = []
+    elsewhere: list[tuple[int, RunSpec]] = []  # held by another live process: waited for, not started
+    failures: dict[str, int] = {}
     stop = {"asked": False}
+    looked = 0.0  # when the locks of the runs held elsewhere were last probed
 
     def on_signal(signum, frame):
         stop["asked"] = True
@@ -110,16 +124,53 @@ def run_local(specs: Sequence[RunSpec], jobs: int = 1, gpus: Sequence[str] = (),
         handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def overall() -> None:
-        say(f"[sweep] {len(result.done)}/{total} done, {len(running)} running, {len(result.failed)} failed, "
+        held = f", {len(elsewhere)} in other processes" if elsewhere else ""
+        say(f"[sweep] {len(result.done)}/{total} done, {len(running)} running{held}, {len(result.failed)} failed, "
             f"{len(waiting)} waiting")
 
+    def failed(index: int, spec: RunSpec, why: str) -> None:
+        """``why``: ``<exit N or cannot start>) <details>``, printed as ``FAILED (<why>``."""
+        failures[spec.name] = failures.get(spec.name, 0) + 1
+        if failures[spec.name] <= retries:
+            say(f"[run {index}/{total}] {spec.name}: failed ({why}; starting it again "
+                f"({failures[spec.name]} of {retries} retries)")
+            waiting.append((index, spec))
+        else:
+            result.failed.append(spec.name)
+            say(f"[run {index}/{total}] {spec.name}: FAILED ({why}")
+
     try:
-        while (waiting and not stop["asked"]) or running:
+        while ((waiting or elsewhere) and not stop["asked"]) or running:
             while waiting and len(running) < jobs and not stop["asked"] and (not gpus or len(free_gpus) >= nproc):
                 index, spec = waiting.pop(0)
+                holder = lock_holder(spec.run_dir)
+                if holder is not None:
+                    elsewhere.append((index, spec))
+                    say(f"[run {index}/{total}] {spec.name}: running in another process ({_who(holder)}); waiting "
+                        "for it, not starting a second copy")
+                    continue
+                if run_state(spec) == "done":  # finished meanwhile by another process (a second sweep)
+                    result.done.append(spec.name)
+                    say(f"[run {index}/{total}] {spec.name}: finished in another process, skipped")
+                    continue
                 held = [free_gpus.pop(0) for _ in range(nproc)] if gpus else []
-                running.append(_start(spec, index, total, held, nproc, say))
+                try:
+                    running.append(_start(spec, index, total, held, nproc, say))
+                except OSError as err:  # its folder or log cannot be written (disk full, permissions)
+                    free_gpus.extend(held)
+                    failed(index, spec, f"cannot start) {spec.run_dir}: {err.strerror or err}")
             time.sleep(POLL_S)
+            if elsewhere and time.perf_counter() - looked >= ELSEWHERE_POLL_S:
+                looked = time.perf_counter()
+                for index, spec in [e for e in elsewhere if lock_holder(e[1].run_dir) is None]:
+                    elsewhere.remove((index, spec))
+                    if run_state(spec) == "done":
+                        result.done.append(spec.name)
+                        say(f"[run {index}/{total}] {spec.name}: finished in the other process: "
+                            f"{summary_line(Path(spec.run_dir))}")
+                        overall()
+                    else:  # stopped or failed there: continued (or started) here
+                        waiting.insert(0, (index, spec))
             if stop["asked"]:
                 for run in running:
                     if run.process.poll() is None and run.signalled_at is None:
@@ -128,7 +179,9 @@ def run_local(specs: Sequence[RunSpec], jobs: int = 1, gpus: Sequence[str] = (),
             for run in [r for r in running if r.process.poll() is not None]:
                 running.remove(run)
                 free_gpus.extend(run.gpus)
-                _finish(run, total, result, say)
+                why = _finish(run, total, result, say)
+                if why:
+                    failed(run.index, run.spec, why)
                 overall()
             if stop["asked"] and running:
                 _kill_late(running)
@@ -137,12 +190,17 @@ def run_local(specs: Sequence[RunSpec], jobs: int = 1, gpus: Sequence[str] = (),
             signal.signal(sig, previous)
     if stop["asked"]:
         result.stopped = True
-        say(f"[sweep] stopped: {len(result.interrupted)} run(s) saved a checkpoint, {len(waiting)} not started; "
-            "run the same command again to continue")
+        others = f", {len(elsewhere)} left running in other processes" if elsewhere else ""
+        say(f"[sweep] stopped: {len(result.interrupted)} run(s) saved a checkpoint, {len(waiting)} not started"
+            f"{others}; run the same command again to continue")
     else:
         say(f"[sweep] finished: {len(result.done)}/{total} done, {len(result.failed)} failed"
             + (f" ({', '.join(result.failed)})" if result.failed else ""))
     return result
+
+
+def _who(holder: dict) -> str:
+    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
 
 
 def _start(spec: RunSpec, index: int, total: int, gpus: list[str], nproc: int, say) -> _Running:
@@ -163,20 +221,21 @@ def _start(spec: RunSpec, index: int, total: int, gpus: list[str], nproc: int, s
     return _Running(spec, index, process, log, gpus, time.perf_counter())
 
 
-def _finish(run: _Running, total: int, result: SweepResult, say) -> None:
+def _finish(run: _Running, total: int, result: SweepResult, say) -> str:
+    """Record how ``run`` ended; returns why it failed, as ``exit N) <details>`` ("" when it finished or stopped)."""
     run.log.close()
     code, seconds = run.process.returncode, time.perf_counter() - run.started
     head = f"[run {run.index}/{total}] {run.spec.name}:"
     if code == 0:
         result.done.append(run.spec.name)
         say(f"{head} finished in {seconds:.0f} s: {summary_line(Path(run.spec.run_dir))}")
-    elif code == EXIT_INTERRUPTED or (run.signalled_at is not None and run_state(run.spec) == "partial"):
+        return ""
+    if code == EXIT_INTERRUPTED or (run.signalled_at is not None and run_state(run.spec) == "partial"):
         result.interrupted.append(run.spec.name)
         say(f"{head} stopped after {seconds:.0f} s with a checkpoint to continue from")
-    else:
-        result.failed.append(run.spec.name)
-        log = Path(run.spec.run_dir) / SWEEP_LOG
-        say(f"{head} FAILED (exit {code}) after {seconds:.0f} s: {last_lines(log)[-300:]}; log {log}")
+        return ""
+    log = Path(run.spec.run_dir) / SWEEP_LOG
+    return f"exit {code}) after {seconds:.0f} s: {last_lines(log, FAILED_LOG_LINES)[-400:]}; log {log}"
 
 
 def _kill_late(running: list[_Running]) -> None:
@@ -203,6 +262,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--gpus", help="local: GPU ids to pin runs to, one run per id (repeat an id for two runs "
                                        "on it), e.g. 0,1,2,3; default: every run sees every device")
     parser.add_argument("--nproc-per-run", type=int, default=1, help="processes (GPUs) per run under torchrun DDP")
+    parser.add_argument("--retries", type=int, default=RETRIES,
+                        help=f"local: times a failed run is started again (default {RETRIES})")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state, start nothing")
     slurm = parser.add_argument_group("slurm (peerkd[cluster])")
     slurm.add_argument("--partition", help="SLURM partition")
@@ -216,8 +277,8 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    if args.jobs < 0 or args.nproc_per_run < 1:
-        raise ConfigError("--jobs must be >= 0 and --nproc-per-run >= 1")
+    if args.jobs < 0 or args.nproc_per_run < 1 or args.retries < 0:
+        raise ConfigError("--jobs and --retries must be >= 0 and --nproc-per-run >= 1")
     seeds = parse_seeds(args.seeds)
     specs = plan(args.configs, seeds, args.overrides, args.out)
     if args.dry_run:
@@ -229,7 +290,7 @@ def main(args) -> int:
     if args.executor == "local":
         gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else []
         jobs = args.jobs or (max(len(gpus) // args.nproc_per_run, 1) if gpus else 1)
-        return run_local(specs, jobs=jobs, gpus=gpus, nproc=args.nproc_per_run).exit_code
+        return run_local(specs, jobs=jobs, gpus=gpus, nproc=args.nproc_per_run, retries=args.retries).exit_code
     from peerkd.experiments.slurm import SlurmOptions, submit
 
     options = SlurmOptions(partition=args.partition, time_min=args.time, gpus=args.gpus_per_run,

@@ -1,8 +1,8 @@
 """Taking a run folder for the process that trains into it, before any data or model is set up.
 
 :func:`claim_run_folder` creates the folder (a folder that cannot be written is reported here, not after minutes
-of set-up), takes its lock (:mod:`peerkd.training.lock`), decides what the folder is, removes the temporary files a
-killed write left, and on ``--resume`` loads the checkpoint and compares its config with the one asked for:
+of set-up), takes its lock (:mod:`peerkd.core.run_lock`), decides what the folder is, removes the temporary files
+a killed write left, and on ``--resume`` loads the checkpoint and compares its config with the one asked for:
 
 - empty or new: a fresh run;
 - holds a checkpoint: a run; it continues only with ``--resume`` (or automatically when ``torchrun`` restarts the
@@ -31,7 +31,7 @@ from peerkd.core.errors import RunError
 from peerkd.core.run_files import (CHECKPOINT, CONFIG_FILE, ENVIRONMENT_FILE, HISTORY_LOG, LOCK_FILE, METRICS_LOG,
                                    SWEEP_LOG, TEMP_SUFFIX, TENSORBOARD_PREFIX)
 from peerkd.training.checkpoint import atomic_write_bytes, has_checkpoint, load_checkpoint_from, saved_config
-from peerkd.training.lock import RunLock
+from peerkd.core.run_lock import RunLock
 
 # Config keys a resume may change: the schema's fields tagged resumable (peerkd.config.RESUMABLE, PLACEMENT); they
 # decide how far and how the run goes on, what is evaluated or logged, and where and how fast it runs (trainer.members,

@@ -53,10 +53,10 @@ def one_line_error(capsys, argv, cwd: Path) -> str:
 
 
 def test_a_relative_recorded_import_is_never_resolved_even_when_trusted(trained_run, tmp_path, capsys):
-    run = crafted(trained_run, tmp_path, ["victim2/evil.py"])  # the report's crafted checkpoint
+    run = crafted(trained_run, tmp_path, ["victim2/evil.py"])  # the crafted checkpoint of the issue
     (run / "evil.py").write_text(EVIL)
-    for argv in (["eval", "victim2"], ["eval", "victim2", "--trust-imports"], ["export", "victim2", "--format", "state_dict"],
-                 ["train", "--resume", "victim2"]):
+    for argv in (["eval", "victim2"], ["eval", "victim2", "--trust-imports"],
+                 ["export", "victim2", "--format", "state_dict"], ["train", "--resume", "victim2"]):
         err = one_line_error(capsys, argv, cwd=tmp_path)
         assert "relative path (victim2/evil.py)" in err and "--import PATH" in err, err
     assert not (run / "EXECUTED").exists()

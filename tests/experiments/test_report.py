@@ -288,3 +288,25 @@ def test_a_run_trained_here_is_reported_from_its_stored_summary(capsys, tmp_path
     rows = {row["column"]: float(row["ours"]) for row in csv_rows(out)}
     assert rows["top1"] == pytest.approx(summary["keys"]["peer0"]["last"]["top1"], abs=0.01)
     assert rows["agree"] == pytest.approx(summary["diversity"]["peers_agreement"], abs=1e-4)
+
+
+def test_damaged_run_folders_are_each_skipped_in_one_line_and_the_rest_reported(capsys, tmp_path, three_seeds):
+    runs, _ = three_seeds
+    truncated = runs / "one-s3"
+    make_run(truncated, "one", 3, 50.0)
+    (truncated / "summary.json").write_text((truncated / "summary.json").read_text()[:40])  # cut mid-write
+    no_config = runs / "one-s4"
+    make_run(no_config, "one", 4, 50.0)
+    (no_config / "config.yaml").unlink()
+    other_version = runs / "one-s5"  # a checkpoint of another peerkd version, the run unfinished
+    make_run(other_version, "one", 5, 50.0)
+    (other_version / "summary.json").unlink()
+    (other_version / "checkpoint.pt").write_bytes(b"PK\x03\x04 not this version's checkpoint")
+    (runs / "stray.json").write_text("{}")  # a file, not a run folder: ignored
+    code, out, err = report(capsys, runs, "--format", "csv")
+    assert code == 0 and len(csv_rows(out)) == 3  # the three intact seeds, one cell each
+    warnings = err.strip().splitlines()
+    assert len(warnings) == 3 and "Traceback" not in err, err
+    assert any("one-s3: broken: summary.json unreadable" in w for w in warnings)
+    assert any("one-s4: broken: no config.yaml" in w for w in warnings)
+    assert any("one-s5: unfinished: no summary.json" in w for w in warnings)

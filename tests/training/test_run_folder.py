@@ -16,7 +16,7 @@ import pytest
 from tests.helpers import tiny_vanilla_config
 from peerkd import cli
 from peerkd.training.checkpoint import CHECKPOINT, RunError, load_checkpoint
-from peerkd.training.lock import LOCK_FILE, RunLock
+from peerkd.core.run_lock import LOCK_FILE, RunLock
 from peerkd.training.trainer import Trainer, train
 
 def _config(epochs: int = 1, **kwargs):
@@ -92,7 +92,7 @@ def test_the_lock_of_a_killed_process_is_taken_over(finished_run, tmp_path):
 
 
 def test_without_fcntl_the_lock_file_is_the_lock(tmp_path, monkeypatch):
-    import peerkd.training.lock as lock_module
+    import peerkd.core.run_lock as lock_module
 
     monkeypatch.setattr(lock_module, "fcntl", None)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

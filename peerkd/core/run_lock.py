@@ -94,6 +94,25 @@ class RunLock:
                         "or write this run elsewhere with --out")
 
 
+def lock_holder(run_dir: str | Path) -> dict | None:
+    """Who holds ``run_dir``'s lock when another live process does (``{"pid", "host", "started"}``, or ``{}`` when its
+    file says nothing), else None. ``peerkd sweep`` asks before it starts a run: a run alive in another process (an
+    earlier sweep killed with its runs left running, a second sweep into the same folder) is waited for, never
+    started twice. It probes by taking the lock for an instant: a writer starting in that instant is refused and
+    the sweep's retry takes it up."""
+    if not (Path(run_dir) / LOCK_FILE).exists():
+        return None
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire()
+    except RunError:
+        return lock._holder()
+    except OSError:  # the folder vanished or cannot be written: nobody holds it
+        return None
+    lock.release()
+    return None
+
+
 def _holder() -> dict:
     return {"pid": os.getpid(), "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
