@@ -366,8 +366,12 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 
 def read_yaml(text: str):
-    """``text`` read by :class:`UniqueKeyLoader` (a duplicated key raises :class:`DuplicateKeyError`)."""
-    return yaml.load(text, Loader=UniqueKeyLoader)
+    """``text`` read by :class:`UniqueKeyLoader` (a duplicated key raises :class:`DuplicateKeyError`); a text nested
+    deeply enough to exhaust Python's recursion (thousands of levels; a peerkd config has 4) is a ConfigError."""
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except RecursionError:
+        raise ConfigError("the YAML text nests too deeply to read; a peerkd config has 4 levels") from None
 
 
 def flatten_tree(tree: dict, prefix: str = "") -> dict:
@@ -486,6 +490,7 @@ def build_config(tree: dict | None = None, overrides: typing.Sequence[str] = ())
     return config
 
 
+MAX_SEED = 2**63 - 1  # the largest seed torch.manual_seed and torch.Generator take (a signed 64-bit integer)
 DEVICE_FORM = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # the device strings trainer.device accepts
 
 
@@ -535,6 +540,9 @@ def _check_values(config: Config) -> None:
         if value < 0:
             hint = " (0 keeps torch's default)" if key == "trainer.threads" else ""
             raise ConfigError(f"{key}: must not be negative, got {value}{hint}")
+    for key, value in {"seed": config.seed, "data.synthetic.seed": synthetic.seed}.items():
+        if value > MAX_SEED:
+            raise ConfigError(f"{key}: at most {MAX_SEED} (torch's generators take 64-bit seeds), got {value}")
     if config.optim.momentum >= 1:
         raise ConfigError(f"optim.momentum: must be below 1 (the velocity would never decay), got "
                           f"{config.optim.momentum}")

@@ -69,21 +69,28 @@ def config_files(paths: Sequence[str]) -> list[Path]:
     return files
 
 
+MAX_SEEDS = 10_000  # seeds one sweep may name: far above any paper's protocol, far below what fills the memory
+
+
 def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"`` or a range ``"0-4"`` -> the seeds, each once."""
+    """``"0,1,2"`` or a range ``"0-4"`` -> the seeds, each once (at most :data:`MAX_SEEDS`)."""
     seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            span = re.fullmatch(r"(\d+)-(\d+)", part)
-            if span:
-                seeds.extend(range(int(span[1]), int(span[2]) + 1))
-            elif part:
-                seeds.append(int(part))
-    except ValueError:
-        raise ConfigError(f"--seeds: '{text}' is not a list of integers like 0,1,2 or 0-4") from None
+    for part in text.split(","):
+        part = part.strip()
+        span = re.fullmatch(r"(\d+)-(\d+)", part)
+        if span:
+            first, last = int(span[1]), int(span[2])
+            if last - first >= MAX_SEEDS:
+                raise ConfigError(f"--seeds: '{part}' is {last - first + 1} seeds; a sweep takes at most {MAX_SEEDS}")
+            seeds.extend(range(first, last + 1))
+        elif part:
+            if not re.fullmatch(r"\d+", part):
+                raise ConfigError(f"--seeds: '{text}' is not a list of integers like 0,1,2 or 0-4")
+            seeds.append(int(part))
     if not seeds:
         raise ConfigError("--seeds: give at least one seed, e.g. --seeds 0,1,2")
+    if len(seeds) > MAX_SEEDS:
+        raise ConfigError(f"--seeds: {len(seeds)} seeds; a sweep takes at most {MAX_SEEDS}")
     return list(dict.fromkeys(seeds))
 
 
