@@ -116,6 +116,13 @@ def sketches(grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 # ------------------------------------------------------------------------------------------------ name mapping
 
+# where the reference ResNets' parts go in peerkd (resnet_name's prefixes): a plain backbone; a branch group
+# (peerkd ``one`` / ``okddip``, BranchGroup)
+PLAIN = {"stem": "stem.", "stages": "stages.{k}.", "branch": "", "classifier": "head.fc."}
+BRANCHED = {"stem": "group.net.stem.", "stages": "group.net.trunk_stages.{k}.",
+            "branch": "group.net.branches.{i}.stages.0.", "classifier": "group.net.branches.{i}.head.fc."}
+
+
 def resnet_name(name: str, stem: str, stages: str, branch: str, classifier: str, first_branch: int = 0,
                 extra: dict[str, str] | None = None) -> str:
     """A reference ResNet name of the ONE / OKDDip code (``conv1``, ``bn1``, ``layerK``, ``layer3_<i>``,

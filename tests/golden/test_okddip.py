@@ -22,9 +22,7 @@ EPOCHS = (0, 40, 100)
 # the reference network (models/model_cifar/resnet.py, vgg.py) -> the registered peerkd network that equals it
 NETWORKS = {"resnet32": "resnet32", "resnet110": "resnet110_okddip", "wide_resnet20_8": "wide_resnet20_8",
             "vgg16": "vgg16_okddip"}
-PLAIN = {"stem": "stem.", "stages": "stages.{k}.", "branch": "", "classifier": "head.fc."}
-BRANCHED = {"stem": "group.net.stem.", "stages": "group.net.trunk_stages.{k}.",
-            "branch": "group.net.branches.{i}.stages.0.", "classifier": "group.net.branches.{i}.head.fc."}
+PLAIN, BRANCHED = lineage.PLAIN, lineage.BRANCHED
 TREE = {"stem": "tree.stem.", "stages": "tree.trunk_stages.{k}.", "branch": "tree.levels.0.{i}.0.",
         "classifier": "tree.classifiers.{i}.fc."}
 # each step fixture: the peerkd method tree that runs the reference's recipe, and where its names go

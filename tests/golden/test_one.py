@@ -13,7 +13,6 @@ import torch
 from peerkd.data import Batch
 from peerkd.models import build_model
 from tests.golden import fixture, lineage
-from tests.golden.test_okddip import BRANCHED, PLAIN
 from tests.helpers import build, tiny_task
 
 COMMIT = "54afde30fe039c8bd66668f0d17944b451b8b189"
@@ -23,7 +22,7 @@ GATE = {"control_v1": "gate.fc", "bn_v1": "gate.bn"}
 
 def one_name(name: str) -> str:
     """ONE_ResNet's names (``layer3_1..3``, ``classfier3_1..3``: branches from 1) as peerkd ``one``'s."""
-    return lineage.resnet_name(name, **BRANCHED, first_branch=1, extra=GATE)
+    return lineage.resnet_name(name, **lineage.BRANCHED, first_branch=1, extra=GATE)
 
 
 def test_one_defaults_equal_lans_step():
@@ -52,7 +51,7 @@ def test_resnet110_lan_is_ones_resnet110():
     model = build_model("resnet110_lan", 100)
     assert sum(p.numel() for p in model.parameters()) == info["resnet"]["params"] == 1_727_284
     lineage.load_mapped(model, lineage.formula_state(info["resnet"]["shapes"]),
-                        lambda k: lineage.resnet_name(k, **PLAIN))
+                        lambda k: lineage.resnet_name(k, **lineage.PLAIN))
     with torch.no_grad():
         fixture.assert_close(model.eval()(x), fix["outputs/resnet"], "resnet110_lan logits")
     method = build({"name": "one", "model": "resnet110_lan"}, tiny_task(100))
