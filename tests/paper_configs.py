@@ -100,6 +100,8 @@ def _small(options, method: str):
         options.model = small
     if deep and hasattr(options, "model_options"):
         options.model_options = {**options.model_options, "width": 8}
+    elif hasattr(options, "model_options"):  # the big network's own options (a VGG's dropout) do not fit resnet8
+        options.model_options = {}
     return options
 
 

@@ -13,22 +13,35 @@ Backprop rescaling: at every fork the gradient flowing back into the shared laye
 layer shared by n heads receives the mean rather than the sum of their gradients (``rescale_gradient``).
 
 Readings: the consensus target is detached (the paper treats it as a constant; ``detach_target``); beta = 0.5 and
-T = 2 are the paper's CIFAR values; the KL carries the usual T^2 factor. ``predict`` keys: ``head0 .. head{H-1}``
+T = 2 are the paper's CIFAR values; the KL carries the usual T^2 factor.
+
+``loss_form: okddip`` runs the CL-ILR of OKDDip's code instead (DefangChen/OKDDip-AAAI2020 ``train_one.py --avg
+--bpscale`` with ``models/model_cifar/resnet_one.py``: the numbers the MDE and CSS tables quote for CL):
+
+    L = sum_h CE(z_h, y) + w(e) * kl_weight * sum_h T^2 KL(q_h^t || softmax(z_h / T)),   w(e) = exp(-5 (1 - e/80)^2)
+
+with ``q_h^t`` the other heads' mean logits *not* detached (their model returns the consensus as a graph node), T = 3,
+one fork after stage 2 into 4 heads and the gradient into the trunk divided by 4 (their ``ILR``). That recipe is
+``loss_form: okddip, temperature: 3, rampup_epochs: 80, detach_target: false`` (held against their code in
+``tests/golden/test_okddip.py``). Both codes' KL adds 1e-7 to the teacher's probabilities; peerkd does not (a relative
+difference of at most ``classes x 1e-7`` in the KL's gradient). ``predict`` keys: ``head0 .. head{H-1}``
 and ``ensemble`` (the mean of the heads' probabilities); ``export(key)`` gives head ``key`` (default ``head0``).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 
-from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
-from peerkd.core.method import Method, StepOutput
 from peerkd.core.errors import ConfigError
-from peerkd.methods.parts.multibranch import scale_gradient
+from peerkd.core.method import Method, StepOutput
 from peerkd.core.registry import register_method
+from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
+from peerkd.methods.parts.multibranch import scale_gradient
+from peerkd.methods.parts.rampup import sigmoid_rampup
 from peerkd.models import build_model
 from peerkd.models.members import build_members
 
@@ -96,6 +109,9 @@ class HeadTree(nn.Module):
         return model.to(next(self.parameters()).device).eval()
 
 
+ClLossForm = Literal["paper", "okddip"]  # the two weightings of CE and KL (see the module docstring)
+
+
 @register_method("cl")
 class CL(Method):
     """Collaborative learning (Song & Chai 2018): hierarchical heads, consensus targets, backprop rescaling."""
@@ -110,6 +126,10 @@ class CL(Method):
         temperature: float = 2.0  # T of the consensus soft target (the paper's CIFAR value)
         rescale_gradient: bool = True  # backprop rescaling by 1/fanout at each fork (the paper's ILR)
         detach_target: bool = True  # the consensus target carries no gradient (treated as a constant)
+        loss_form: ClLossForm = "paper"  # "paper": beta CE + (1 - beta) KL; "okddip": CE + w(e) kl_weight KL (above)
+        kl_weight: float = 1.0  # "okddip" form: the KL's weight (their alpha = 1); unused by the paper's form
+        rampup_epochs: float = 0.0  # epochs of the sigmoid ramp-up w(e) of the KL weight (0: none, the paper's;
+        # OKDDip's code: 80)
 
     @classmethod
     def model_requirements(cls, options):
@@ -119,6 +139,10 @@ class CL(Method):
         super().__init__(options, task)
         self.tree = HeadTree(options.model, task.num_classes, options.split_stages, options.fanouts,
                              options.model_options, options.rescale_gradient)
+        self.register_buffer("distill_scale", torch.tensor(sigmoid_rampup(0, options.rampup_epochs)))
+
+    def on_epoch_start(self, epoch, epochs):
+        self.distill_scale.fill_(sigmoid_rampup(epoch, self.options.rampup_epochs))
 
     def forward(self, batch) -> StepOutput:
         opts = self.options
@@ -132,8 +156,12 @@ class CL(Method):
             consensus = (total - stacked[h]) / (count - 1)
             kls.append(kd_kl(z, consensus.detach() if opts.detach_target else consensus, opts.temperature))
         kl = torch.stack(kls)
-        loss = opts.hard_weight * ce.sum() + (1 - opts.hard_weight) * kl.sum()
-        return StepOutput(loss, {"ce": ce.sum().detach(), "kl": kl.sum().detach()})
+        if opts.loss_form == "okddip":
+            loss = ce.sum() + self.distill_scale * opts.kl_weight * kl.sum()
+        else:
+            loss = opts.hard_weight * ce.sum() + (1 - opts.hard_weight) * self.distill_scale * kl.sum()
+        return StepOutput(loss, {"ce": ce.sum().detach(), "kl": kl.sum().detach(),
+                                 "distill_scale": self.distill_scale.detach().clone()})
 
     def predict(self, x):
         logits = self.tree(x)

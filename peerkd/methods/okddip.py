@@ -22,6 +22,11 @@ Readings (from the authors' published code where the paper is silent):
   ``consistency_weight``); ``rampup_epochs: 0`` turns it off. alpha = beta = 1, T = 3, m = 4 as in their defaults;
 - the projections map the pooled feature to ``feature_dim / 8`` dimensions without bias (their ``factor = 8``).
 
+Held against DefangChen/OKDDip-AAAI2020 (``train_GL.py`` with ``models/model_cifar/resnet_GL.py``) step for step:
+outputs, loss and every gradient at epochs 0, 40 and 100 (``tests/golden/test_okddip.py``). Their KL adds 1e-7 to
+the teacher's probabilities; peerkd's does not (at most ``classes x 1e-7`` of the KL's gradient). On their VGG
+(``vgg_GL.py``) every branch classifier has dropout 0.5: ``model_options: {dropout: 0.5}`` on ``vgg16_okddip``.
+
 ``target`` (gate / attention / ffm / mean) and ``cd_weight`` make this one family with MDE (``peerkd.methods.mde``):
 MDE is this class with the FFM target, beta = 2 and the CD loss.
 
@@ -35,12 +40,19 @@ from dataclasses import dataclass, field
 import torch
 
 from peerkd.core.errors import ConfigError
-from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
 from peerkd.core.method import Method, StepOutput
-from peerkd.methods.parts.multibranch import (BranchGroup, CdProduct, TargetBuilder, TargetGradient,
-                                              build_target_builder, classifier_diversification, peer_targets,
-                                              sigmoid_rampup)
 from peerkd.core.registry import register_method
+from peerkd.losses import hard_ce, kd_kl, mean_probs_logits
+from peerkd.methods.parts.multibranch import (
+    BranchGroup,
+    CdProduct,
+    TargetBuilder,
+    TargetGradient,
+    build_target_builder,
+    classifier_diversification,
+    peer_targets,
+    sigmoid_rampup,
+)
 
 
 @register_method("okddip")

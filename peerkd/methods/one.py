@@ -12,7 +12,13 @@ has BN and ReLU between FC and softmax as in ONE's code (``gate_bn_relu``); the 
 (``target_gradient: none``): ONE's published ``KLLoss`` takes ``softmax(z_e / T).data`` with ``requires_grad=False``,
 so the gate learns from the ensemble CE alone and no branch is pulled towards the students through the teacher.
 ``target_gradient: weights`` detaches only the branch logits inside ``z_e`` (the gate also learns from the KL),
-``full`` detaches nothing (OKDDip's attention targets). The KL weight ramps up as ``w(e) = exp(-5 (1 - e/80)^2)``
+``full`` detaches nothing: the ONE of OKDDip's code (DefangChen/OKDDip-AAAI2020 ``train_one.py`` with
+``models/model_cifar/resnet_one.py``, whose model returns the gated ensemble with its graph), the ONE the MDE, CSS
+and CutnMix tables ran. Each side is held against its code step for step: ``none`` against Lan1991Xu/ONE_NeurIPS2018
+(``tests/golden/test_one.py``), ``full`` against OKDDip's (``tests/golden/test_okddip.py``). Both codes add 1e-7 to
+the teacher's probabilities inside the KL; peerkd does not (at most ``classes x 1e-7`` of the KL's gradient).
+OKDDip's ``vgg_one.py`` runs every branch twice in ONE mode (the first pass discarded), so its branches' BatchNorm
+statistics move twice a step; peerkd runs them once (the gradients are those of the second pass either way). The KL weight ramps up as ``w(e) = exp(-5 (1 - e/80)^2)``
 over the first 80 epochs, as ONE's published ``cifar_one.py`` does (``consistency_rampup = 80``; the paper's loss
 does not show it); ``rampup_epochs: 0`` gives the paper's constant weight 1.
 
@@ -31,11 +37,17 @@ from typing import Literal
 
 import torch
 
-from peerkd.losses import hard_ce, kd_kl
 from peerkd.core.method import Method, StepOutput
-from peerkd.methods.parts.multibranch import (BranchGroup, CdProduct, GateTarget, TargetGradient,
-                                        classifier_diversification, sigmoid_rampup)
 from peerkd.core.registry import register_method
+from peerkd.losses import hard_ce, kd_kl
+from peerkd.methods.parts.multibranch import (
+    BranchGroup,
+    CdProduct,
+    GateTarget,
+    TargetGradient,
+    classifier_diversification,
+    sigmoid_rampup,
+)
 
 OneTargetGradient = Literal["none", TargetGradient]  # "none": the teacher detached in the KL, or the two of OKDDip
 

@@ -127,6 +127,10 @@ EXPECTED = {
                   {"foundation"}),
     "resnet110_one": (lambda k: cifar_bottleneck_resnet(12, 1, k), "OKDDip models/model_cifar/resnet.py resnet110",
                       {"000", "001", "003"}),
+    "resnet110_okddip": (lambda k: cifar_bottleneck_resnet(12, 1, k),
+                         "OKDDip models/model_cifar/resnet.py resnet110 (= DLB's)", {"000", "001", "003"}),
+    "resnet110_lan": (lambda k: cifar_bottleneck_resnet(18, 1, k),
+                      "ONE (Lan1991Xu/ONE_NeurIPS2018) models/cifar/resnet.py resnet(depth=110): n = 18", set()),
     "wide_resnet20_8": (lambda k: cifar_bottleneck_resnet(2, 8, k),
                         "OKDDip models/model_cifar/resnet.py wide_resnet20_8", {"000", "003"}),
     "vgg16_okddip": (lambda k: okddip_vgg(16, k), "OKDDip models/model_cifar/vgg.py vgg16", {"003"}),
@@ -183,7 +187,7 @@ def test_config_network_has_the_papers_parameter_count(network):
     assert name in EXPECTED, f"{name} (in {NETWORKS[network][:3]}) has neither an expected count nor a reason"
     count_at, source, papers = EXPECTED[name]
     assert paper in papers, f"paper {paper}'s configs {NETWORKS[network][:3]} name {name}: not its lineage's network"
-    if model_options:
+    if {key for key, _ in model_options} - {"dropout"}:  # a dropout has no parameters
         pytest.skip(f"{name} with {dict(model_options)}: a truncated network has no published count")
     with torch.device("meta"):
         built = count_parameters(build_model(name, classes))
@@ -195,6 +199,11 @@ def test_lineage_networks_sizes_at_100_classes():
     """The counts the issue quotes (millions, 100 classes), from the formulas above."""
     assert round(cifar_bottleneck_resnet(2, 8, 100) / 1e6, 2) == 6.87  # OKDDip's WRN-20-8, not WRN-22-8's 17.2 M
     assert round(cifar_bottleneck_resnet(12, 1, 100) / 1e6, 2) == 1.17
+    assert cifar_bottleneck_resnet(12, 1, 100) == 1_170_868  # OKDDip's / DLB's ResNet-110 (resnet110_okddip)
+    assert cifar_bottleneck_resnet(18, 1, 100) == 1_727_284  # ONE's own ResNet-110 (resnet110_lan): n = (110 - 2) // 6
+    for name, count in (("resnet110_okddip", 1_170_868), ("resnet110_one", 1_170_868), ("resnet110_lan", 1_727_284)):
+        with torch.device("meta"):
+            assert count_parameters(build_model(name, 100)) == count, name
     assert round(okddip_vgg(16, 100) / 1e6, 2) == 15.30 and round(okddip_vgg(19, 100) / 1e6, 2) == 20.61
 
 
