@@ -45,7 +45,7 @@ def assert_gradients(actual: dict[str, torch.Tensor], names: list[str], stored: 
         diff = (mine - row.double()).abs().max().item()
         norm = row[-1].item()
         assert diff <= rtol * max(norm, 1e-12), \
-            f"{what} gradient {name}: projections differ by {diff:.3g} > {rtol:g} x its norm {norm:.3g}"
+            f"{what} {name}: projections differ by {diff:.3g} > {rtol:g} x its norm {norm:.3g}"
 
 
 def load_in_order(model: torch.nn.Module, reference: dict[str, torch.Tensor]) -> dict[str, str]:
@@ -91,7 +91,7 @@ def check_network(golden: fixture.Fixture, tag: str, model: torch.nn.Module) -> 
         loss.backward()
         params = dict(model.named_parameters())
         grads = {ref: params[ours].grad for ref, ours in names.items() if ours in params}
-        assert_gradients(grads, entry["gradient_names"], golden[f"state/grad_projection/{tag}"], tag)
+        assert_gradients(grads, entry["gradient_names"], golden[f"state/grad_projection/{tag}"], f"{tag} gradient")
     model.eval()
     with torch.no_grad():
         fixture.assert_close(model(x), golden[f"outputs/{tag}/eval"], f"{tag} evaluation-mode logits")
