@@ -9,7 +9,7 @@ peers' and the temporal-mean network's parameters and BatchNorm statistics after
 more EMA update at global step 39100 (alpha capped at 0.999), and the ramp-up weight of every epoch 0-299. With the
 defaults (``before_step``, ``sigmoid``) the steps after the first and the ramp-up at epochs 0-80 differ: the
 switches are what reproduces it. Tolerance: ``fixture.RTOL`` (1e-5 of the largest |value|; of the norm for a
-projection). Regenerate with ``python tools/golden/pcl.py --repo PATH``.
+projection), 2e-5 for the gradients after the first step (round-off of the stepped parameters, amplified). Regenerate with ``python tools/golden/pcl.py --repo PATH``.
 """
 from __future__ import annotations
 
@@ -76,7 +76,10 @@ def test_steps_equal_the_reproduction():
     method, peers, names, mean_names = pcl(**REPRODUCTION)
     for k, (loss, grads) in enumerate(run_steps(method, peers, names)):
         fixture.assert_close(loss.reshape(1), GOLDEN[f"loss/step{k}"], f"loss at step {k}")
-        assert_gradients(grads, CASE["gradient_names"], GOLDEN[f"state/grad_projection/step{k}"], f"step {k}")
+        # after an SGD step (lr 0.1, BatchNorm over a batch of 2) the parameters' round-off (~1e-7) reaches the next
+        # gradient amplified: measured 4.4e-6 of the norm at steps 1-2 (2.3e-7 at step 0); a wrong setting is >= 1e-3
+        rtol = fixture.RTOL if k == 0 else 2e-5
+        assert_gradients(grads, CASE["gradient_names"], GOLDEN[f"state/grad_projection/step{k}"], f"step {k}", rtol)
     method.update_mean_teacher()  # the reproduction's update after the last step: peerkd makes it before the next
     assert_state(peers, names, "model", "peers after 3 steps")
     assert_state(method.mean_net, mean_names, "mean", "mean network after 3 steps")
