@@ -36,14 +36,20 @@ def rule_weights(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     return out
 
 
-def map_in_order(reference: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The reference's state_dict entries under ``model``'s names, paired in order; every pair must agree in shape
-    (a missing or extra layer, or another width, fails here with the first pair that differs)."""
+def pair_names(reference: dict[str, tuple[int, ...]], model: torch.nn.Module) -> dict[str, str]:
+    """``{reference state_dict name: model's name}``, paired in state_dict order; every pair must agree in shape (a
+    missing or extra layer, or another width, fails here with the first pair that differs)."""
     ours = model.state_dict()
     assert len(ours) == len(reference), f"{len(ours)} state_dict entries here, {len(reference)} in the reference"
-    mapped = {}
-    for (theirs, value), (name, mine) in zip(reference.items(), ours.items()):
-        assert tuple(value.shape) == tuple(mine.shape), \
-            f"reference {theirs} {tuple(value.shape)} pairs with {name} {tuple(mine.shape)}"
-        mapped[name] = value
-    return mapped
+    pairs = {}
+    for (theirs, shape), (name, mine) in zip(reference.items(), ours.items()):
+        assert tuple(shape) == tuple(mine.shape), f"reference {theirs} {tuple(shape)} pairs with {name} " \
+                                                  f"{tuple(mine.shape)}"
+        pairs[theirs] = name
+    return pairs
+
+
+def map_in_order(reference: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The reference's state_dict entries under ``model``'s names (:func:`pair_names`), to ``load_state_dict``."""
+    pairs = pair_names({k: tuple(v.shape) for k, v in reference.items()}, model)
+    return {pairs[k]: v for k, v in reference.items()}
