@@ -20,9 +20,20 @@ Readings chosen:
   not train: ``requires_grad = False``; they live in ``mean_net`` so ``state_dict`` holds them).
 - The EMA update runs at the start of every training step with the parameters the optimiser left after the previous
   step, so teacher t averages theta_0 .. theta_t; the last optimiser step of a run is not averaged in (one step of
-  lag, immaterial over a run). Only parameters are averaged; the mean network keeps its own BatchNorm statistics,
+  lag, immaterial over a run). ``ema_order: after_step`` reproduces the public PCL reproduction
+  (shaoeric/Peer-Collaborative-Learning-for-Online-Knowledge-Distillation, ``src/trainer.py`` calls
+  ``update_ema_variables(model, mean_model, 0.999, global_step)`` after each optimiser step, ``src/utils/ema.py``
+  ``alpha = min(1 - 1/(global_step + 1), 0.999)``): teacher t averages theta_1 .. theta_t, and the first step's
+  teacher is the mean network as built. peerkd runs that update at the start of the next step (the same parameters,
+  the same alpha with global_step = t - 1) and skips it at t = 0; the reproduction's first teacher is an independently
+  initialised network, peerkd's a copy of the peers (one step; alpha = 0 at global_step 0 overwrites it either way). Only parameters are averaged; the mean network keeps its own BatchNorm statistics,
   gathered by its own forward passes in training mode (batch statistics, as mean-teacher code runs it).
-- Ramp-up: R = 80 epochs (``rampup_epochs``; 0 disables it), applied to both distillation terms, evaluated per epoch.
+- Ramp-up: R = 80 epochs (``rampup_epochs``; 0 disables it), applied to both distillation terms, evaluated per epoch
+  (epochs counted from 0). ``rampup_form: pcl_reproduction`` reproduces the public reproduction's
+  ``LossWrapper.compute_rampup_weight(epoch, lambd=1.0, alpha=80)`` (``src/losses/loss_wrapper.py``): 1 for
+  e > R, else exp(-5 (1 - e / lambd)^2) with lambd = 1 -- a ramp-up meant as exp(-5 (1 - e/R)^2) that divides by the
+  weight instead of R, so w = 0.0067 at e = 0, 1 at e = 1, 0.0067 at e = 2 and below 2e-9 from e = 3 to R: the
+  reproduction trains epochs 3-80 without distillation. The default ``sigmoid`` is the intended curve.
 - The peers are branches split before the last stage (``split_at: -1``), the ONE layout PCL builds on.
 - ``predict``: ``branch{j}`` (the trained peers), ``ensemble_teacher`` (z_e), ``mean_teacher{j}`` (the temporal mean
   of peer j: what PCL deploys) and ``ensemble`` (the mean probability of the mean teachers). CSS's Table 1 quotes
@@ -31,7 +42,9 @@ Readings chosen:
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
@@ -54,6 +67,14 @@ def ema_update(mean_model: nn.Module, model: nn.Module, decay: float | torch.Ten
         p_mean.lerp_(p.detach(), weight.to(p_mean))  # p' + (1 - decay) (p - p') = decay p' + (1 - decay) p
 
 
+def reproduction_rampup(epoch: float, length: float) -> float:
+    """The public PCL reproduction's ramp-up weight (``loss_wrapper.py``, ``lambd = 1``, ``alpha = length``): 1 past
+    ``length`` epochs, else ``exp(-5 (1 - epoch)^2)`` (module docstring: off from epoch 3 to ``length``)."""
+    if epoch > length:
+        return 1.0
+    return math.exp(-5.0 * (1.0 - float(epoch)) ** 2)
+
+
 @register_method("pcl")
 class PCL(Method):
     """Peer Collaborative Learning (Wu & Gong 2021): per-peer views, peer ensemble teacher, EMA peer mean teachers."""
@@ -70,6 +91,12 @@ class PCL(Method):
         ensemble_weight: float = 1.0  # weight of L_pe inside the ramped term (1 in the paper)
         mean_teacher_weight: float = 1.0  # weight of L_pm inside the ramped term (1 in the paper)
         separate_views: bool = True  # each peer its own augmentation of the batch (asks m views); false: one view
+        # when the EMA takes the peers' parameters: before_step (ours: theta_0 .. theta_t) or after_step (the public
+        # reproduction's order: theta_1 .. theta_t; its alpha uses the previous step's count)
+        ema_order: Literal["before_step", "after_step"] = "before_step"
+        # the ramp-up's curve: sigmoid (exp(-5 (1 - e/R)^2), intended) or pcl_reproduction (the public
+        # reproduction's exp(-5 (1 - e)^2) up to R, then 1: distillation off for epochs 3..R)
+        rampup_form: Literal["sigmoid", "pcl_reproduction"] = "sigmoid"
 
     @classmethod
     def model_requirements(cls, options):
@@ -88,20 +115,30 @@ class PCL(Method):
         for p in self.mean_net.parameters():
             p.requires_grad_(False)
         self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))  # EMA updates done so far
-        self.register_buffer("rampup_weight", torch.tensor(sigmoid_rampup(0, options.rampup_epochs)))  # w(e)
+        self.register_buffer("rampup_weight", torch.tensor(self.rampup(0)))  # w(e)
 
     @classmethod
     def data_request(cls, options):
         return DataRequest(views=options.branches if options.separate_views else 1)
 
+    def rampup(self, epoch: int) -> float:
+        """w(e) of the chosen ``rampup_form``."""
+        form = reproduction_rampup if self.options.rampup_form == "pcl_reproduction" else sigmoid_rampup
+        return form(epoch, self.options.rampup_epochs)
+
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
-        self.rampup_weight.fill_(sigmoid_rampup(epoch, self.options.rampup_epochs))
+        self.rampup_weight.fill_(self.rampup(epoch))
 
     @torch.no_grad()
     def update_mean_teacher(self) -> None:
-        """One EMA step with the warm-up decay ``min(beta, 1 - 1/(t + 1))``, t the number of earlier updates."""
+        """One EMA step with the warm-up decay ``min(beta, 1 - 1/(t + 1))``, t the number of earlier training steps;
+        with ``ema_order: after_step`` the update the reproduction makes after step t - 1 (``min(beta, 1 - 1/t)``,
+        none at t = 0)."""
         t = self.ema_steps.float()  # on the device: no host sync inside the training step
-        decay = torch.clamp(1.0 - 1.0 / (t + 1.0), max=self.options.ema_decay)
+        if self.options.ema_order == "after_step":
+            decay = torch.where(t > 0, torch.clamp(1.0 - 1.0 / t.clamp_min(1.0), max=self.options.ema_decay), 1.0)
+        else:
+            decay = torch.clamp(1.0 - 1.0 / (t + 1.0), max=self.options.ema_decay)
         ema_update(self.mean_net, self.net, decay)
         self.ema_steps += 1
 
