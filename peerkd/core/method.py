@@ -107,8 +107,9 @@ class Method(nn.Module):
     def export(self, key: str | None = None) -> nn.Module:
         """A module with trained weights computing ``predict(x)[key]`` (None: the default key): a plain registered
         model where the key is one network (a peer, a branch path), or a method's own module for what it evaluates
-        as one (CSS's masked m-branch networks). ``peerkd export`` (peerkd/deploy/export.py) checks it against ``predict``
-        and exports keys a method does not export here (ensembles, leader aggregates) as the method's ``predict``."""
+        as one (CSS's masked m-branch networks). ``peerkd export`` (peerkd/deploy/export.py) checks it against
+        ``predict`` and exports keys a method does not export here (ensembles, leader aggregates) as the method's
+        ``predict``."""
         raise NotImplementedError(f"{type(self).__name__} has no exportable model")
 
 

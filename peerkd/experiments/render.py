@@ -1,6 +1,6 @@
-"""The printed forms of a ``peerkd report`` (:mod:`peerkd.experiments.aggregate` reads and aggregates the runs): the flat list of
-cells as markdown, CSV or LaTeX, one paper table laid out as its rows x its columns, the paper-vs-ours figure, and
-the generated block of a markdown file (RESULTS.md) that records the command that made it."""
+"""The printed forms of a ``peerkd report`` (:mod:`peerkd.experiments.aggregate` reads and aggregates the runs): the
+flat list of cells as markdown, CSV or LaTeX, one paper table laid out as its rows x its columns, the paper-vs-ours
+figure, and the generated block of a markdown file (RESULTS.md) that records the command that made it."""
 from __future__ import annotations
 
 import csv

@@ -18,9 +18,10 @@ and CutnMix tables ran. Each side is held against its code step for step: ``none
 (``tests/golden/test_one.py``), ``full`` against OKDDip's (``tests/golden/test_okddip.py``). Both codes add 1e-7 to
 the teacher's probabilities inside the KL; peerkd does not (at most ``classes x 1e-7`` of the KL's gradient).
 OKDDip's ``vgg_one.py`` runs every branch twice in ONE mode (the first pass discarded), so its branches' BatchNorm
-statistics move twice a step; peerkd runs them once (the gradients are those of the second pass either way). The KL weight ramps up as ``w(e) = exp(-5 (1 - e/80)^2)``
-over the first 80 epochs, as ONE's published ``cifar_one.py`` does (``consistency_rampup = 80``; the paper's loss
-does not show it); ``rampup_epochs: 0`` gives the paper's constant weight 1.
+statistics move twice a step; peerkd runs them once (the gradients are those of the second pass either way). The KL
+weight ramps up as ``w(e) = exp(-5 (1 - e/80)^2)`` over the first 80 epochs, as ONE's published ``cifar_one.py`` does
+(``consistency_rampup = 80``; the paper's loss does not show it); ``rampup_epochs: 0`` gives the paper's constant weight
+1.
 
 ``cd_weight`` (0: ONE has none) adds MDE's classifier-diversification loss ``gamma L_cd`` over the m branches'
 classifiers (paper 001, eq. 5; the one implementation,

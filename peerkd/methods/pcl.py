@@ -26,8 +26,9 @@ Readings chosen:
   ``alpha = min(1 - 1/(global_step + 1), 0.999)``): teacher t averages theta_1 .. theta_t, and the first step's
   teacher is the mean network as built. peerkd runs that update at the start of the next step (the same parameters,
   the same alpha with global_step = t - 1) and skips it at t = 0; the reproduction's first teacher is an independently
-  initialised network, peerkd's a copy of the peers (one step; alpha = 0 at global_step 0 overwrites it either way). Only parameters are averaged; the mean network keeps its own BatchNorm statistics,
-  gathered by its own forward passes in training mode (batch statistics, as mean-teacher code runs it).
+  initialised network, peerkd's a copy of the peers (one step; alpha = 0 at global_step 0 overwrites it either way).
+  Only parameters are averaged; the mean network keeps its own BatchNorm statistics, gathered by its own forward passes
+  in training mode (batch statistics, as mean-teacher code runs it).
 - Ramp-up: R = 80 epochs (``rampup_epochs``; 0 disables it), applied to both distillation terms, evaluated per epoch
   (epochs counted from 0). ``rampup_form: pcl_reproduction`` reproduces the public reproduction's
   ``LossWrapper.compute_rampup_weight(epoch, lambd=1.0, alpha=80)`` (``src/losses/loss_wrapper.py``): 1 for

@@ -21,8 +21,8 @@ it:
 - ``"vmap"``: the members' tensors stacked and one member's forward vectorised over them (``torch.func``: any module
   type, BatchNorm included; :class:`peerkd.models.members.VmappedMembers`).
 
-``trainer.members: auto`` is the trainer's business (:mod:`peerkd.training.execution`): on CUDA it measures these four on
-the run's first batch and keeps the fastest; on a CPU it is "separate" without measuring (grouped convolutions are
+``trainer.members: auto`` is the trainer's business (:mod:`peerkd.training.execution`): on CUDA it measures these four
+on the run's first batch and keeps the fastest; on a CPU it is "separate" without measuring (grouped convolutions are
 slower than separate ones there: BENCHMARKS.md). Members that cannot group (heterogeneous members, a module type the
 fusion translator does not know) run separately, with a warning.
 """

@@ -121,8 +121,8 @@ class StreamedMembers(MemberList, StreamedModels):
 
 
 class FusedMembers(nn.Module):
-    """Execution "grouped": the members as one :class:`FusedCopies` whose every layer is P members wide. Inputs are stacked
-    along channels (a shared input repeated, per-member inputs concatenated) and outputs split back into views.
+    """Execution "grouped": the members as one :class:`FusedCopies` whose every layer is P members wide. Inputs are
+    stacked along channels (a shared input repeated, per-member inputs concatenated) and outputs split back into views.
 
     Its state_dict has the ModuleList's keys (``{j}.<name>``), converted on save and on load.
     """

@@ -10,9 +10,10 @@ registered (parameter counts at 100 classes):
   three linear layers (512-512, ReLU, dropout; 512-512, ReLU, dropout; 512-K). 15.30 M / 20.61 M. ``dropout``
   defaults to 0 as that file (``VGG(dropout=0.0)``, ``train.py --dropout 0``); the multi-branch files of the same code,
   ``vgg_one.py`` (ONE, CL) and ``vgg_GL.py`` (OKDDip), put dropout 0.5 in every branch's classifier (``nn.Dropout()``,
-  ``dropout = 0.5``), so the ONE / OKDDip / CL configs on these networks set ``model_options: {dropout: 0.5}``. CutnMix (paper 003) means this network: its authors' DLB code (Meta-knowledge-Lab/DLB, ``models/vgg.py``;
-  same five authors) carries this file, next to the OKDDip ``resnet.py`` with paper 003's other networks
-  (ResNet-32, ResNet-110, WRN-20-8), and paper 003 runs ONE / OKDDip as its baselines.
+  ``dropout = 0.5``), so the ONE / OKDDip / CL configs on these networks set ``model_options: {dropout: 0.5}``. CutnMix
+  (paper 003) means this network: its authors' DLB code (Meta-knowledge-Lab/DLB, ``models/vgg.py``; same five authors)
+  carries this file, next to the OKDDip ``resnet.py`` with paper 003's other networks (ResNet-32, ResNet-110, WRN-20-8),
+  and paper 003 runs ONE / OKDDip as its baselines.
 - ``vgg16_crd`` / ``vgg19_crd``: CRD's, HobbitLong/RepDistiller ``models/vgg.py``: biased convolutions, max-pools
   after groups 1-3 only on 32-px input (the fourth pool runs only on 64-px input), so groups 4 and 5 see 4x4 maps,
   then global average pooling and one linear layer. 14.77 M / 20.09 M.

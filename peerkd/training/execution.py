@@ -9,10 +9,10 @@ more members (:func:`should_measure`; a method without one has nothing to choose
 "streams", "vmap" it builds the method inside :func:`peerkd.models.execution.member_execution`, keeps the candidates
 that hold a group executing that way, loads the weights of the run's own method (every execution keeps the same
 state_dict keys), and times ``steps`` full training steps (forward, loss, backward, SGD update through
-:class:`peerkd.training.step.FastStep`, the run's precision) on the run's first batch after ``warmup`` untimed ones; under
-``trainer.step: graph`` the timed steps are graph replays, as in the run. Under compile the steps are eager (compiling
-four variants would cost minutes); the ranking is then that of eager execution. The throwaway copies never touch the
-run: its weights, and every random number generator, are as they were before the measurement.
+:class:`peerkd.training.step.FastStep`, the run's precision) on the run's first batch after ``warmup`` untimed ones;
+under ``trainer.step: graph`` the timed steps are graph replays, as in the run. Under compile the steps are eager
+(compiling four variants would cost minutes); the ranking is then that of eager execution. The throwaway copies never
+touch the run: its weights, and every random number generator, are as they were before the measurement.
 
 On a CPU "auto" is "separate" without measuring (grouped convolutions are slower than separate ones there:
 BENCHMARKS.md). Under DDP every rank measures and the times are summed over ranks, so all ranks pick the same.

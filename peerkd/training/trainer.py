@@ -8,9 +8,9 @@ every ``predict`` key; atomic checkpoints every epoch with every RNG state, and 
 middle of an epoch after SIGTERM; a non-finite loss stops the run and keeps the last good checkpoint; DDP under
 ``torchrun``.
 
-The run folder is taken before any set-up (:mod:`peerkd.training.run_folder`: writable, locked, a peerkd run or empty, the
-config of a resume checked against the checkpoint's). Under DDP rank 0 alone takes it and writes; the other ranks get
-its verdict (the same error, or whether the run resumes) by one broadcast. A write that finds the disk full ends the
+The run folder is taken before any set-up (:mod:`peerkd.training.run_folder`: writable, locked, a peerkd run or empty,
+the config of a resume checked against the checkpoint's). Under DDP rank 0 alone takes it and writes; the other ranks
+get its verdict (the same error, or whether the run resumes) by one broadcast. A write that finds the disk full ends the
 run with one line naming the folder and the checkpoint kept.
 """
 from __future__ import annotations

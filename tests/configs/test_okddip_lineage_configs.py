@@ -49,7 +49,8 @@ def test_cl_rows_run_the_code_their_number_came_from(path):
         assert recipe[0] == "paper" and recipe[2] == 0 and recipe[3], f"{rel(path)}: the CL paper's recipe"
 
 
-@pytest.mark.parametrize("path", [p for p in LINEAGE if peerkd.load_config(p).method.options.model.startswith("resnet110")],
+@pytest.mark.parametrize("path", [p for p in LINEAGE
+                                  if peerkd.load_config(p).method.options.model.startswith("resnet110")],
                          ids=rel)
 def test_resnet110_rows_name_their_network(path):
     """Every ONE / OKDDip / CL row on a ResNet-110 ran OKDDip's / DLB's network (no row quotes ONE's own numbers):

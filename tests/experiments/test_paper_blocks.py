@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2] / "configs"
 PAPERS = Path(__file__).resolve().parents[3] / "shared" / "papers"  # ../shared/papers/<id>_<hash>.txt
 # configs that reproduce no printed number: figure curves, methods named but not tabulated, methods on their own
 NO_CELL = {"css/fig3", "cutnmix/fig1", "cutnmix/tfkd", "pskd/baselines"}
-OTHER_HELPER = {"mde/table6", "mde/fig3"}  # their blocks and tests are the MDE ablation's (tests/configs/test_configs_mde.py)
+# their blocks and tests are the MDE ablation's (tests/configs/test_configs_mde.py)
+OTHER_HELPER = {"mde/table6", "mde/fig3"}
 
 
 def block(**cell):

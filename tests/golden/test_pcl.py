@@ -9,7 +9,8 @@ peers' and the temporal-mean network's parameters and BatchNorm statistics after
 more EMA update at global step 39100 (alpha capped at 0.999), and the ramp-up weight of every epoch 0-299. With the
 defaults (``before_step``, ``sigmoid``) the steps after the first and the ramp-up at epochs 0-80 differ: the
 switches are what reproduces it. Tolerance: ``fixture.RTOL`` (1e-5 of the largest |value|; of the norm for a
-projection), 2e-5 for the gradients after the first step (round-off of the stepped parameters, amplified). Regenerate with ``python tools/golden/pcl.py --repo PATH``.
+projection), 2e-5 for the gradients after the first step (round-off of the stepped parameters, amplified). Regenerate
+with ``python tools/golden/pcl.py --repo PATH``.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Fused members (``build_members(modules, "grouped")`` over :class:`FusedCopies`) compute exactly what the separate modules
-compute: outputs, gradients, BatchNorm statistics, for whole networks and for the tails of a branched network.
+"""Fused members (``build_members(modules, "grouped")`` over :class:`FusedCopies`) compute exactly what the separate
+modules compute: outputs, gradients, BatchNorm statistics, for whole networks and for the tails of a branched network.
 
 In float64 the two agree to rounding (1e-12). In float32 they agree within 1e-5, with one caveat: grouped and
 separate convolutions round differently, so a pre-activation within ~1e-7 of zero can land on the other side of a

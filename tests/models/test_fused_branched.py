@@ -197,7 +197,8 @@ def test_tails_fusion_cannot_translate_run_separately_with_a_warning():
 
 @pytest.mark.parametrize("case", ["css", "css_no_sd", "css_no_td", "css_no_sd_no_td"])
 def test_css_fuses_its_two_identical_networks_as_one_trunk_group_and_one_tail_group(case):
-    """Two identical networks under "grouped": ONE fused group of the 2 trunks and ONE of all 2*m tails, nothing else."""
+    """Two identical networks under "grouped": ONE fused group of the 2 trunks and ONE of all 2*m tails, nothing
+    else."""
     method = _build(case, "grouped", tiny_task(image_size=IMAGE))
     m = CASES[case]["branches"]
     assert type(method.nets) is FusedBranchedNets and len(method.nets) == 2

@@ -10,8 +10,8 @@ import torch
 
 from tests.helpers import tiny_vanilla_config
 from peerkd import cli
-from peerkd.training.checkpoint import (CHECKPOINT, PREVIOUS_CHECKPOINT, RunError, checkpoint_problem, load_checkpoint, load_run,
-                        read_checkpoint)
+from peerkd.training.checkpoint import (CHECKPOINT, PREVIOUS_CHECKPOINT, RunError, checkpoint_problem,
+                                       load_checkpoint, load_run, read_checkpoint)
 from peerkd.training.trainer import Trainer, train
 
 def _config(epochs: int = 2, **kwargs):
@@ -85,7 +85,8 @@ class _WritesAFile:
 
 @pytest.mark.parametrize("with_header", [False, True])
 def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(finished_run, tmp_path, capsys, with_header):
-    from peerkd.training.checkpoint import _checkpoint_bytes  # the current file layout, with a valid checksum of the bad payload
+    # the current file layout, with a valid checksum of the bad payload
+    from peerkd.training.checkpoint import _checkpoint_bytes
 
     run = _copy(finished_run, tmp_path)
     target = tmp_path / "written-by-the-checkpoint"

@@ -55,7 +55,8 @@ def test_members_and_step_are_checked_choices_with_a_hint():
     ({"method": dict(PAIR, fuse="on")},
      "method.fuse moved to trainer.members (off -> separate, on -> grouped, streams, vmap, auto)"),
     ({"trainer": {"fast": "off"}}, "trainer.fast moved to trainer.step (auto -> auto, on -> compile, off -> eager)"),
-    ({"trainer": {"fast_mode": "graph"}}, "trainer.fast_mode moved to trainer.step (compile -> compile, graph -> graph)"),
+    ({"trainer": {"fast_mode": "graph"}},
+     "trainer.fast_mode moved to trainer.step (compile -> compile, graph -> graph)"),
     ({"trainer": {"compile": True}}, "trainer.compile moved to trainer.step (true -> compile, false -> eager)"),
 ])
 def test_moved_keys_are_refused_with_their_new_place(tree, message):

@@ -1,5 +1,5 @@
-"""The graph-friendly step (peerkd.training.step) against itself: the trainer's loop is nothing but the eager step driven
-by ``learning_rate()``, and the compiled step agrees with the eager one.
+"""The graph-friendly step (peerkd.training.step) against itself: the trainer's loop is nothing but the eager step
+driven by ``learning_rate()``, and the compiled step agrees with the eager one.
 
 The trainer trains through :class:`FastStep` too, so nothing here compares the step with plain PyTorch: that is
 tests/training/test_sgd_reference.py (the trainer against ``torch.optim.SGD`` with a float lr, a torch LR scheduler and

@@ -12,7 +12,7 @@ The network is the reproduction's own ``ResNet`` class (``src/models/resnet.py``
 SGD as its ``src/optimizer/optimizer_config.yml`` (lr 0.1, momentum 0.9, Nesterov, weight decay 5e-4), a batch of 2
 images x 3 views. Gradients and final states are stored as projections (``tests/golden/network_check.py``).
 
-    python tools/golden/pcl.py --repo /work/.mirror/shaoeric+Peer-Collaborative-Learning-for-Online-Knowledge-Distillation/repo
+    python tools/golden/pcl.py --repo PATH  # a clone of shaoeric/Peer-Collaborative-Learning-for-Online-KD...
 """
 from __future__ import annotations
 
