@@ -16,12 +16,13 @@ Three designs, chosen by ``adapter`` (``method.adapter`` of BYOT and PS-KD + BYO
   channels those of that stage. The gate's own BN + ReLU after its unit are the release's (``attention*`` =
   SepConv -> BatchNorm2d -> ReLU -> Upsample -> Sigmoid): 2 x (64 + 128 + 256) x expansion parameters, 896 on
   ResNet-18, 3,584 on ResNet-50 / ResNeXt-50 (held against the release in ``tests/golden/test_byot_release.py``).
-  On the CIFAR ResNeXt-50 (32x4d) this gives 37.89 M parameters (the release's ``net`` as built, before its
+  On the CIFAR ResNeXt-50 (32x4d) this gives 37,898,448 parameters (the release's ``net`` as built, before its
   training loop adds the hint's Linear adaptation layers): paper 004's Table 1 ResNeXt-50 figure (37.9 M). The same
-  paper's ResNet figures do not fit this design (12.28 M / 38.42 M), and the ``"bottleneck"`` design gives 49.90 M
-  on ResNeXt-50: so the paper's ResNeXt-50
-  ran the authors' release (the only BYOT code with a ResNeXt-50), its ResNets the CIFAR code above (which has only
-  ResNet-18/50). Paper 004's ResNeXt-50 configs therefore set ``adapter: sepconv``.
+  paper's ResNet figures do not fit this design (12.28 M / 38.43 M), and the ``"bottleneck"`` design gives 49.90 M
+  on ResNeXt-50: so the paper's ResNeXt-50 ran the authors' release (the only BYOT code with a ResNeXt-50), its
+  ResNets the CIFAR code above (which has only ResNet-18/50). Paper 004's ResNeXt-50 configs therefore set
+  ``adapter: sepconv``. (The release's ``train.py`` builds ``resnet18()`` for ``--model resnext50_32x4d``, a slip
+  of its own; the network meant, and counted here, is its ``resnet.py`` ``resnext50_32x4d``.)
 - ``"chain"``: peerkd's earlier reading, one bottleneck (1x1 to a quarter, 3x3 stride 2, 1x1, BN + ReLU, no biases)
   per halving, channels doubling up to the deepest width: 12.26 M / 38.35 M / 37.83 M; kept for comparison.
 """
