@@ -218,7 +218,9 @@ def _pskd_configs_with_shallow_classifiers():
         config = peerkd.load_config(path)
         options = config.method.options
         shallow = config.method.name == "byot" or (config.method.name == "pskd_ml" and options.byot)
-        if shallow and not options.model_options:  # (Table 4's truncated networks have no published count)
+        # Table 1's networks only: a config without a paper: block (the BYOT baseline, the authors' release with its
+        # adaptation layers) is no Table 1 network; Table 4's truncated networks have no published count
+        if shallow and config.paper is not None and not options.model_options:
             out.setdefault((config.method.name, options.model, getattr(options, "adapter", "?")), path)
     return out
 

@@ -46,16 +46,17 @@ def _git_dir(repo: Path) -> Path:
 
 
 @contextlib.contextmanager
-def checkout(repo: Path, commit: str):
-    """The tree of ``repo`` at ``commit`` (full SHA) in a temporary folder, on ``sys.path`` while inside."""
+def checkout(repo: Path, commit: str, paths: list[str] | None = None):
+    """The tree of ``repo`` at ``commit`` (full SHA) in a temporary folder, on ``sys.path`` while inside; only
+    ``paths`` (files or folders) when given, for a clone whose large files (checkpoints) are absent."""
     git_dir = _git_dir(repo)
     found = subprocess.run(["git", "--git-dir", str(git_dir), "rev-parse", "--verify", "--quiet",
                             f"{commit}^{{commit}}"], capture_output=True, text=True)
     if found.returncode != 0 or found.stdout.strip() != commit:
         raise SystemExit(f"{repo}: commit {commit} not found; fetch it (the fixture is pinned to that commit)")
     with tempfile.TemporaryDirectory(prefix="golden-") as tmp:
-        archive = subprocess.run(["git", "--git-dir", str(git_dir), "archive", "--format=tar", commit],
-                                 capture_output=True, check=True).stdout
+        archive = subprocess.run(["git", "--git-dir", str(git_dir), "archive", "--format=tar", commit,
+                                  *(paths or [])], capture_output=True, check=True).stdout
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(tmp, filter="data")
         sys.path.insert(0, tmp)

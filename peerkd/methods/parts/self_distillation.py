@@ -6,7 +6,8 @@
   the plain registered model.
 - :class:`PredictionMemory`: PS-KD's per-sample memory of the last prediction for every training image, stored
   compactly (fp32 / fp16 / bf16, optionally only the top-k classes), all-gathered across DDP ranks on write.
-- Loss helpers: :func:`progressive_alpha`, :func:`label_distribution`, :func:`self_kd_terms`, :func:`dmfl_loss`.
+- Loss helpers: :func:`progressive_alpha`, :func:`label_distribution`, :func:`self_kd_terms` (BYOT's loss in the
+  form of the paper, of its authors' release or of luanyunteng's CIFAR code), :func:`dmfl_loss`.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ MemoryDtype = Literal["float32", "float16", "bfloat16"]  # PS-KD memory storage 
 MEMORY_DTYPES = dict(zip(get_args(MemoryDtype), (torch.float32, torch.float16, torch.bfloat16)))
 HintReduction = Literal["sum", "mean"]  # the hint over the batch: BYOT's code sums, a batch mean is 1 / batch size of
 # that
+ByotRecipe = Literal["release", "luanyunteng", "paper"]  # whose BYOT loss form (an Options choice): the authors'
+# release, luanyunteng's CIFAR code, or the paper's equation as written (self_kd_terms)
 
 
 # ------------------------------------------------------------------------------------------------ architecture
@@ -198,29 +201,81 @@ def hint_loss(student: torch.Tensor, teacher: torch.Tensor, reduction: HintReduc
     return per_image.sum() if reduction == "sum" else per_image.mean()
 
 
+def hint_blocks(recipe: ByotRecipe, num_classifiers: int, distil_blocks: list[int]) -> list[int]:
+    """The 1-based shallow classifiers that carry the feature hint: ``distil_blocks`` (all shallow ones when empty),
+    less classifier ``N - 1`` under the release's recipe (its ``train.py``: ``if index != 1``, where index 1 is the
+    output after the third of four stages; its comment calls it the shallowest, the code skips the deepest shallow
+    one)."""
+    n = num_classifiers
+    blocks = sorted(set(distil_blocks) if distil_blocks else set(range(1, n)))
+    return [i for i in blocks if not (recipe == "release" and i == n - 1)]
+
+
+def _distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
+                  recipe: ByotRecipe) -> torch.Tensor:
+    """The logit term of shallow classifier ``i``: ``T^2 KL(P_N^T || P_i^T)`` (paper); the cross-entropy to the
+    teacher's softened distribution, ``T^2 CE(P_N^T, P_i^T)`` (luanyunteng ``kd_loss_function`` x ``T**2``) or
+    ``CE(P_N^T, P_i^T)`` without ``T^2`` (the release's ``CrossEntropy``). The CE and the KL differ by the teacher's
+    entropy, a constant: same gradient, another loss value; the release's lack of ``T^2`` makes its gradient
+    ``1 / T^2`` (1/9 at T = 3) of the others' at the same ``a``."""
+    if recipe == "paper":
+        return kd_kl(student, teacher, temperature)
+    t = temperature
+    soft = soft_ce(student.float() / t, F.softmax(teacher.float() / t, dim=-1))
+    return soft * (t * t) if recipe == "luanyunteng" else soft
+
+
+def _hint(student: torch.Tensor, teacher: torch.Tensor, recipe: ByotRecipe, reduction: HintReduction,
+          adaptation: nn.Module | None) -> torch.Tensor:
+    """The feature hint of one shallow classifier (pooled features ``(B, C)``, the teacher's detached):
+    ``||F_i - F_N||^2`` over channels, summed or averaged over the batch (paper, ``reduction``); the same squared
+    difference summed over batch and channels where either side is positive (luanyunteng ``feature_loss_function``;
+    the mask drops nothing from post-ReLU features); ``||W_i F_i + b_i - F_N||_2``, the unsquared Euclidean norm
+    over the whole batch through a Linear adaptation layer (the release's ``torch.dist`` of
+    ``net.adaptation_layers``)."""
+    if recipe == "paper":
+        return hint_loss(student, teacher, reduction)
+    if recipe == "luanyunteng":
+        s, t = student.float(), teacher.float()
+        return ((s - t).pow(2) * ((s > 0) | (t > 0))).sum()
+    return torch.dist(adaptation(student).float(), teacher.float())
+
+
 def self_kd_terms(logits: list[torch.Tensor], features: list[torch.Tensor], target: torch.Tensor, *,
                   kl_weight: float, hint_weight: float, temperature: float, distil_blocks: list[int],
                   include_deepest: bool, deepest_ce_weight: float | None = None,
-                  hint_reduction: HintReduction = "mean") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """BYOT's loss over the classifiers (1-based ``i``, ``N`` the deepest; the deepest's outputs detached):
+                  hint_reduction: HintReduction = "mean", recipe: ByotRecipe = "paper",
+                  hint_adapters: nn.ModuleDict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """BYOT's loss over the classifiers (1-based ``i``, ``N`` the deepest; the deepest's outputs detached), in the
+    form of ``recipe`` (``a`` = ``kl_weight``, ``lambda`` = ``hint_weight``, ``T`` = ``temperature``):
 
-        sum_i (1 - a) CE(P_i, target) + a T^2 KL(P_N^T || P_i^T) + lambda ||F_i - F_N||^2
+    - ``"paper"`` (the equation as written): ``sum_i (1 - a) CE(P_i, target) + a T^2 KL(P_N^T || P_i^T)
+      + lambda ||F_i - F_N||^2``; the deepest's ``(1 - a) CE`` only with ``include_deepest``, weighted
+      ``deepest_ce_weight`` instead of ``1 - a`` when that is given; the hint summed or averaged over the batch
+      (``hint_reduction``).
+    - ``"luanyunteng"`` (luanyunteng/pytorch-be-your-own-teacher ``train.py``): ``(1 - a) sum_{i<=N} CE(P_i, y)
+      + a T^2 sum_{i<N} CE(P_N^T, P_i^T) + lambda sum_{i<N} sum_{b,c} [F_i > 0 or F_N > 0] (F_i - F_N)^2``.
+    - ``"release"`` (ArchipLab-LinfengZhang/pytorch-self-distillation-final ``train.py``): ``CE(P_N, y)
+      + sum_{i<N} [(1 - a) CE(P_i, y) + a CE(P_N^T, P_i^T)] + lambda sum_{i<N-1} ||A_i(F_i) - F_N||_2`` with
+      ``A_i`` = ``hint_adapters[str(i)]`` (Linear, C -> C) and the norm over the whole batch, unsquared.
 
-    The KL and hint terms only for ``i`` in ``distil_blocks`` (all shallow ones when empty; they vanish for
-    ``i = N``); the deepest's ``(1 - a) CE`` term only with ``include_deepest``, weighted ``deepest_ce_weight``
-    instead of ``1 - a`` when that is given. ``hint_reduction``: the hint summed or averaged over the batch.
+    The logit and hint terms only for ``i`` in ``distil_blocks`` (all shallow ones when empty; the release's hint
+    also skips ``N - 1``, :func:`hint_blocks`). Under ``"luanyunteng"`` and ``"release"`` the deepest CE is always
+    there, weighted by the recipe; ``include_deepest``, ``deepest_ce_weight``, ``hint_reduction`` are the paper's.
     """
     n = len(logits)
     blocks = set(distil_blocks) if distil_blocks else set(range(1, n))
+    hinted = set(hint_blocks(recipe, n, distil_blocks))
     teacher_logits, teacher_feature = logits[-1].detach(), features[-1].detach()
     total = logits[-1].new_zeros((), dtype=torch.float32)
     logs = {}
     for i in range(1, n + 1):
         z = logits[i - 1]
         if i == n:
-            if include_deepest:
+            if include_deepest or recipe != "paper":
                 ce = soft_ce(z, target)
-                weight = (1 - kl_weight) if deepest_ce_weight is None else deepest_ce_weight
+                weight = {"release": 1.0, "luanyunteng": 1 - kl_weight}.get(
+                    recipe, (1 - kl_weight) if deepest_ce_weight is None else deepest_ce_weight)
                 total = total + weight * ce
                 logs[f"ce{i}"] = ce.detach()
             continue
@@ -228,10 +283,14 @@ def self_kd_terms(logits: list[torch.Tensor], features: list[torch.Tensor], targ
         part = (1 - kl_weight) * ce
         logs[f"ce{i}"] = ce.detach()
         if i in blocks:
-            kl = kd_kl(z, teacher_logits, temperature)
-            hint = hint_loss(features[i - 1], teacher_feature, hint_reduction)
-            part = part + kl_weight * kl + hint_weight * hint
-            logs[f"kl{i}"], logs[f"hint{i}"] = kl.detach(), hint.detach()
+            kl = _distillation(z, teacher_logits, temperature, recipe)
+            part = part + kl_weight * kl
+            logs[f"kl{i}"] = kl.detach()
+        if i in hinted:
+            adaptation = hint_adapters[str(i)] if recipe == "release" else None
+            hint = _hint(features[i - 1], teacher_feature, recipe, hint_reduction, adaptation)
+            part = part + hint_weight * hint
+            logs[f"hint{i}"] = hint.detach()
         total = total + part
     return total, logs
 

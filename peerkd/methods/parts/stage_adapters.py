@@ -10,13 +10,19 @@ Three designs, chosen by ``adapter`` (``method.adapter`` of BYOT and PS-KD + BYO
   but never called, so they are not counted). With it the ResNet-18 / ResNet-50 BYOT networks of Chottananurak et al.
   (paper 004) have 13.01 M / 50.43 M parameters at 100 classes: Table 1's 13.0 M and 50.4 M.
 - ``"sepconv"``: the BYOT authors' own release, ArchipLab-LinfengZhang/pytorch-self-distillation-final,
-  ``resnet.py``: an attention gate (a separable conv of stride 2, bilinear upsampling x2, sigmoid) multiplying the
-  stage's map, then one separable-conv unit (depthwise 3x3 of stride 2, 1x1, BN, ReLU, depthwise 3x3, 1x1, BN,
-  ReLU; no biases) per following stage, its channels those of that stage. On the CIFAR ResNeXt-50 (32x4d) this gives
-  37.89 M parameters: paper 004's Table 1 ResNeXt-50 figure (37.9 M). The same paper's ResNet figures do not fit this
-  design (12.28 M / 38.42 M), and the ``"bottleneck"`` design gives 49.90 M on ResNeXt-50: so the paper's ResNeXt-50
-  ran the authors' release (the only BYOT code with a ResNeXt-50), its ResNets the CIFAR code above (which has only
-  ResNet-18/50). Paper 004's ResNeXt-50 configs therefore set ``adapter: sepconv``.
+  ``resnet.py`` (``attention1..3``, ``scala1..3``): an attention gate (a separable-conv unit of stride 2, then
+  BatchNorm2d, ReLU, bilinear upsampling x2, sigmoid) multiplying the stage's map, then one separable-conv unit
+  (depthwise 3x3 of stride 2, 1x1, BN, ReLU, depthwise 3x3, 1x1, BN, ReLU; no biases) per following stage, its
+  channels those of that stage. The gate's own BN + ReLU after its unit are the release's (``attention*`` =
+  SepConv -> BatchNorm2d -> ReLU -> Upsample -> Sigmoid): 2 x (64 + 128 + 256) x expansion parameters, 896 on
+  ResNet-18, 3,584 on ResNet-50 / ResNeXt-50 (held against the release in ``tests/golden/test_byot_release.py``).
+  On the CIFAR ResNeXt-50 (32x4d) this gives 37,898,448 parameters (the release's ``net`` as built, before its
+  training loop adds the hint's Linear adaptation layers): paper 004's Table 1 ResNeXt-50 figure (37.9 M). The same
+  paper's ResNet figures do not fit this design (12.28 M / 38.43 M), and the ``"bottleneck"`` design gives 49.90 M
+  on ResNeXt-50: so the paper's ResNeXt-50 ran the authors' release (the only BYOT code with a ResNeXt-50), its
+  ResNets the CIFAR code above (which has only ResNet-18/50). Paper 004's ResNeXt-50 configs therefore set
+  ``adapter: sepconv``. (The release's ``train.py`` builds ``resnet18()`` for ``--model resnext50_32x4d``, a slip
+  of its own; the network meant, and counted here, is its ``resnet.py`` ``resnext50_32x4d``.)
 - ``"chain"``: peerkd's earlier reading, one bottleneck (1x1 to a quarter, 3x3 stride 2, 1x1, BN + ReLU, no biases)
   per halving, channels doubling up to the deepest width: 12.26 M / 38.35 M / 37.83 M; kept for comparison.
 """
@@ -64,13 +70,16 @@ class SepConv(nn.Sequential):
 
 
 class AttentionSepConvAdapter(nn.Module):
-    """The BYOT authors' adapter: ``x * sigmoid(up2(SepConv(x)))`` then one SepConv per following stage."""
+    """The BYOT authors' adapter: ``x * sigmoid(up2(relu(bn(SepConv(x)))))`` then one SepConv per following stage.
+
+    ``gate`` is the release's ``attention*`` up to its upsampling (``gate.0`` its SepConv, ``gate.1`` its
+    BatchNorm2d), ``steps`` its ``scala*`` without the final pooling (the classifier's head pools)."""
 
     def __init__(self, in_ch: int, in_size: int, following: list[tuple[int, int]]):
         super().__init__()
         if in_size % 2:
             raise ValueError(f"the attention gate halves then doubles the map: {in_size}px is odd")
-        self.gate = SepConv(in_ch, in_ch, 2)
+        self.gate = nn.Sequential(SepConv(in_ch, in_ch, 2), nn.BatchNorm2d(in_ch), nn.ReLU())
         steps, ch, size = [], in_ch, in_size
         for next_ch, next_size in following:
             stride = _ratio(size, next_size)
