@@ -259,3 +259,49 @@ def test_list_models_prints_each_models_parameters(capsys):
     assert main(["list", "models"]) == 0
     line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("wide_resnet20_8 "))
     assert line.split()[1:3] == [f"{cifar_bottleneck_resnet(2, 8, 100) / 1e6:.2f}", "M"]
+
+
+# ------------------------------------------------ PS-KD's own CIFAR-100 table: the PS-KD / CS-KD code's networks
+
+def preact_resnet18_code(classes: int) -> int:
+    """lgcnsai/PS-KD-Pytorch models/preact_resnet.py ``CIFAR_ResNet18_preActBasic`` = alinlab/cs-kd models/resnet.py
+    ``CIFAR_ResNet18``: 3x3 stem conv + BN, 2 pre-activation blocks a stage (BN, conv, BN, conv; a bias-free 1x1
+    shortcut conv where the shape changes), no final BN, linear with bias."""
+    total, cin = conv(3, 64, 3) + bn(64), 64
+    for planes in (64, 128, 256, 512):
+        for _ in range(2):
+            total += bn(cin) + conv(cin, planes, 3) + bn(planes) + conv(planes, planes, 3)
+            total += conv(cin, planes, 1) if cin != planes else 0
+            cin = planes
+    return total + fc(512, classes)
+
+
+def densenet121_code(classes: int) -> int:
+    """lgcnsai/PS-KD-Pytorch models/densenet_cifar.py = alinlab/cs-kd models/densenet3.py ``CIFAR_DenseNet121``:
+    growth 32, 6-12-24-16 bottleneck layers (BN, 1x1 conv to 128, BN, 3x3 conv to 32), transitions BN + 1x1 conv to
+    half, a final BN, linear with bias."""
+    growth, channels = 32, 64
+    total = conv(3, channels, 3)
+    for i, count in enumerate((6, 12, 24, 16)):
+        for _ in range(count):
+            total += bn(channels) + conv(channels, 4 * growth, 1) + bn(4 * growth) + conv(4 * growth, growth, 3)
+            channels += growth
+        if i < 3:
+            total += bn(channels) + conv(channels, channels // 2, 1)
+            channels //= 2
+    return total + bn(channels) + fc(channels, classes)
+
+
+EXPECTED["preact_resnet18"] = (preact_resnet18_code, "PS-KD-Pytorch models/preact_resnet.py = cs-kd models/resnet.py",
+                               {"004"})
+EXPECTED["densenet121_cifar"] = (densenet121_code, "PS-KD-Pytorch models/densenet_cifar.py = cs-kd densenet3.py",
+                                 {"004"})
+
+
+def test_pskd_and_cskd_code_networks_at_100_classes():
+    """The counts the PS-KD / CS-KD code's networks have at CIFAR-100 (the issue quotes 11,217,444 for CS-KD's
+    ResNet-18, which is PS-KD's PreAct ResNet-18: the same file contents), built here and written out above."""
+    assert preact_resnet18_code(100) == 11_217_444 and densenet121_code(100) == 7_048_548
+    with torch.device("meta"):
+        assert count_parameters(build_model("preact_resnet18", 100)) == 11_217_444
+        assert count_parameters(build_model("densenet121_cifar", 100)) == 7_048_548
