@@ -150,6 +150,12 @@ def test_the_fixture_holds_these_networks(networks):
 
 @pytest.mark.parametrize("name", NETWORKS)
 def test_network_equals_the_reference(networks, name):
+    check_network(networks, name)
+
+
+def check_network(networks, name: str) -> None:
+    """The reference network ``name`` of a networks fixture: names -> shapes in order, parameter count, logits in
+    train mode and then in eval mode (with the running statistics the train-mode pass updated)."""
     shapes = {k: tuple(shape) for k, shape in networks.meta["case"]["state_dict"][name]}
     torch.manual_seed(0)
     model = build_model(name, networks.meta["case"]["classes"])

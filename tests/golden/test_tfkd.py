@@ -43,8 +43,11 @@ def tfkd_step(case, name: str, classes: int, **options):
     """peerkd's tfkd on the fixture's logits: (loss, gradient of the student's logits)."""
     meta = case.meta["case"]
     variant = "self" if name.startswith("self") else "reg"
-    settings = ({"alpha": meta["self"]["alpha"], "temperature": meta["self"]["temperature"]} if variant == "self" else
-                {"alpha": meta["reg"]["reg_alpha"], "temperature": meta["reg"]["reg_temperature"], "correct_prob": 0.99})
+    if variant == "self":
+        settings = {"alpha": meta["self"]["alpha"], "temperature": meta["self"]["temperature"]}
+    else:  # correct_prob: 0.99, fixed in the release's loss_kd_regularization
+        settings = {"alpha": meta["reg"]["reg_alpha"], "temperature": meta["reg"]["reg_temperature"],
+                    "correct_prob": 0.99}
     if name.startswith("selfterm"):
         settings["alpha"] = 1.0
     tree = {"name": "tfkd", "variant": "reg", "model": "resnet8", **settings, **options}
