@@ -305,3 +305,26 @@ def test_pskd_and_cskd_code_networks_at_100_classes():
     with torch.device("meta"):
         assert count_parameters(build_model("preact_resnet18", 100)) == 11_217_444
         assert count_parameters(build_model("densenet121_cifar", 100)) == 7_048_548
+
+
+def resnext29_code(cardinality: int, width: int, classes: int) -> int:
+    """lgcnsai/PS-KD-Pytorch models/resnext.py ``CifarResNeXt(cardinality, 29, base_width=width, widen_factor=4)``:
+    3x3 stem 64 + BN, 3 stages of 3 bottlenecks to 256 / 512 / 1024 with cardinality x width x (out / 256) inner
+    channels (grouped 3x3), a 1x1 conv + BN projection in each stage's first block, linear with bias."""
+    total, cin = conv(3, 64, 3) + bn(64), 64
+    for out in (256, 512, 1024):
+        inner = cardinality * width * out // 256
+        for _ in range(3):
+            total += (conv(cin, inner, 1) + bn(inner) + conv(inner, inner, 3, groups=cardinality) + bn(inner)
+                      + conv(inner, out, 1) + bn(out))
+            total += conv(cin, out, 1) + bn(out) if cin != out else 0
+            cin = out
+    return total + fc(1024, classes)
+
+
+EXPECTED["resnext29_8x64d"] = (lambda k: resnext29_code(8, 64, k), "PS-KD-Pytorch models/resnext.py (34,518,948)",
+                               {"004"})
+
+
+def test_pskd_resnext29_count():
+    assert resnext29_code(8, 64, 100) == 34_518_948  # tests/golden/fixtures/pskd_networks.npz: the reference's count
