@@ -301,11 +301,10 @@ NOT_RUN = {
     # baseline without BYOT does not build in peerkd, so its "Ensemble" cannot be formed either
     *{("004", "2", net, col) for net in ("ResNet-18", "ResNet-50", "ResNeXt-50")
       for col in ("Classifier 3/4", "Classifier 2/4", "Classifier 1/4", "Ensemble")},
-    # PS-KD's own Table 1 (kim2021-1): label smoothing is no peerkd method; the code's "PreAct ResNet-101"
-    # (models/preact_resnet.py CIFAR_ResNet101_Bottle, post-activation bottlenecks) and PyramidNet-200 (alpha 240,
-    # bottleneck) are no peerkd networks
+    # PS-KD's own Table 1 (kim2021-1): label smoothing is no peerkd method; PyramidNet-200 (alpha 240, bottleneck
+    # blocks) is no peerkd network
     *{("004", "kim2021-1", row, col) for (row, col) in PSKD_KIM_T1
-      if "Label Smoothing" in row or row.startswith(("PreAct ResNet-101", "PyramidNet-200"))},
+      if "Label Smoothing" in row or row.startswith("PyramidNet-200")},
 }
 # the table whose metric is the same for every cell
 METRIC = {"000": "top1", "001": "error", "002": "top1", "003": "top1"}

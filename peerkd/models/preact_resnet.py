@@ -17,6 +17,9 @@ Structure (what those files build, including two details that differ from the te
 - no BN-ReLU after the last block (the reference pools the raw sum); head: 4x4 average pooling (= global pooling at
   32 px, which is what ``ClassifierHead`` does) and a linear classifier with bias.
 
+``resnet101_pskd`` (below) is the PS-KD code's other CIFAR ResNet, whose table calls it "PreAct ResNet-101"
+though its blocks are post-activation bottlenecks.
+
 Weights keep PyTorch's default initialisation (the references call no init function), so ``init_weights`` is not
 applied. The reference's state_dict names map to these one to one (``tests/golden/test_pskd.py``: ``conv1`` /
 ``bn1`` -> ``stem.0`` / ``stem.1``, ``layer{s}.{b}`` -> ``stages.{s-1}.{b}``, ``linear`` -> ``head.fc``).
@@ -28,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from peerkd.models.base import Backbone, ClassifierHead
+from peerkd.models.cifar_resnet4 import Bottleneck4, CifarResNet4
 from peerkd.models.registry import register_model
 
 
@@ -74,3 +78,18 @@ def preact_resnet18(num_classes: int, width: int = 64) -> PreActResNet:
     """``width``: channels of the first stage (64 in both references; doubled at every stage); smaller values only
     for tests."""
     return PreActResNet([2, 2, 2, 2], num_classes, tuple(width * 2 ** i for i in range(4)))
+
+
+@register_model("resnet101_pskd", "CIFAR ResNet-101 of the PS-KD code (post-activation bottlenecks, 42.7 M)")
+def resnet101_pskd(num_classes: int, width: int = 64) -> CifarResNet4:
+    """The network PS-KD's CIFAR-100 table calls "PreAct ResNet-101": lgcnsai/PS-KD-Pytorch
+    ``models/preact_resnet.py`` ``CIFAR_ResNet101_Bottle``, which is built of post-activation bottlenecks (1x1, 3x3
+    with the stride, 1x1 x4, BN after each, ReLU after the addition, 1x1 conv + BN shortcuts where the shape
+    changes), 3-4-23-3 of them after a 3x3 stem, i.e. ``CifarResNet4`` at [3, 4, 23, 3] (same layers and order;
+    ``tests/golden/test_pskd.py``). Its weights are re-set to PyTorch's default initialisation, as the reference
+    calls no init function. ``width``: planes of the first stage (64 in the reference); smaller only for tests."""
+    model = CifarResNet4(Bottleneck4, [3, 4, 23, 3], num_classes, width=width)
+    for module in model.modules():
+        if module is not model and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return model

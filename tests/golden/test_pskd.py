@@ -5,10 +5,11 @@ alpha 4, 10 classes) with the reference's weights, plain ``torch.optim.SGD`` as 
 the same batches in the same order: alpha_t per epoch, every step's logits and loss, the last step's gradient of every
 parameter, the per-sample memory after every epoch and the BN statistics after the run, all to ``fixture.RTOL``.
 
-``pskd_networks``: the CIFAR-100 networks of PS-KD's tables (PreAct ResNet-18, DenseNet-121, ResNeXt-29 8x64d,
-PyramidNet-110 alpha 48): the reference's state_dict names and shapes pair one to one with peerkd's, the parameter
-counts are equal, and with the same weights (``rule_weights``: too large to store) the logits in train mode, then in
-eval mode with the running statistics that pass updated, agree to ``fixture.RTOL``.
+``pskd_networks``: the CIFAR-100 networks of PS-KD's tables (PreAct ResNet-18, the "PreAct ResNet-101" its code
+builds of post-activation bottlenecks, DenseNet-121, ResNeXt-29 8x64d, PyramidNet-110 alpha 48): the reference's
+state_dict names and shapes pair one to one with peerkd's, the parameter counts are equal, and with the same weights
+(``rule_weights``: too large to store) the logits in train mode, then in eval mode with the running statistics that
+pass updated, agree to ``fixture.RTOL``.
 """
 from __future__ import annotations
 
@@ -141,7 +142,7 @@ def networks():
     return fixture.load("pskd_networks")
 
 
-NETWORKS = ["preact_resnet18", "densenet121_cifar", "resnext29_8x64d", "pyramidnet110_a48"]
+NETWORKS = ["preact_resnet18", "resnet101_pskd", "densenet121_cifar", "resnext29_8x64d", "pyramidnet110_a48"]
 
 
 def test_the_fixture_holds_these_networks(networks):

@@ -328,3 +328,26 @@ EXPECTED["resnext29_8x64d"] = (lambda k: resnext29_code(8, 64, k), "PS-KD-Pytorc
 
 def test_pskd_resnext29_count():
     assert resnext29_code(8, 64, 100) == 34_518_948  # tests/golden/fixtures/pskd_networks.npz: the reference's count
+
+
+def resnet101_pskd_code(classes: int) -> int:
+    """lgcnsai/PS-KD-Pytorch models/preact_resnet.py ``CIFAR_ResNet101_Bottle``: 3x3 stem 64 + BN, 3-4-23-3
+    post-activation bottlenecks (1x1, 3x3, 1x1 x4, BN after each; 1x1 conv + BN shortcut where the shape changes),
+    linear with bias."""
+    total, cin = conv(3, 64, 3) + bn(64), 64
+    for i, count in enumerate((3, 4, 23, 3)):
+        planes = 64 * 2 ** i
+        for b in range(count):
+            out = 4 * planes
+            total += conv(cin, planes, 1) + bn(planes) + conv(planes, planes, 3) + bn(planes) + conv(planes, out, 1)
+            total += bn(out) + (conv(cin, out, 1) + bn(out) if cin != out or (b == 0 and i > 0) else 0)
+            cin = out
+    return total + fc(cin, classes)
+
+
+EXPECTED["resnet101_pskd"] = (resnet101_pskd_code, "PS-KD-Pytorch models/preact_resnet.py CIFAR_ResNet101_Bottle",
+                              {"004"})
+
+
+def test_pskd_resnet101_count():
+    assert resnet101_pskd_code(100) == 42_697_380  # tests/golden/fixtures/pskd_networks.npz: the reference's count

@@ -8,9 +8,9 @@ from its source and executed). Stored: the initial weights, every step's outputs
 (recorded as the optimizer steps), alpha_t per epoch, the prediction memory ``all_predictions`` after every epoch and
 the BN statistics after the run.
 
-``pskd_networks``: the CIFAR-100 networks of PS-KD's tables that peerkd builds (PreAct ResNet-18, DenseNet-121,
-ResNeXt-29 8x64d, PyramidNet-110 alpha 48): each one's state_dict names and shapes (in ``meta.case``), its parameter
-count, and its outputs in train and eval mode on a batch of 2 with weights made by ``tests/golden/rule_weights.py``
+``pskd_networks``: the CIFAR-100 networks of PS-KD's tables that peerkd builds (PreAct ResNet-18, its "PreAct
+ResNet-101", DenseNet-121, ResNeXt-29 8x64d, PyramidNet-110 alpha 48): each one's state_dict names and shapes (in
+``meta.case``), its parameter count, and its outputs in train and eval mode on a batch of 2 with weights made by ``tests/golden/rule_weights.py``
 (too large to store; the test rebuilds them from the names and shapes).
 
     python tools/golden/pskd.py --repo /work/.mirror/lgcnsai+PS-KD-Pytorch/repo
@@ -106,6 +106,7 @@ def train_case(root, main, models) -> dict:
 def network_case(models) -> tuple[dict, dict]:
     builders = {  # as models/network.py builds them for CIFAR-100 (PyramidNet-110 a48: the basic-block small one)
         "preact_resnet18": lambda: models.CIFAR_ResNet18_preActBasic(num_classes=100),
+        "resnet101_pskd": lambda: models.CIFAR_ResNet101_Bottle(num_classes=100),
         "densenet121_cifar": lambda: models.CIFAR_DenseNet121(num_classes=100, bias=True),
         "resnext29_8x64d": lambda: models.CifarResNeXt(cardinality=8, depth=29, nlabels=100, base_width=64,
                                                        widen_factor=4),
