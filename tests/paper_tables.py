@@ -257,13 +257,43 @@ PSKD_T4 = _grid("""
 """, ["Top-1 err. (%)", "Top-5 err. (%)"])
 PSKD_T34_COLUMNS = {"Top-1 err. (%)": "error", "Top-5 err. (%)": "top5_error"}
 
+# Kim et al. (PS-KD, ICCV 2021) Table 1, CIFAR-100, as lgcnsai/PS-KD-Pytorch README.md prints it: paper 004 builds on
+# PS-KD, so its table is filed under paper 004 as "kim2021-1" (configs/pskd/kim2021_table1/)
+PSKD_KIM_T1 = _grid("""
+PreAct ResNet-18 (baseline)          | 24.18 6.90 1.10 11.84 67.65
+PreAct ResNet-18 + Label Smoothing   | 20.94 6.02 0.98 10.79 57.74
+PreAct ResNet-18 + CS-KD             | 21.30 5.70 0.88 6.24 56.56
+PreAct ResNet-18 + TF-KD             | 22.88 6.01 1.05 11.96 61.77
+PreAct ResNet-18 + PS-KD             | 20.82 5.10 0.76 1.77 52.10
+PreAct ResNet-101 (baseline)         | 20.75 5.28 0.89 10.02 55.45
+PreAct ResNet-101 + Label Smoothing  | 19.84 5.07 0.93 3.43 95.76
+PreAct ResNet-101 + CS-KD            | 20.76 5.62 1.02 12.18 64.44
+PreAct ResNet-101 + TF-KD            | 20.13 5.10 0.84 6.14 58.8
+PreAct ResNet-101 + PS-KD            | 19.43 4.30 0.74 6.92 49.01
+DenseNet-121 (baseline)              | 20.05 4.99 0.82 7.34 52.21
+DenseNet-121 + Label Smoothing       | 19.80 5.46 0.92 3.76 91.06
+DenseNet-121 + CS-KD                 | 20.47 6.21 1.07 13.80 73.37
+DenseNet-121 + TF-KD                 | 19.88 5.10 0.85 7.33 69.23
+DenseNet-121 + PS-KD                 | 18.73 3.90 0.69 3.71 45.55
+ResNeXt-29 (baseline)                | 18.65 4.47 0.74 4.17 44.27
+ResNeXt-29 + Label Smoothing         | 17.60 4.23 1.05 22.14 41.92
+ResNeXt-29 + CS-KD                   | 18.26 4.37 0.80 5.95 42.11
+ResNeXt-29 + TF-KD                   | 17.33 3.87 0.74 6.73 40.34
+ResNeXt-29 + PS-KD                   | 17.28 3.60 0.72 9.18 40.19
+PyramidNet-200 (baseline)            | 16.80 3.69 0.73 8.04 36.95
+PyramidNet-200 + Label Smoothing     | 17.82 4.72 0.89 3.46 105.02
+PyramidNet-200 + CS-KD               | 18.31 5.70 1.17 14.70 70.05
+PyramidNet-200 + TF-KD               | 16.48 3.37 0.79 10.48 37.04
+PyramidNet-200 + PS-KD               | 15.49 3.08 0.56 1.83 32.14
+""", ["Top-1 Error", "Top-5 Error", "NLL", "ECE", "AURC"])
+
 TABLES = {
     "000": {"1": CSS_T1, "2": CSS_T2, "3": CSS_T3, "4": CSS_T4, "5": CSS_T5, "fig4": CSS_FIG4},
     "001": {"1": MDE_T1, "2": MDE_T2, "3": MDE_T3, "4": MDE_T4, "5": MDE_T5},
     "002": {"imagenet-1": KDCL_T1, "imagenet-2": KDCL_T2, "imagenet-3": KDCL_T3, "imagenet-4": KDCL_T4,
             "imagenet-5": KDCL_T5, "imagenet-6": KDCL_T6, "7": KDCL_T7, "9": KDCL_T9, "10": KDCL_T10},
     "003": {"1": CUTNMIX_T1, "2": CUTNMIX_T2},
-    "004": {"1": PSKD_T1, "2": PSKD_T2, "3": PSKD_T3, "4": PSKD_T4},
+    "004": {"1": PSKD_T1, "2": PSKD_T2, "3": PSKD_T3, "4": PSKD_T4, "kim2021-1": PSKD_KIM_T1},
 }
 # cells of those tables that no config reproduces, and why
 NOT_RUN = {
@@ -271,6 +301,10 @@ NOT_RUN = {
     # baseline without BYOT does not build in peerkd, so its "Ensemble" cannot be formed either
     *{("004", "2", net, col) for net in ("ResNet-18", "ResNet-50", "ResNeXt-50")
       for col in ("Classifier 3/4", "Classifier 2/4", "Classifier 1/4", "Ensemble")},
+    # PS-KD's own Table 1 (kim2021-1): label smoothing is no peerkd method; PyramidNet-200 (alpha 240, bottleneck
+    # blocks) is no peerkd network
+    *{("004", "kim2021-1", row, col) for (row, col) in PSKD_KIM_T1
+      if "Label Smoothing" in row or row.startswith("PyramidNet-200")},
 }
 # the table whose metric is the same for every cell
 METRIC = {"000": "top1", "001": "error", "002": "top1", "003": "top1"}

@@ -4,7 +4,7 @@ Label Smoothing Regularization", CVPR 2020. Two variants (``variant``):
 self (Tf-KD_self, eq. 7): a network trained normally earlier (a peerkd run folder, loaded as in ``kd``) teaches a
 fresh copy of itself:
 
-    L = (1 - alpha) * CE(z, y) + alpha * T^2 * KL(softmax(z_t / T) || softmax(z / T))
+    L = (1 - alpha) * CE(z, y) + alpha * multiplier * T^2 * KL(softmax(z_t / T) || softmax(z / T))
 
 reg (Tf-KD_reg, eq. 8-9): a hand-made "virtual teacher" that puts probability ``a`` on the true class and spreads
 ``1 - a`` uniformly over the other K - 1 classes, softened by temperature T:
@@ -16,13 +16,21 @@ Readings: "softened" p^d is read as the softmax of the probabilities divided by 
 softmax``), as in the authors' released implementation; ``power`` gives the alternative (p^d)^(1/T) renormalised.
 The student side is softened by the same T (T_s = T, ``soften_student: true``), as the paper's eq. 9 writes it
 (``D_KL(p^d_T, p_T)``); the authors' released implementation compares with the unsoftened student (T_s = 1), which is
-``soften_student: false``. The values of a, T, alpha and the multiplier for a given dataset come from the authors'
-released settings as recorded by the previous developer; they could not be checked against the paper text here.
-KL is averaged over the batch (summed over classes); ``multiplier`` rescales it (the released CIFAR-100 setting's
-multiplier 100 with an element-mean KL equals 1 with this batch-mean KL for K = 100; for K = 10 the same released
-value would be 10 here, so the CIFAR-10 config's 1 is an unverified choice). With a mixed batch the virtual teacher
-is the lam-weighted mixture of the two labels' virtual teachers. The self teacher stays in eval mode and receives no
-gradient; its weights are part of this method's state (``teacher_model`` records its architecture), as in ``kd``.
+``soften_student: false``.
+
+The KL's reduction and scale (``kl_reduction``, ``multiplier``; held against the release in
+``tests/golden/test_tfkd.py``): ``batchmean`` (default) sums the KL over the K classes and averages over the batch
+(the KL of the paper's equations, per sample); ``elementmean`` averages over the batch and the classes, 1/K of it, as
+the release's ``nn.KLDivLoss()`` (its default reduction) computes both terms (yuanli2333/Teacher-free-Knowledge-
+Distillation ``my_loss_function.py``: ``loss_kd_self`` = element-mean KL x T^2 x ``params.multiplier``;
+``loss_kd_regularization`` = element-mean KL x ``params.multiplier``, no T^2). The release's settings are per
+experiment (``experiments/.../params.json``: ``multiplier`` 50 for its CIFAR-100 ResNet-18 self-teacher at T = 6,
+alpha = 0.95; 100 for its CIFAR-100 ResNet-18 reg at T = 20, alpha = 0.1). A config that cites the release sets
+``kl_reduction: elementmean`` and the release's multiplier, and then runs the release's scale at any K (with
+``batchmean`` the same multiplier would be K x the release's: 2x at K = 100 for the self-teacher's 50, 0.2x at
+K = 10 with multiplier 1). With a mixed batch the virtual teacher is the lam-weighted mixture of the two labels'
+virtual teachers. The self teacher stays in eval mode and receives no gradient; its weights are part of this
+method's state (``teacher_model`` records its architecture), as in ``kd``.
 """
 from __future__ import annotations
 
@@ -40,6 +48,8 @@ from peerkd.core.registry import register_method
 from peerkd.models import build_model
 
 Softening = Literal["softmax", "power"]  # how T softens the virtual teacher's p^d
+KLReduction = Literal["batchmean", "elementmean"]  # the KL summed over classes and averaged over the batch, or
+# averaged over batch x classes (the release's nn.KLDivLoss() default, 1/K of batchmean)
 
 
 def virtual_teacher(labels: torch.Tensor, num_classes: int, correct_prob: float, temperature: float,
@@ -66,10 +76,14 @@ class TfKD(Method):
         # earlier run of the net)
         model: str = "resnet32"  # the network trained
         model_options: dict = field(default_factory=dict)  # keyword arguments for its factory
-        alpha: float = 0.1  # weight of the teacher term; 0.1: the released CIFAR-100 Tf-KD_reg setting (unverified)
-        temperature: float = 20.0  # T; 20: the released CIFAR-100 reg setting (unverified; self: ~6, set per config)
-        correct_prob: float = 0.99  # a: the virtual teacher's probability of the true class (paper: 0.9 or above)
-        multiplier: float = 1.0  # scale of the reg KL (batch-mean); see the docstring for the released code's 100
+        alpha: float = 0.1  # weight of the teacher term; 0.1: the release's CIFAR-100 ResNet-18 reg_alpha
+        # (experiments/base_experiments/base_resnet18/params.json; its self-teacher's is 0.95, set per config)
+        temperature: float = 20.0  # T; 20: that file's reg_temperature (the self-teacher's is 6, set per config)
+        correct_prob: float = 0.99  # a: the virtual teacher's probability of the true class (the release's
+        # my_loss_function.py; paper: 0.9 or above)
+        multiplier: float = 1.0  # scale of the teacher term (both variants); 1: the paper's equations; the release's
+        # params.json values (50 self / 100 reg on CIFAR-100 ResNet-18) go with kl_reduction: elementmean
+        kl_reduction: KLReduction = "batchmean"  # batchmean: the paper's per-sample KL; elementmean: the release's
         virtual_softening: Softening = "softmax"  # how T softens p^d: "softmax" (released code) or "power"
         soften_student: bool = True  # reg: divide the student's logits by T too (eq. 9's p_T); false: released code
         teacher_run: str = ""  # self: run folder of the trained network (as kd's teacher_run)
@@ -105,7 +119,7 @@ class TfKD(Method):
         if self.teacher is not None:
             with torch.no_grad():
                 teacher_logits = self.teacher(x)
-            kl = kd_kl(logits, teacher_logits, opts.temperature)
+            kl = kd_kl(logits, teacher_logits, opts.temperature) * opts.multiplier
         else:
             k = logits.shape[-1]
             target = virtual_teacher(batch.y, k, opts.correct_prob, opts.temperature, opts.virtual_softening)
@@ -116,6 +130,8 @@ class TfKD(Method):
             student_t = opts.temperature if opts.soften_student else 1.0
             log_p = F.log_softmax(logits.float() / student_t, dim=-1)
             kl = (target * (target.clamp_min(1e-30).log() - log_p)).sum(-1).mean() * opts.multiplier
+        if opts.kl_reduction == "elementmean":
+            kl = kl / logits.shape[-1]  # the mean over the K classes too: nn.KLDivLoss()'s default, as the release
         loss = (1 - opts.alpha) * ce + opts.alpha * kl
         return StepOutput(loss, {"ce": ce.detach(), "kl": kl.detach()})
 

@@ -1,10 +1,12 @@
 """Backbones by name (stem / stages / head contract) and the branched trunk + tails wrapper."""
 from peerkd.models import (  # noqa: F401  (each module registers itself)
+    cifar_densenet,
     cifar_resnet,
     cifar_resnet4,
     cifar_resnet_one,
     densenet,
     imagenet,
+    preact_resnet,
     pyramidnet,
     resnext,
     se_resnet,

@@ -1,10 +1,13 @@
-"""Tf-KD: the virtual teacher distribution, both variants' steps (the self variant from a teacher run), a short run."""
+"""Tf-KD: the virtual teacher distribution, both variants' steps (the self variant from a teacher run), a short run, the
+release's KL reduction and the configs that cite it."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from tests.helpers import assert_one_step, build, random_batch, short_run, tiny_task
+import peerkd
 from peerkd.methods.tfkd import virtual_teacher
 
 
@@ -67,3 +70,30 @@ def test_reg_default_softens_the_student_as_eq_9():
     kl = (q * (q.log() - torch.log_softmax(z / 2.0, -1))).sum(-1).mean()
     expected = 0.7 * torch.nn.functional.cross_entropy(z, batch.y) + 0.3 * kl
     assert float(method(batch).loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+TFKD_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "cutnmix" / "tfkd").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", TFKD_CONFIGS, ids=lambda p: p.stem)
+def test_configs_citing_the_release_run_its_scale_and_say_so(path):
+    """The CutnMix Tf-KD configs cite the release's CIFAR-100 ResNet-18 params.json: its reduction (element mean),
+    multiplier (50 self / 100 reg) and, for reg, its unsoftened student; the header names the reduction."""
+    options = peerkd.load_config(path).method.options
+    release = {"self": (6.0, 0.95, 50.0, True), "reg": (20.0, 0.1, 100.0, False)}[options.variant]
+    assert (options.temperature, options.alpha, options.multiplier, options.soften_student) == release, path
+    assert options.kl_reduction == "elementmean", path
+    assert "element-mean KL" in path.read_text() and "params.json" in path.read_text(), path
+
+
+def test_elementmean_is_the_batchmean_over_the_classes():
+    """kl_reduction: elementmean divides the teacher term by K (nn.KLDivLoss()'s default mean), so with
+    multiplier K it equals batchmean: the setting a config that cites the release needs."""
+    task = tiny_task(num_classes=5)
+    batch = random_batch(task)
+    torch.manual_seed(0)
+    element = build({"name": "tfkd", "model": "resnet8", "alpha": 1.0, "kl_reduction": "elementmean",
+                     "multiplier": 5.0}, task)
+    torch.manual_seed(0)
+    per_sample = build({"name": "tfkd", "model": "resnet8", "alpha": 1.0}, task)
+    assert torch.allclose(element(batch).loss, per_sample(batch).loss, rtol=1e-5)

@@ -270,3 +270,95 @@ def test_list_models_prints_each_models_parameters(capsys):
     assert main(["list", "models"]) == 0
     line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("wide_resnet20_8 "))
     assert line.split()[1:3] == [f"{cifar_bottleneck_resnet(2, 8, 100) / 1e6:.2f}", "M"]
+
+
+# ------------------------------------------------ PS-KD's own CIFAR-100 table: the PS-KD / CS-KD code's networks
+
+def preact_resnet18_code(classes: int) -> int:
+    """lgcnsai/PS-KD-Pytorch models/preact_resnet.py ``CIFAR_ResNet18_preActBasic`` = alinlab/cs-kd models/resnet.py
+    ``CIFAR_ResNet18``: 3x3 stem conv + BN, 2 pre-activation blocks a stage (BN, conv, BN, conv; a bias-free 1x1
+    shortcut conv where the shape changes), no final BN, linear with bias."""
+    total, cin = conv(3, 64, 3) + bn(64), 64
+    for planes in (64, 128, 256, 512):
+        for _ in range(2):
+            total += bn(cin) + conv(cin, planes, 3) + bn(planes) + conv(planes, planes, 3)
+            total += conv(cin, planes, 1) if cin != planes else 0
+            cin = planes
+    return total + fc(512, classes)
+
+
+def densenet121_code(classes: int) -> int:
+    """lgcnsai/PS-KD-Pytorch models/densenet_cifar.py = alinlab/cs-kd models/densenet3.py ``CIFAR_DenseNet121``:
+    growth 32, 6-12-24-16 bottleneck layers (BN, 1x1 conv to 128, BN, 3x3 conv to 32), transitions BN + 1x1 conv to
+    half, a final BN, linear with bias."""
+    growth, channels = 32, 64
+    total = conv(3, channels, 3)
+    for i, count in enumerate((6, 12, 24, 16)):
+        for _ in range(count):
+            total += bn(channels) + conv(channels, 4 * growth, 1) + bn(4 * growth) + conv(4 * growth, growth, 3)
+            channels += growth
+        if i < 3:
+            total += bn(channels) + conv(channels, channels // 2, 1)
+            channels //= 2
+    return total + bn(channels) + fc(channels, classes)
+
+
+EXPECTED["preact_resnet18"] = (preact_resnet18_code, "PS-KD-Pytorch models/preact_resnet.py = cs-kd models/resnet.py",
+                               {"004"})
+EXPECTED["densenet121_cifar"] = (densenet121_code, "PS-KD-Pytorch models/densenet_cifar.py = cs-kd densenet3.py",
+                                 {"004"})
+
+
+def test_pskd_and_cskd_code_networks_at_100_classes():
+    """The counts the PS-KD / CS-KD code's networks have at CIFAR-100 (the issue quotes 11,217,444 for CS-KD's
+    ResNet-18, which is PS-KD's PreAct ResNet-18: the same file contents), built here and written out above."""
+    assert preact_resnet18_code(100) == 11_217_444 and densenet121_code(100) == 7_048_548
+    with torch.device("meta"):
+        assert count_parameters(build_model("preact_resnet18", 100)) == 11_217_444
+        assert count_parameters(build_model("densenet121_cifar", 100)) == 7_048_548
+
+
+def resnext29_code(cardinality: int, width: int, classes: int) -> int:
+    """lgcnsai/PS-KD-Pytorch models/resnext.py ``CifarResNeXt(cardinality, 29, base_width=width, widen_factor=4)``:
+    3x3 stem 64 + BN, 3 stages of 3 bottlenecks to 256 / 512 / 1024 with cardinality x width x (out / 256) inner
+    channels (grouped 3x3), a 1x1 conv + BN projection in each stage's first block, linear with bias."""
+    total, cin = conv(3, 64, 3) + bn(64), 64
+    for out in (256, 512, 1024):
+        inner = cardinality * width * out // 256
+        for _ in range(3):
+            total += (conv(cin, inner, 1) + bn(inner) + conv(inner, inner, 3, groups=cardinality) + bn(inner)
+                      + conv(inner, out, 1) + bn(out))
+            total += conv(cin, out, 1) + bn(out) if cin != out else 0
+            cin = out
+    return total + fc(1024, classes)
+
+
+EXPECTED["resnext29_8x64d"] = (lambda k: resnext29_code(8, 64, k), "PS-KD-Pytorch models/resnext.py (34,518,948)",
+                               {"004"})
+
+
+def test_pskd_resnext29_count():
+    assert resnext29_code(8, 64, 100) == 34_518_948  # tests/golden/fixtures/pskd_networks.npz: the reference's count
+
+
+def resnet101_pskd_code(classes: int) -> int:
+    """lgcnsai/PS-KD-Pytorch models/preact_resnet.py ``CIFAR_ResNet101_Bottle``: 3x3 stem 64 + BN, 3-4-23-3
+    post-activation bottlenecks (1x1, 3x3, 1x1 x4, BN after each; 1x1 conv + BN shortcut where the shape changes),
+    linear with bias."""
+    total, cin = conv(3, 64, 3) + bn(64), 64
+    for i, count in enumerate((3, 4, 23, 3)):
+        planes = 64 * 2 ** i
+        for b in range(count):
+            out = 4 * planes
+            total += conv(cin, planes, 1) + bn(planes) + conv(planes, planes, 3) + bn(planes) + conv(planes, out, 1)
+            total += bn(out) + (conv(cin, out, 1) + bn(out) if cin != out or (b == 0 and i > 0) else 0)
+            cin = out
+    return total + fc(cin, classes)
+
+
+EXPECTED["resnet101_pskd"] = (resnet101_pskd_code, "PS-KD-Pytorch models/preact_resnet.py CIFAR_ResNet101_Bottle",
+                              {"004"})
+
+
+def test_pskd_resnet101_count():
+    assert resnet101_pskd_code(100) == 42_697_380  # tests/golden/fixtures/pskd_networks.npz: the reference's count
