@@ -193,6 +193,35 @@ class Group:
     def seeds(self) -> list[int]:
         return [run.seed for run in self.runs]
 
+    @property
+    def setup(self) -> dict[str, str]:
+        """The columns that decide whether a result can be reproduced, each the distinct values over the group's
+        runs joined by commas ("?" where a run folder does not record it); see :func:`run_setup`."""
+        per_run = [run_setup(run) for run in self.runs]
+        return {column: ",".join(dict.fromkeys(setup[column] for setup in per_run)) for column in SETUP_COLUMNS}
+
+
+SETUP_COLUMNS = ("device", "devices", "batch", "precision", "torch", "commit")
+
+
+def run_setup(run: Run) -> dict[str, str]:
+    """One run's reproducibility columns, from its ``environment.json`` and ``config.yaml``: the device type (the
+    GPU's name on CUDA), the number of processes (DDP world size), the global batch size (``data.batch_size``,
+    summed over ranks), the precision the run resolved, the torch version and the commit (``+dirty`` with local
+    changes). A run folder written before ``world_size`` / ``precision`` were recorded gives "?" for the count and,
+    for a requested ``trainer.precision: auto``, the precision only where it is certain (fp32 on CPU)."""
+    env, config = run.environment, run.config
+    device = str(env.get("device_name") or str(env.get("device") or "?").split(":")[0])
+    precision = env.get("precision")
+    if precision is None:
+        asked = str((config.get("trainer") or {}).get("precision", "auto"))
+        precision = "fp32" if asked == "auto" and device == "cpu" else asked
+    sha = env.get("git_sha")
+    return {"device": device, "devices": str(env.get("world_size", "?")),
+            "batch": str((config.get("data") or {}).get("batch_size", "?")), "precision": str(precision),
+            "torch": str(env.get("torch") or "?"),
+            "commit": (str(sha)[:7] + ("+dirty" if env.get("git_dirty") else "")) if sha else "?"}
+
 
 def group_runs(runs: Sequence[Run], warn=None) -> list[Group]:
     warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -250,6 +279,11 @@ class Aggregate:
     required: int  # seeds the paper's protocol asks for (1 when it names none)
     paper: float | None = None
     paper_std: float | None = None
+    seeds: list[int] = dataclasses.field(default_factory=list)  # the seed of each value, in the same order
+
+    @property
+    def by_seed(self) -> dict[int, float]:
+        return dict(zip(self.seeds, self.values))
 
     @property
     def n(self) -> int:
@@ -299,13 +333,7 @@ class Row:
 
     @property
     def commits(self) -> str:
-        seen = []
-        for run in self.group.runs:
-            sha = run.environment.get("git_sha")
-            label = (sha[:7] + ("+dirty" if run.environment.get("git_dirty") else "")) if sha else "?"
-            if label not in seen:
-                seen.append(label)
-        return ",".join(seen)
+        return self.group.setup["commit"]
 
     @property
     def command(self) -> str:
@@ -347,15 +375,16 @@ def rows_of(groups: Sequence[Group], metrics: Sequence[str] = (), best: bool = F
             protocol = "median" if paper.median_of else "mean"
             required = paper.median_of or paper.mean_of or 1
         for (paper_id, table, row, column, metric, key), value, std in cells:
-            values, missing = [], []
+            values, seeds, missing = [], [], []
             for run in group.runs:
                 try:
                     values.append(metric_value(run.summary, metric, key, best=best and metric not in (
                         "agreement", "diversity")))
+                    seeds.append(run.seed)
                 except (KeyError, TypeError, ValueError):
                     missing.append(str(run.path))
             rows.append(Row(group, paper_id, table, row, column, metric, key,
-                            Aggregate(values, protocol, required, value, std), missing))
+                            Aggregate(values, protocol, required, value, std, seeds), missing))
     # by paper and table; within a table, the groups by name and each group's cells in its paper: block's order
     return sorted(rows, key=lambda r: (r.paper_id == "", r.paper_id, _natural(r.table)))
 
