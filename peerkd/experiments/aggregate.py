@@ -8,7 +8,8 @@ and where they ran (``data.root``, ``trainer.device``, ...; see ``PLACEMENT_KEYS
 its ``paper:`` block the paper's metric is taken from every seed's ``summary.json`` and aggregated by the paper's
 protocol: ``median_of: N`` -> the median, otherwise the mean; the spread is the sample standard deviation over seeds
 (n - 1 in the denominator, what ``statistics.stdev`` gives). The metric is read from the **last** epoch; ``--best``
-reads the epoch of the best test top-1 instead, a choice made on the test set, and the report says so.
+reads the epoch of the best test top-1 instead, a choice made on the test set, and the report says so
+(``--epochs last,best``: both, side by side).
 
 Metric conversions (``summary.json`` holds top-1/top-5/ECE in %, NLL in nats, AURC/E-AURC x 1000, see
 :mod:`peerkd.metrics`): ``error`` = 100 - top1, ``top5_error`` = 100 - top5; ``top1``, ``top5``, ``nll``, ``ece``,
@@ -21,7 +22,9 @@ Verdicts, in this order: ``not enough seeds`` (fewer than the paper's N; with no
 seeds); ``off``.
 
 The printed forms (markdown, CSV, LaTeX, a paper table as rows x columns, the figure, the RESULTS.md block) are in
-:mod:`peerkd.experiments.render`.
+:mod:`peerkd.experiments.render`. Each cell's 95 % bootstrap CI, the paired comparison of two configs and the ranking of
+several are :mod:`peerkd.experiments.statistics` and :mod:`peerkd.experiments.compare`; the reproducibility columns
+(device, devices, global batch, precision, torch, commit) are :func:`run_setup`.
 
 Bad input: a RUNS_DIR that does not exist, or holds no usable run, is a :class:`ReportError` (exit 2). Inside a runs
 folder, a folder that is not a run (no ``config.yaml``), a broken one (unreadable YAML/JSON, an invalid ``paper:``
@@ -366,8 +369,10 @@ def rows_of(groups: Sequence[Group], metrics: Sequence[str] = (), best: bool = F
         paper = group.paper
         if paper is None or not paper.cells:  # no paper table (or a foundation config): every key, ours only
             keys = list(group.runs[0].summary["keys"])
+            diversity_groups = [g for g in (group.runs[0].summary.get("diversity") or {})
+                                if not g.endswith("_agreement")]  # agreement and diversity are per group of keys
             cells = [(("", "", group.name, key, metric, key), None, None) for metric in (metrics or ["top1"])
-                     for key in keys]
+                     for key in (diversity_groups if metric in ("agreement", "diversity") else keys)]
             protocol, required = "mean", 1
         else:
             cells = [((paper.id, c.table or paper.table, c.row, c.column, c.metric, c.predict), c.value, c.std)

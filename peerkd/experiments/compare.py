@@ -103,7 +103,7 @@ def _seeds(seeds) -> str:
 
 
 def _cells(cells) -> str:
-    return ", ".join(f"{m} of {k}" for m, k in cells) or "no values"
+    return ", ".join(f"{m} of {k}" for m, k in cells) or "no value of the metrics asked for"
 
 
 def compare(rows: Sequence[Row], baseline: Group, others: Sequence[Group]) -> list[Comparison]:
@@ -147,7 +147,8 @@ def render_comparisons(sections: Sequence[tuple[str, Sequence[Comparison]]], fmt
              "data order" for other in others if (differs := data_differences(baseline, other))]
     epochs = " and ".join(label for label, _ in sections)
     note = (f"Paired comparison against '{baseline.name}' (A), {epochs}: B - A per seed on the seeds both have "
-            f"(same seed; same data order where the data keys agree), the mean of the differences, {CI_METHOD}; "
+            f"(same seed; same data order where the data keys agree), means of A and B over those seeds, the mean of "
+            f"the differences, {CI_METHOD}; "
             "two-sided p-values of the Wilcoxon signed-rank test and the paired t-test (— below 2 pairs or with "
             "every difference 0); unpaired seeds enter nothing." + "".join(f" {n}." for n in notes))
     return plain_table(header, body, fmt, note)

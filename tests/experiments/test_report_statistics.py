@@ -132,6 +132,10 @@ def test_bad_compare_and_metric_are_one_line_exit_2_before_any_statistic(capsys,
     runs = tmp_path / "runs"
     runs_of(runs, "a", {0: 70.0, 1: 71.0})
     runs_of(runs, "b", {5: 70.0, 6: 71.0})
+    for summary_file in runs.glob("*/summary.json"):  # methods without peers or branches: no diversity block
+        summary = json.loads(summary_file.read_text())
+        del summary["diversity"]
+        summary_file.write_text(json.dumps(summary))
     for argv, says in ((("--compare", "a", "b"), "no seed in common"),
                        (("--compare", "a", "zz"), "no config named 'zz'"),
                        (("--compare", "a", "a"), "compared with itself"),
@@ -187,3 +191,11 @@ def test_reproducibility_columns_come_from_each_run_folder(capsys, tmp_path):
     (row,) = csv_rows(out)
     assert (row["device"], row["devices"], row["batch"], row["precision"], row["torch"], row["commit"]) == (
         "NVIDIA H100 80GB HBM3", "4", "256", "bf16", "2.4.0,2.5.1", "abcdef0")
+
+
+def test_diversity_of_a_config_without_paper_block_is_read_per_diversity_group(capsys, tmp_path):
+    runs_of(tmp_path / "runs", "a", {0: 70.0, 1: 71.0, 2: 72.0})  # make_run: branches_agreement = 0.4 + seed / 100
+    code, out, err = report(capsys, tmp_path / "runs", "--metric", "agreement", "--format", "csv")
+    assert code == 0, err
+    (row,) = csv_rows(out)
+    assert row["key"] == "branches" and row["ours"] == "0.4100 ± 0.0100"
