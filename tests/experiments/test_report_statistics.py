@@ -199,3 +199,30 @@ def test_diversity_of_a_config_without_paper_block_is_read_per_diversity_group(c
     assert code == 0, err
     (row,) = csv_rows(out)
     assert row["key"] == "branches" and row["ours"] == "0.4100 ± 0.0100"
+
+
+def test_compare_into_a_markdown_file_is_refreshed_with_its_options(capsys, tmp_path):
+    runs = tmp_path / "runs"
+    runs_of(runs, "a", A)
+    runs_of(runs, "b", B)
+    results = tmp_path / "RESULTS.md"
+    assert report(capsys, runs, "--compare", "a", "b", "--into", results)[0] == 0
+    assert f"<!-- peerkd report begin: peerkd report {runs} --compare a b -->" in results.read_text()
+    make_run(runs / "a-s7", "a", 7, 61.0, paper=None)  # seed 7 now has a pair
+    code, _, err = report(capsys, "--refresh", results)
+    assert code == 0, err
+    line = next(x for x in results.read_text().splitlines() if x.startswith("| b |"))
+    assert "| 5 |" in line and line.endswith("| none |")
+
+
+def test_a_paper_table_with_last_and_best_epochs(capsys, tmp_path):
+    from tests.experiments.test_report import PAPER
+
+    for seed, top1 in enumerate((70.0, 71.5, 73.0)):
+        make_run(tmp_path / "runs" / f"one-s{seed}", "one", seed, top1, best_top1=top1 + 2.0, paper=PAPER)
+    code, out, err = report(capsys, tmp_path / "runs", "--table", "001:2", "--epochs", "last,best")
+    assert code == 0, err
+    one = next(line for line in out.splitlines() if line.startswith("| ONE |"))
+    (lo, hi), (best_lo, best_hi) = scipy_ci([70.0, 71.5, 73.0]), scipy_ci([72.0, 73.5, 75.0])
+    assert (f"71.50 ± 1.50 [{lo:.2f}, {hi:.2f}] (80.00) ✗ n=3; best: 73.50 ± 1.50 [{best_lo:.2f}, {best_hi:.2f}]"
+            in one)
