@@ -123,7 +123,7 @@ def test_compare_says_when_the_pairs_do_not_share_the_data_order(capsys, tmp_pat
 
 
 def test_bad_compare_and_metric_are_one_line_exit_2_before_any_statistic(capsys, tmp_path, monkeypatch):
-    import peerkd.experiments.compare as compare
+    from peerkd.experiments import compare
 
     def computed(*_):
         raise AssertionError("a statistic was computed before the input was checked")
