@@ -26,6 +26,8 @@ def test_two_process_ddp_run_under_torchrun(tmp_path):
     assert result.stdout.count("run folder:") == 1  # rank 0 alone reports and writes
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert sum(r["kind"] == "eval" for r in records) == 2  # one writer: no duplicated lines
+    environment = json.loads((run / "environment.json").read_text())  # what peerkd report's columns read
+    assert (environment["world_size"], environment["precision"]) == (2, "fp32")
 
 
 def test_cli_list_and_eval(tmp_path):

@@ -96,7 +96,9 @@ def test_deep_nesting_is_one_config_error(tmp_path, text):
 @BUDGET
 @given(st.lists(st.one_of(st.text(max_size=15), st.sampled_from(["--format", "csv", "latex", "--metric", "top1",
                                                                  "--table", "001:2", "--best", "--plot", "x.png",
-                                                                 "--into", "--refresh", "-", ""])), max_size=6))
+                                                                 "--into", "--refresh", "-", "", "--compare",
+                                                                 "--baseline", "--rank", "--cd-plot", "--epochs",
+                                                                 "last,best"])), max_size=6))
 def test_any_report_arguments_end_in_an_exit_code(capsys, args):
     try:
         code = main(["report", *args])

@@ -8,7 +8,8 @@ and where they ran (``data.root``, ``trainer.device``, ...; see ``PLACEMENT_KEYS
 its ``paper:`` block the paper's metric is taken from every seed's ``summary.json`` and aggregated by the paper's
 protocol: ``median_of: N`` -> the median, otherwise the mean; the spread is the sample standard deviation over seeds
 (n - 1 in the denominator, what ``statistics.stdev`` gives). The metric is read from the **last** epoch; ``--best``
-reads the epoch of the best test top-1 instead, a choice made on the test set, and the report says so.
+reads the epoch of the best test top-1 instead, a choice made on the test set, and the report says so
+(``--epochs last,best``: both, side by side).
 
 Metric conversions (``summary.json`` holds top-1/top-5/ECE in %, NLL in nats, AURC/E-AURC x 1000, see
 :mod:`peerkd.metrics`): ``error`` = 100 - top1, ``top5_error`` = 100 - top5; ``top1``, ``top5``, ``nll``, ``ece``,
@@ -21,7 +22,9 @@ Verdicts, in this order: ``not enough seeds`` (fewer than the paper's N; with no
 seeds); ``off``.
 
 The printed forms (markdown, CSV, LaTeX, a paper table as rows x columns, the figure, the RESULTS.md block) are in
-:mod:`peerkd.experiments.render`.
+:mod:`peerkd.experiments.render`. Each cell's 95 % bootstrap CI, the paired comparison of two configs and the ranking of
+several are :mod:`peerkd.experiments.statistics` and :mod:`peerkd.experiments.compare`; the reproducibility columns
+(device, devices, global batch, precision, torch, commit) are :func:`run_setup`.
 
 Bad input: a RUNS_DIR that does not exist, or holds no usable run, is a :class:`ReportError` (exit 2). Inside a runs
 folder, a folder that is not a run (no ``config.yaml``), a broken one (unreadable YAML/JSON, an invalid ``paper:``
@@ -193,6 +196,35 @@ class Group:
     def seeds(self) -> list[int]:
         return [run.seed for run in self.runs]
 
+    @property
+    def setup(self) -> dict[str, str]:
+        """The columns that decide whether a result can be reproduced, each the distinct values over the group's
+        runs joined by commas ("?" where a run folder does not record it); see :func:`run_setup`."""
+        per_run = [run_setup(run) for run in self.runs]
+        return {column: ",".join(dict.fromkeys(setup[column] for setup in per_run)) for column in SETUP_COLUMNS}
+
+
+SETUP_COLUMNS = ("device", "devices", "batch", "precision", "torch", "commit")
+
+
+def run_setup(run: Run) -> dict[str, str]:
+    """One run's reproducibility columns, from its ``environment.json`` and ``config.yaml``: the device type (the
+    GPU's name on CUDA), the number of processes (DDP world size), the global batch size (``data.batch_size``,
+    summed over ranks), the precision the run resolved, the torch version and the commit (``+dirty`` with local
+    changes). A run folder written before ``world_size`` / ``precision`` were recorded gives "?" for the count and,
+    for a requested ``trainer.precision: auto``, the precision only where it is certain (fp32 on CPU)."""
+    env, config = run.environment, run.config
+    device = str(env.get("device_name") or str(env.get("device") or "?").split(":")[0])
+    precision = env.get("precision")
+    if precision is None:
+        asked = str((config.get("trainer") or {}).get("precision", "auto"))
+        precision = "fp32" if asked == "auto" and device == "cpu" else asked
+    sha = env.get("git_sha")
+    return {"device": device, "devices": str(env.get("world_size", "?")),
+            "batch": str((config.get("data") or {}).get("batch_size", "?")), "precision": str(precision),
+            "torch": str(env.get("torch") or "?"),
+            "commit": (str(sha)[:7] + ("+dirty" if env.get("git_dirty") else "")) if sha else "?"}
+
 
 def group_runs(runs: Sequence[Run], warn=None) -> list[Group]:
     warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -250,6 +282,11 @@ class Aggregate:
     required: int  # seeds the paper's protocol asks for (1 when it names none)
     paper: float | None = None
     paper_std: float | None = None
+    seeds: list[int] = dataclasses.field(default_factory=list)  # the seed of each value, in the same order
+
+    @property
+    def by_seed(self) -> dict[int, float]:
+        return dict(zip(self.seeds, self.values))
 
     @property
     def n(self) -> int:
@@ -299,13 +336,7 @@ class Row:
 
     @property
     def commits(self) -> str:
-        seen = []
-        for run in self.group.runs:
-            sha = run.environment.get("git_sha")
-            label = (sha[:7] + ("+dirty" if run.environment.get("git_dirty") else "")) if sha else "?"
-            if label not in seen:
-                seen.append(label)
-        return ",".join(seen)
+        return self.group.setup["commit"]
 
     @property
     def command(self) -> str:
@@ -338,8 +369,10 @@ def rows_of(groups: Sequence[Group], metrics: Sequence[str] = (), best: bool = F
         paper = group.paper
         if paper is None or not paper.cells:  # no paper table (or a foundation config): every key, ours only
             keys = list(group.runs[0].summary["keys"])
+            diversity_groups = [g for g in (group.runs[0].summary.get("diversity") or {})
+                                if not g.endswith("_agreement")]  # agreement and diversity are per group of keys
             cells = [(("", "", group.name, key, metric, key), None, None) for metric in (metrics or ["top1"])
-                     for key in keys]
+                     for key in (diversity_groups if metric in ("agreement", "diversity") else keys)]
             protocol, required = "mean", 1
         else:
             cells = [((paper.id, c.table or paper.table, c.row, c.column, c.metric, c.predict), c.value, c.std)
@@ -347,15 +380,16 @@ def rows_of(groups: Sequence[Group], metrics: Sequence[str] = (), best: bool = F
             protocol = "median" if paper.median_of else "mean"
             required = paper.median_of or paper.mean_of or 1
         for (paper_id, table, row, column, metric, key), value, std in cells:
-            values, missing = [], []
+            values, seeds, missing = [], [], []
             for run in group.runs:
                 try:
                     values.append(metric_value(run.summary, metric, key, best=best and metric not in (
                         "agreement", "diversity")))
+                    seeds.append(run.seed)
                 except (KeyError, TypeError, ValueError):
                     missing.append(str(run.path))
             rows.append(Row(group, paper_id, table, row, column, metric, key,
-                            Aggregate(values, protocol, required, value, std), missing))
+                            Aggregate(values, protocol, required, value, std, seeds), missing))
     # by paper and table; within a table, the groups by name and each group's cells in its paper: block's order
     return sorted(rows, key=lambda r: (r.paper_id == "", r.paper_id, _natural(r.table)))
 

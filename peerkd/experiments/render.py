@@ -30,38 +30,70 @@ def _with_std(value, std, metric) -> str:
     return _num(value, metric) + (f" ± {_num(std, metric)}" if std is not None and value is not None else "")
 
 
-def _cells(row: Row) -> dict[str, str]:
+def _ci(result, metric: str) -> str:
+    """The bootstrap interval of a cell's statistic over its seeds as ``[low, high]``, "—" when there is none."""
+    from peerkd.experiments.statistics import StatisticsUnavailable, bootstrap_ci
+
+    try:
+        ci = bootstrap_ci(result.values, result.protocol)
+    except StatisticsUnavailable:
+        return "—"
+    return "—" if ci is None else f"[{_num(ci[0], metric)}, {_num(ci[1], metric)}]"
+
+
+def _cells(row: Row, best_row: Row | None = None) -> dict[str, str]:
+    """A row's printed cells; with ``best_row`` (the same cell read at the best epoch) its ours and CI beside."""
     r = row.result
-    return {"paper": row.paper_id, "table": row.table, "row": row.row, "column": row.column, "metric": row.metric,
-            "key": row.key, "paper value": _with_std(r.paper, r.paper_std, row.metric),
-            "ours": _with_std(r.ours, r.std, row.metric), "difference": _num(r.difference, row.metric, True),
-            "verdict": r.verdict if not row.missing else f"{r.verdict}; key missing in {len(row.missing)} run(s)",
-            "seeds": str(r.n), "commit": row.commits, "command": row.command}
+    cells = {"paper": row.paper_id, "table": row.table, "row": row.row, "column": row.column, "metric": row.metric,
+             "key": row.key, "paper value": _with_std(r.paper, r.paper_std, row.metric),
+             "ours": _with_std(r.ours, r.std, row.metric), "95 % CI": _ci(r, row.metric)}
+    if best_row is not None:
+        cells["ours (best epoch)"] = _with_std(best_row.result.ours, best_row.result.std, row.metric)
+        cells["95 % CI (best epoch)"] = _ci(best_row.result, row.metric)
+    cells.update({"difference": _num(r.difference, row.metric, True),
+                  "verdict": r.verdict if not row.missing else f"{r.verdict}; key missing in {len(row.missing)} run(s)",
+                  "seeds": str(r.n), **row.group.setup, "command": row.command})
+    return cells
 
 
-def _protocol_note(rows: Sequence[Row], best: bool) -> str:
+def _ci_note() -> str:
+    from peerkd.experiments.statistics import CI_METHOD, StatisticsUnavailable, _scipy_stats
+
+    try:
+        _scipy_stats()
+    except StatisticsUnavailable:
+        return "no 95 % CI (scipy missing: pip install 'peerkd[stats]')"
+    return CI_METHOD
+
+
+def _protocol_note(rows: Sequence[Row], best: bool, both: bool = False) -> str:
     protocols = sorted({r.result.protocol for r in rows})
     how = " / ".join("median of seeds" if p == "median" else "mean ± sample std over seeds" for p in protocols)
-    return f"ours: {how}, {BEST_LABEL if best else LAST_LABEL}"
+    epochs = f"{LAST_LABEL} and the {BEST_LABEL} side by side" if both else (BEST_LABEL if best else LAST_LABEL)
+    return f"ours: {how}, {epochs}; {_ci_note()}"
 
 
-def render(rows: Sequence[Row], fmt: str = "md", best: bool = False, command: str | None = None) -> str:
+def render(rows: Sequence[Row], fmt: str = "md", best: bool = False, command: str | None = None,
+           best_rows: Sequence[Row] | None = None) -> str:
+    """The flat list of cells; ``best_rows`` (``--epochs last,best``: the same cells at the best epoch, in the order
+    of ``rows``) adds the best epoch's columns beside the last epoch's."""
+    pairs = list(zip(rows, best_rows)) if best_rows is not None else [(row, None) for row in rows]
     if fmt == "csv":
         buffer = io.StringIO()
-        fields = list(_cells(rows[0]))
+        fields = list(_cells(*pairs[0]))
         writer = csv.DictWriter(buffer, fieldnames=[*fields, "values", "epoch"], lineterminator="\n")
         writer.writeheader()
-        for row in rows:
-            writer.writerow({**_cells(row), "values": " ".join(_num(v, row.metric) for v in row.result.values),
-                             "epoch": "best" if best else "last"})
+        for row, best_row in pairs:
+            values = " ".join(_num(v, row.metric) for v in row.result.values)
+            writer.writerow({**_cells(row, best_row), "values": values,
+                             "epoch": "last,best" if best_row is not None else "best" if best else "last"})
         return buffer.getvalue()
-    note = _protocol_note(rows, best)
-    header = ["paper", "table", "row", "column", "metric", "key", "paper value", "ours", "difference", "verdict",
-              "seeds", "commit", "cmd"]
+    note = _protocol_note(rows, best, best_rows is not None)
+    header = [h for h in _cells(*pairs[0]) if h != "command"] + ["cmd"]
     commands: list[str] = []
     body = []
-    for row in rows:
-        cells = _cells(row)
+    for row, best_row in pairs:
+        cells = _cells(row, best_row)
         if cells["command"] not in commands:
             commands.append(cells["command"])
         cells["cmd"] = f"[{commands.index(cells['command']) + 1}]"
@@ -73,10 +105,28 @@ def render(rows: Sequence[Row], fmt: str = "md", best: bool = False, command: st
         lines.append(f"Generated by `{command}` on {time.strftime('%Y-%m-%d')}; {note}.")
     else:
         lines.append(f"{note[0].upper()}{note[1:]}.")
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in body]
+    lines += ["", markdown_table(header, body)]
     lines += [""] + [f"[{i}] `{cmd}`" for i, cmd in enumerate(commands, 1)]
     return "\n".join(lines) + "\n"
+
+
+def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
+def plain_table(header: Sequence[str], body: Sequence[Sequence[str]], fmt: str, note: str) -> str:
+    """A plain table with a note above it, as markdown, CSV (the note left out) or LaTeX."""
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(body)
+        return buffer.getvalue()
+    if fmt == "latex":
+        return _latex(list(header), [list(b) for b in body], note)
+    return f"{note}\n\n{markdown_table(header, body)}\n"
 
 
 def _latex(header, body, note) -> str:
@@ -101,9 +151,10 @@ def parse_table(text: str) -> tuple[str, str]:
 
 
 def table_layout(rows: Sequence[Row], which: str, fmt: str = "md", best: bool = False,
-                 command: str | None = None) -> str:
-    """One paper table as the paper lays it out: its rows x its columns, each cell ``ours ± std (paper)
-    verdict``."""
+                 command: str | None = None, best_rows: Sequence[Row] | None = None) -> str:
+    """One paper table as the paper lays it out: its rows x its columns, each cell ``ours ± std [95 % CI] (paper)
+    verdict n=seeds``, and with ``best_rows`` (``--epochs last,best``) ``; best: ours ± std [CI]`` after it."""
+    best_of = {id(r): b for r, b in zip(rows, best_rows)} if best_rows is not None else {}
     paper_id, table = parse_table(which)
     chosen = [r for r in rows if r.paper_id == paper_id and r.table == table]
     if not chosen:
@@ -117,23 +168,19 @@ def table_layout(rows: Sequence[Row], which: str, fmt: str = "md", best: bool = 
     grid: dict[tuple[str, str], str] = {}
     for r in chosen:
         mark = {"within the paper's ±": "✓", "within 2 std": "≈", "off": "✗"}.get(r.result.verdict, "?")
-        grid[(r.row, label(r))] = (f"{_with_std(r.result.ours, r.result.std, r.metric)} "
+        grid[(r.row, label(r))] = (f"{_with_std(r.result.ours, r.result.std, r.metric)} {_ci(r.result, r.metric)} "
                                    f"({_num(r.result.paper, r.metric)}) {mark} n={r.result.n}")
+        if id(r) in best_of:
+            b = best_of[id(r)].result
+            grid[(r.row, label(r))] += f"; best: {_with_std(b.ours, b.std, r.metric)} {_ci(b, r.metric)}"
     header = [f"paper {paper_id} table {table}", *columns]
     body = [[name, *(grid.get((name, c), "") for c in columns)] for name in row_names]
-    note = (_protocol_note(chosen, best) + "; cell: ours (paper) verdict, ✓ within the paper's ±, ≈ within 2 std, "
-            "✗ off, ? not enough seeds")
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(body)
-        return buffer.getvalue()
-    if fmt == "latex":
-        return _latex(header, body, note)
+    note = (_protocol_note(chosen, best, bool(best_of)) + "; cell: ours [95 % CI] (paper) verdict, ✓ within the "
+            "paper's ±, ≈ within 2 std, ✗ off, ? not enough seeds")
+    if fmt != "md":
+        return plain_table(header, body, fmt, note)
     lines = [f"Generated by `{command}` on {time.strftime('%Y-%m-%d')}; {note}." if command else note + ".", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+             markdown_table(header, body)]
     commands = list(dict.fromkeys(r.command for r in chosen))
     lines += [""] + [f"[{i}] `{cmd}`" for i, cmd in enumerate(commands, 1)]
     return "\n".join(lines) + "\n"

@@ -290,6 +290,8 @@ class Trainer:
         if not self.ddp.is_main:
             return
         environment = environment_info(self.device)
+        # what peerkd report shows beside every result: how many processes trained it and in which precision
+        environment.update(world_size=self.ddp.world, precision=self.precision)
         claim = self.claim
         record = {"event": "resume" if self.resume else "start", "epoch": self.epoch, "step": self.step_in_epoch,
                   "global_step": self.global_step, "argv": environment["argv"], "git_sha": environment["git_sha"],
