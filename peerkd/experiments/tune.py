@@ -28,6 +28,7 @@ import json
 import math
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ from peerkd.core.errors import ConfigError
 from peerkd.core.process import EXIT_CTRL_C, EXIT_INTERRUPTED, is_main_thread
 from peerkd.core.run_files import METRICS_LOG, SUMMARY_FILE, SWEEP_LOG
 from peerkd.experiments.plan import RunSpec, child_env, run_state
+from peerkd.experiments.slurm import SIGNAL_DELAY_S
 from peerkd.experiments.sweep import FAILED_LOG_LINES, STOP_WAIT_S, last_lines
 
 STUDY_NAME = "peerkd-tune"  # one study per --out folder, under this name in the journal
@@ -165,6 +167,9 @@ class TuneOptions:
     pruner: str = "median"  # median, hyperband or none
     sampler_seed: int = 0  # TPE's seed (offset by the trials already in the study, so a continued study repeats none)
     final: str = "auto"  # auto: train best.yaml after the trials; only: no new trials; skip: no final run
+    executor: str = "local"  # local (this machine), slurm or submitit-local (workers as jobs on one journal)
+    slurm: Any = None  # peerkd.experiments.slurm.SlurmOptions for the workers' jobs
+    wait: bool = False  # slurm: wait for the workers, then train the final run as one more job
 
 
 @dataclasses.dataclass
@@ -397,8 +402,10 @@ class Objective:
                     _, value = _score(record["metrics"], plan.options.key, plan.options.metric, where)
                     trial.report(value, record["epoch"])
                     trial.set_user_attr("epochs", record["epoch"] + 1)
-                    if not ended and trial.should_prune():
+                    last = record["epoch"] + 1 >= plan.config.schedule.epochs  # done training: let it finish
+                    if not ended and not last and trial.should_prune():
                         _stop(process)
+                        trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
                         self.say(f"[trial {trial.number}] pruned after epoch {record['epoch'] + 1} (validation "
                                  f"{plan.options.metric} {value:.2f}); its checkpoint is kept in {run_dir}")
                         raise optuna.TrialPruned(f"validation {plan.options.metric} {value:.4g} at epoch "
@@ -554,6 +561,9 @@ def tune(options: TuneOptions, check_data: Callable[[Config], None] | None = Non
     handlers = {}
     if is_main_thread():
         handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    if options.executor != "local" and options.final != "only":
+        requeue_interrupted(study)
+        return submit_workers(plan, say)
     try:
         if options.final != "only":
             continued = requeue_interrupted(study)
@@ -593,6 +603,98 @@ def tune(options: TuneOptions, check_data: Callable[[Config], None] | None = Non
             signal.signal(sig, previous)
 
 
+# ------------------------------------------------------------------------------------------------ SLURM workers
+
+def worker_argv(options: TuneOptions, final: bool = False) -> list[str]:
+    """The ``peerkd tune`` command a SLURM job runs: this study on this machine's executor, one trial at a time
+    (``final``: no new trial, the final run only)."""
+    argv = [sys.executable, "-m", "peerkd", "tune", "-c", str(Path(options.config).resolve()),
+            "--out", str(Path(options.out).resolve()), "--trials", str(options.trials), "--jobs", "1",
+            "--metric", options.metric, "--pruner", options.pruner, "--sampler-seed", str(options.sampler_seed),
+            "--heldout-per-class", str(options.heldout_per_class), "--final" if final else "--no-final"]
+    argv += [a for text in options.space for a in ("--space", text)]
+    argv += [a for text in options.overrides for a in ("--set", text)]
+    return argv + (["--key", options.key] if options.key else [])
+
+
+class TuneWorker:
+    """A submitit callable: one ``peerkd tune`` worker process on the study's journal file. On SLURM's requeue
+    signal it stops its worker (whose running trial saves a checkpoint and is marked interrupted) and resubmits a
+    fresh worker, which continues that trial from its checkpoint."""
+
+    def __init__(self, argv: list[str]):
+        self.argv = argv
+        self._process: subprocess.Popen | None = None
+
+    def __getstate__(self) -> dict:
+        return {"argv": self.argv, "_process": None}  # a process does not travel
+
+    def __call__(self) -> int:
+        self._process = subprocess.Popen(self.argv, env=child_env())
+        while self._process.poll() is None:  # a poll loop: submitit's signal handler may run meanwhile
+            time.sleep(0.5)
+        if self._process.returncode not in (0, EXIT_INTERRUPTED, EXIT_CTRL_C):
+            raise RuntimeError(f"peerkd tune worker exited {self._process.returncode}; see this job's log")
+        return self._process.returncode
+
+    def checkpoint(self, *args, **kwargs):
+        from peerkd.experiments.slurm import _submitit, _wait_for
+
+        process = self._process
+        if process is not None and process.returncode is None:
+            try:
+                process.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            _wait_for(process, STOP_WAIT_S)
+        return _submitit().helpers.DelayedSubmission(type(self)(self.argv))
+
+
+def submit_workers(plan: _Plan, say) -> int:
+    """``--jobs`` SLURM jobs (or submitit's local executor), each a worker on ``<out>/study.journal`` until the
+    study has ``--trials`` finished trials; with ``--wait``, then the final run as one more job."""
+    from peerkd.experiments.slurm import SlurmOptions, _submitit
+
+    options = plan.options
+    submitit = _submitit()
+    slurm = options.slurm or SlurmOptions()
+    cluster = "local" if options.executor == "submitit-local" else "slurm"
+    executor = submitit.AutoExecutor(folder=str(plan.out / ".submitit"), cluster=cluster,
+                                     slurm_max_num_timeout=slurm.max_requeues)
+    params = dict(timeout_min=slurm.time_min, name="peerkd-tune", cpus_per_task=slurm.cpus, tasks_per_node=1,
+                  nodes=1, mem_gb=slurm.mem_gb, gpus_per_node=slurm.gpus)
+    if cluster == "slurm":
+        params["slurm_signal_delay_s"] = SIGNAL_DELAY_S
+    if slurm.partition:
+        params["slurm_partition"] = slurm.partition
+    executor.update_parameters(**params)
+    options = dataclasses.replace(options, heldout_per_class=plan.heldout_per_class)
+    jobs = [executor.submit(TuneWorker(worker_argv(options))) for _ in range(options.jobs)]
+    say(f"[tune] {len(jobs)} worker job(s) on {plan.out / JOURNAL_FILE}: {', '.join(j.job_id for j in jobs)}; logs "
+        f"in {plan.out / '.submitit'}")
+    if not options.wait:
+        say("[tune] the same command with --final (or --wait) trains the best config once the workers end")
+        return 0
+    failed = 0
+    for job in jobs:
+        try:
+            job.result()
+        except Exception as err:  # submitit re-raises the job's error here
+            failed += 1
+            say(f"[tune] worker job {job.job_id} FAILED: {str(err).strip().splitlines()[-1][:300]}")
+    if options.final == "skip":
+        return 1 if failed else 0
+    final = executor.submit(TuneWorker(worker_argv(options, final=True)))
+    say(f"[tune] the workers ended; final run: job {final.job_id}")
+    try:
+        final.result()
+    except Exception as err:
+        say(f"[tune] final job {final.job_id} FAILED: {str(err).strip().splitlines()[-1][:300]}")
+        return 1
+    say((plan.out / REPORT_FILE).read_text().rstrip())
+    return 1 if failed else 0
+
+
 # ------------------------------------------------------------------------------------------------------------ CLI
 
 def add_arguments(parser) -> None:
@@ -615,6 +717,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
                         help="stop trials whose per-epoch validation metric lags (default median)")
     parser.add_argument("--sampler-seed", type=int, default=0, help="the TPE sampler's seed (default 0)")
+    parser.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local",
+                        help="local processes (default), or --jobs worker jobs on SLURM through submitit sharing the "
+                             "journal file (submitit-local: the same on this machine, for testing)")
+    parser.add_argument("--wait", action="store_true", help="slurm: wait for the workers, then train the final run")
+    slurm = parser.add_argument_group("slurm (peerkd[cluster]): per worker job")
+    slurm.add_argument("--partition", help="SLURM partition")
+    slurm.add_argument("--time", type=int, default=24 * 60, help="minutes per job (default 1440)")
+    slurm.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per job (default 1; 0 for CPU jobs)")
+    slurm.add_argument("--cpus-per-job", type=int, default=8, help="CPU cores per job (default 8)")
+    slurm.add_argument("--mem-gb", type=int, default=32, help="memory per job, GB (default 32)")
     final = parser.add_mutually_exclusive_group()
     final.add_argument("--final", action="store_const", dest="final", const="only", default="auto",
                        help="start no new trial: train best.yaml and score it on the test set")
@@ -629,4 +741,14 @@ def options_from_args(args) -> TuneOptions:
         out = str(Path(config.trainer.out) / f"tune-{config.name}")
     return TuneOptions(config=args.config, space=args.space, out=out, overrides=args.overrides, trials=args.trials,
                        jobs=args.jobs, heldout_per_class=args.heldout_per_class, metric=args.metric, key=args.key,
-                       pruner=args.pruner, sampler_seed=args.sampler_seed, final=args.final)
+                       pruner=args.pruner, sampler_seed=args.sampler_seed, final=args.final, executor=args.executor,
+                       wait=args.wait, slurm=_slurm_options(args))
+
+
+def _slurm_options(args):
+    if args.executor == "local":
+        return None
+    from peerkd.experiments.slurm import SlurmOptions
+
+    return SlurmOptions(partition=args.partition, time_min=args.time, gpus=args.gpus_per_job,
+                        cpus=args.cpus_per_job, mem_gb=args.mem_gb)

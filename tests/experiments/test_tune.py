@@ -257,3 +257,28 @@ def test_a_lagging_trial_is_pruned_and_keeps_its_checkpoint(tmp_path):
     assert any("pruned after epoch" in line for line in lines)
     assert (tmp_path / "s" / "best.yaml").exists() and not (tmp_path / "s" / "final").exists()  # --no-final
 
+
+
+def test_a_slurm_worker_runs_the_same_study(tmp_path):
+    """--executor slurm: each job runs `peerkd tune` with this study's arguments on the same journal (one trial at a
+    time, no final run), and pickles without a process; the submitit-local path ran by hand (README)."""
+    import pickle
+
+    from peerkd.cli import _parser
+
+    base = write_config(tmp_path)
+    argv = ["tune", "-c", str(base), "--space", "method.temperature=float:1:8:log", "--space", "optim.lr=cat:0.02,0.05",
+            "--set", "schedule.epochs=1", "--out", str(tmp_path / "s"), "--trials", "6", "--metric", "nll", "--key",
+            "peer1", "--pruner", "hyperband", "--heldout-per-class", "5", "--executor", "slurm"]
+    options = tune.options_from_args(_parser().parse_args(argv))
+    worker = tune.worker_argv(options)
+    again = tune.options_from_args(_parser().parse_args(worker[3:]))
+    assert worker[1:3] == ["-m", "peerkd"]
+    assert again.executor == "local" and again.jobs == 1 and again.final == "skip"
+    same = ("space", "overrides", "trials", "metric", "key", "pruner", "heldout_per_class", "sampler_seed")
+    assert {k: getattr(again, k) for k in same} == {k: getattr(options, k) for k in same}
+    assert Path(again.config) == base.resolve() and Path(again.out) == (tmp_path / "s").resolve()
+    final = tune.worker_argv(options, final=True)
+    assert "--final" in final and "--no-final" not in final
+    job = pickle.loads(pickle.dumps(tune.TuneWorker(worker)))
+    assert job.argv == worker and job._process is None
