@@ -638,15 +638,9 @@ class TuneWorker:
         return self._process.returncode
 
     def checkpoint(self, *args, **kwargs):
-        from peerkd.experiments.slurm import _submitit, _wait_for
+        from peerkd.experiments.slurm import _submitit, stop_for_requeue
 
-        process = self._process
-        if process is not None and process.returncode is None:
-            try:
-                process.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            _wait_for(process, STOP_WAIT_S)
+        stop_for_requeue(self._process)  # the worker stops its trial with a checkpoint, marked interrupted
         return _submitit().helpers.DelayedSubmission(type(self)(self.argv))
 
 
@@ -720,13 +714,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local",
                         help="local processes (default), or --jobs worker jobs on SLURM through submitit sharing the "
                              "journal file (submitit-local: the same on this machine, for testing)")
-    parser.add_argument("--wait", action="store_true", help="slurm: wait for the workers, then train the final run")
-    slurm = parser.add_argument_group("slurm (peerkd[cluster]): per worker job")
-    slurm.add_argument("--partition", help="SLURM partition")
-    slurm.add_argument("--time", type=int, default=24 * 60, help="minutes per job (default 1440)")
-    slurm.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per job (default 1; 0 for CPU jobs)")
-    slurm.add_argument("--cpus-per-job", type=int, default=8, help="CPU cores per job (default 8)")
-    slurm.add_argument("--mem-gb", type=int, default=32, help="memory per job, GB (default 32)")
+    from peerkd.experiments.slurm import add_job_arguments
+
+    add_job_arguments(parser, "job").add_argument(
+        "--wait", action="store_true", help="wait for the worker jobs, then train the final run as a job")
     final = parser.add_mutually_exclusive_group()
     final.add_argument("--final", action="store_const", dest="final", const="only", default="auto",
                        help="start no new trial: train best.yaml and score it on the test set")
@@ -751,4 +742,4 @@ def _slurm_options(args):
     from peerkd.experiments.slurm import SlurmOptions
 
     return SlurmOptions(partition=args.partition, time_min=args.time, gpus=args.gpus_per_job,
-                        cpus=args.cpus_per_job, mem_gb=args.mem_gb)
+                        cpus=args.cpus_per_job, mem_gb=args.mem_gb, max_requeues=args.max_requeues)
