@@ -1,5 +1,5 @@
-"""The ``peerkd`` command: train, eval, list, plot, export, sweep, report, tune (``peerkd train`` with no config runs the
-quickstart)."""
+"""The ``peerkd`` command: train, eval, list, plot, export, sweep, report, tune (``peerkd train`` with no config
+runs the quickstart)."""
 from __future__ import annotations
 
 import argparse

@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from peerkd.config import Config, build_config, load_yaml, read_yaml
+from peerkd.config import Config, build_config, flatten_tree, load_yaml, read_yaml
 from peerkd.core.errors import ConfigError
 from peerkd.core.process import EXIT_CTRL_C, EXIT_INTERRUPTED, is_main_thread
 from peerkd.core.run_files import METRICS_LOG, SUMMARY_FILE, SWEEP_LOG
@@ -159,12 +159,12 @@ class TuneOptions:
     space: Sequence[str]  # the --space texts
     out: str
     overrides: Sequence[str] = ()  # --set for every trial and the final run
-    trials: int = 8  # finished (complete or pruned) trials the study reaches
-    jobs: int = 1  # trials at once
+    trials: int = 8  # finished (complete or pruned) trials the study reaches; 8 is a small study, raise it for more
+    jobs: int = 1  # trials at once; 1 leaves the machine's cores to one run
     heldout_per_class: int | None = None  # None: the base config's data.heldout_per_class
-    metric: str = "top1"
+    metric: str = "top1"  # the papers' headline metric
     key: str | None = None  # the predict key scored; None: the first the run reports
-    pruner: str = "median"  # median, hyperband or none
+    pruner: str = "median"  # median, hyperband or none; median is Optuna's default and needs no resource budget
     sampler_seed: int = 0  # TPE's seed (offset by the trials already in the study, so a continued study repeats none)
     final: str = "auto"  # auto: train best.yaml after the trials; only: no new trials; skip: no final run
     executor: str = "local"  # local (this machine), slurm or submitit-local (workers as jobs on one journal)
@@ -235,8 +235,6 @@ _MISSING = object()
 
 
 def _flat(config: Config) -> dict:
-    from peerkd.config import flatten_tree
-
     return flatten_tree(config.to_dict())
 
 
