@@ -517,7 +517,7 @@ def report(plan: _Plan, study, final: dict | None) -> str:
     rows = []
     for t in study.trials:
         value = t.value if t.value is not None else (list(t.intermediate_values.values()) or [None])[-1]
-        state = t.state.name.lower() + (" (continued later)" if t.user_attrs.get("interrupted") else "")
+        state = "stopped" if t.user_attrs.get("interrupted") else t.state.name.lower()  # continued by a later trial
         rows.append([str(t.number), state, *(_show(t.params[k]) if k in t.params else "-" for k in keys),
                      "-" if value is None else f"{value:.2f}", str(t.user_attrs.get("epochs", "-")),
                      str(t.user_attrs.get("seconds", "-")), t.user_attrs.get("run_dir", "-")])
@@ -525,8 +525,8 @@ def report(plan: _Plan, study, final: dict | None) -> str:
     for row in [head, *rows]:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     found = importances(study)
-    if isinstance(found, str):
-        lines.append(f"importance: {found}")
+    if isinstance(found, str) or not found:
+        lines.append(f"importance: {found or 'n/a (no completed trial)'}")
     else:
         lines.append("importance (fANOVA, sums to 1): " + ", ".join(f"{k} {v:.2f}" for k, v in found.items()))
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
