@@ -1,5 +1,5 @@
-"""The ``peerkd`` command: train, eval, list, plot, export, sweep, report (``peerkd train`` with no config runs the
-quickstart)."""
+"""The ``peerkd`` command: train, eval, list, plot, export, sweep, report, tune (``peerkd train`` with no config
+runs the quickstart)."""
 from __future__ import annotations
 
 import argparse
@@ -83,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                                                      "(local processes or SLURM jobs)"))
     report.add_arguments(sub.add_parser("report", help="run folders back into the papers' tables, next to the "
                                                        "papers' numbers"))
+    _add_tune_parser(sub)
     return parser
 
 
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             from peerkd.experiments.sweep import main as sweep_main
 
             return sweep_main(args)
+        if args.command == "tune":
+            return _tune(args)
         if args.command == "report":
             from peerkd.experiments.report import main as report_main
 
@@ -297,6 +300,34 @@ def _list(what: str) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------------- tune
+
+def _add_tune_parser(sub) -> None:
+    from peerkd.experiments import tune
+
+    tune.add_arguments(sub.add_parser("tune", help="search config keys with Optuna (peerkd[tune]): "
+                                      "trials scored on a validation split of the training set, the best config "
+                                      "then trained and scored on the test set"))
+
+
+def _tune(args) -> int:
+    """``peerkd tune``: the study (peerkd/experiments/tune.py), its trials' data split checked first here, where
+    the dataset may be loaded (experiments never import the data layer)."""
+    from peerkd.experiments.tune import options_from_args, tune
+
+    return tune(options_from_args(args), check_data=_check_tune_data)
+
+
+def _check_tune_data(config) -> None:
+    """The trials' held-out split fits the training set (ConfigError before any run starts); the test split is not
+    looked at."""
+    from peerkd.core.registry import method_class
+    from peerkd.data.pipeline import check_split
+
+    request = method_class(config.method.name).data_request(config.method.options)
+    check_split(config.data, request, seed=config.seed)
+
+
 # ----------------------------------------------------------------------------------------------------- tables
 
 def format_metrics(result: EvalResult) -> str:
@@ -320,8 +351,11 @@ def format_summary(summary: dict) -> str:
         best = entry["best"] or {}
         lines.append(f"{key:<12} {entry['last']['top1']:11.2f} {best.get('top1', float('nan')):11.2f} "
                      f"{best.get('epoch', -1) + 1:10d}")
-    lines.append("best: the epoch of the highest test top-1, a choice made on the test set; tables and peerkd "
-                 "report read last")
+    if summary.get("eval_split") == "heldout":  # data.eval_split: heldout (peerkd tune's trials)
+        lines.append("scored on the held-out split of the training set (data.eval_split: heldout), not the test set")
+    else:
+        lines.append("best: the epoch of the highest test top-1, a choice made on the test set; tables and peerkd "
+                     "report read last")
     return "\n".join(lines)
 
 

@@ -67,6 +67,9 @@ class DataConfig:
     train_subset: int | None = None  # use only this many training images (seeded choice) for quick runs
     test_subset: int | None = field(default=None, metadata=RESUMABLE)  # evaluate on only the first N test images
     heldout_per_class: int = 0  # images per class moved from training to a held-out split (methods may ask more)
+    eval_split: Literal["test", "heldout"] = "test"  # what each evaluation scores: the test set, or the held-out
+    # split (needs data.heldout_per_class > 0; `peerkd tune` scores its trials there, so no test loader is built and
+    # the test set is never read while a config is chosen); not resumable: one run's records score one split
     # image-file datasets (ImageNet, Tiny-ImageNet, CUB, Dogs, Cars); 0 / "default" keep the dataset's own recipe
     train_transform: Literal["default", "random_resized_crop", "resize_crop", "pad_crop"] = "default"  # the train
     # pipeline (peerkd/data/folder.py)

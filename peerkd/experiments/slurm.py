@@ -77,16 +77,34 @@ class RunJob:
     def checkpoint(self, *args, **kwargs):
         """Called by submitit on the requeue signal: stop the run with a checkpoint, then resubmit a fresh job."""
         submitit = _submitit()
-        process = self._process
-        if process is not None and process.returncode is None:
-            try:
-                process.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            _wait_for(process, STOP_TIMEOUT_S)
+        stop_for_requeue(self._process)
         print(f"peerkd job: {self.spec.name} requeued; it continues from {Path(self.spec.run_dir) / CHECKPOINT}",
               flush=True)
         return submitit.helpers.DelayedSubmission(type(self)(self.spec, self.nproc))
+
+
+def stop_for_requeue(process: subprocess.Popen | None) -> None:
+    """Inside submitit's requeue handler: SIGTERM to the job's process (a run saves its checkpoint), reaped within
+    STOP_TIMEOUT_S, else killed."""
+    if process is not None and process.returncode is None:
+        try:
+            process.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        _wait_for(process, STOP_TIMEOUT_S)
+
+
+def add_job_arguments(parser, per: str):
+    """The SLURM options of one job (``--gpus-per-<per>``, ``--cpus-per-<per>``: ``run`` for peerkd sweep, ``job``
+    for peerkd tune's workers)."""
+    slurm = parser.add_argument_group("slurm (peerkd[cluster])")
+    slurm.add_argument("--partition", help="SLURM partition")
+    slurm.add_argument("--time", type=int, default=24 * 60, help="minutes per job (default 1440)")
+    slurm.add_argument(f"--gpus-per-{per}", type=int, default=1, help="GPUs per job (default 1; 0 for CPU jobs)")
+    slurm.add_argument(f"--cpus-per-{per}", type=int, default=8, help="CPU cores per job (default 8)")
+    slurm.add_argument("--mem-gb", type=int, default=32, help="memory per job, GB (default 32)")
+    slurm.add_argument("--max-requeues", type=int, default=10, help="time-limit requeues per job (default 10)")
+    return slurm
 
 
 def _wait_for(process: subprocess.Popen, timeout_s: float) -> None:

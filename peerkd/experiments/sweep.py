@@ -265,14 +265,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--retries", type=int, default=RETRIES,
                         help=f"local: times a failed run is started again (default {RETRIES})")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state, start nothing")
-    slurm = parser.add_argument_group("slurm (peerkd[cluster])")
-    slurm.add_argument("--partition", help="SLURM partition")
-    slurm.add_argument("--time", type=int, default=24 * 60, help="minutes per job (default 1440)")
-    slurm.add_argument("--gpus-per-run", type=int, default=1, help="GPUs per job (default 1; 0 for CPU jobs)")
-    slurm.add_argument("--cpus-per-run", type=int, default=8, help="CPU cores per job (default 8)")
-    slurm.add_argument("--mem-gb", type=int, default=32, help="memory per job, GB (default 32)")
+    from peerkd.experiments.slurm import add_job_arguments
+
+    slurm = add_job_arguments(parser, "run")
     slurm.add_argument("--array", action="store_true", help="submit one job array instead of one job per run")
-    slurm.add_argument("--max-requeues", type=int, default=10, help="time-limit requeues per job (default 10)")
     slurm.add_argument("--wait", action="store_true", help="wait for the jobs and report each as it ends")
 
 

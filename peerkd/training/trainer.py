@@ -161,6 +161,8 @@ class Trainer:
         loaders = build_loaders(cfg.data, request, seed=cfg.seed, device=self.device,
                                 channels_last=self.channels_last, rank=self.ddp.rank, world=self.ddp.world)
         self.train_loader, self.test_loader, self.heldout_loader = loaders.train, loaders.test, loaders.heldout
+        # what evaluate() scores by default (data.eval_split): the test set, or the held-out split (no test loader)
+        self.eval_loader = loaders.heldout if cfg.data.eval_split == "heldout" else loaders.test
         self.task = TaskInfo(num_classes=loaders.num_classes, image_size=loaders.image_size,
                              num_train=loaders.num_train, restoring=self.resume)
         # how a deployed model must be fed (peerkd export): RGB NCHW, (pixel / 255 - mean) / std
@@ -341,7 +343,7 @@ class Trainer:
     # -- evaluation -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, loader=None) -> EvalResult:
-        loader = loader or self.test_loader
+        loader = loader or self.eval_loader
         was_training = self.method.training
         self.method.eval()
         evaluator = Evaluator(self.method.diversity_groups(), self.config.trainer.ece_bins)
@@ -469,7 +471,7 @@ class Trainer:
                 metrics = self.evaluate()
                 self._record_eval(metrics)
                 self.log({"kind": "eval", "epoch": self.epoch, "global_step": self.global_step,
-                          "metrics": metrics.to_record()})
+                          "split": cfg.data.eval_split, "metrics": metrics.to_record()})
                 if progress is not None:
                     progress.set_postfix_str(_short(metrics))
             if epoch_lines is not None:
@@ -500,7 +502,7 @@ class Trainer:
         last_epoch = last.pop("epoch", None)
         result = EvalResult.from_record(last)
         out = {"name": self.config.name, "method": self.config.method.name, "epochs": self.epoch,
-               "last_epoch": last_epoch, "keys": {}}
+               "last_epoch": last_epoch, "eval_split": self.config.data.eval_split, "keys": {}}
         for key, metrics in result.keys.items():
             out["keys"][key] = {"last": metrics, "best": self.history["best"].get(key)}
         out.update(result.groups_record())  # summary.json's "diversity" block, where the method has groups

@@ -39,13 +39,14 @@ def test_stored_metrics_keep_their_layout(tmp_path):
     {group: distance, group_agreement: kappa}, as peerkd report and older run folders have them."""
     run = tmp_path / "run"
     summary = train(tiny_config(DML, epochs=2, train_size=128), run_dir=run)
-    assert list(summary) == ["name", "method", "epochs", "last_epoch", "keys", "diversity", "params"]
+    assert list(summary) == ["name", "method", "epochs", "last_epoch", "eval_split", "keys", "diversity", "params"]
     assert summary["last_epoch"] == 1 and list(summary["keys"]) == ["peer0", "peer1", "ensemble"]
     assert set(summary["diversity"]) == {"peers", "peers_agreement"}
     assert -1.0 <= summary["diversity"]["peers_agreement"] <= 1.0
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in evals if r["kind"] == "eval"]
     assert [r["epoch"] for r in evals] == [0, 1]
+    assert summary["eval_split"] == "test" and {r["split"] for r in evals} == {"test"}  # data.eval_split's default
     last = evals[-1]["metrics"]
     assert list(last) == ["peer0", "peer1", "ensemble", "diversity"] and last["diversity"] == summary["diversity"]
     assert all(last[key] == summary["keys"][key]["last"] for key in summary["keys"])
