@@ -114,6 +114,7 @@ def wandb_records(path: str):
             yield record
 
 
+@pytest.mark.slow
 def test_wandb_offline_holds_the_runs_numbers_and_a_resume_continues_it(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -144,6 +145,7 @@ def test_wandb_offline_holds_the_runs_numbers_and_a_resume_continues_it(tmp_path
 
 # ----------------------------------------------------------------------------------------------------- mlflow
 
+@pytest.mark.slow
 def test_mlflow_sqlite_store_holds_the_runs_numbers_and_a_resume_continues_it(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     from mlflow import MlflowClient
@@ -168,6 +170,7 @@ def test_mlflow_sqlite_store_holds_the_runs_numbers_and_a_resume_continues_it(tm
 
 # ---------------------------------------------------------------------------------------------------- trackio
 
+@pytest.mark.slow
 def test_trackio_local_store_holds_the_runs_numbers_and_a_resume_continues_it(tmp_path):
     pytest.importorskip("trackio")
     from trackio.sqlite_storage import SQLiteStorage
@@ -195,6 +198,7 @@ def test_a_tracker_that_cannot_start_stops_the_run_before_any_work(tmp_path, mon
     assert not (tmp_path / "run").exists()  # the folder made for the run is gone again: nothing was started
 
 
+@pytest.mark.slow
 def test_loggers_required_false_warns_once_and_trains(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)
     config = tracked_config("mlflow", 1, "peerkd-test")
@@ -207,6 +211,7 @@ def test_loggers_required_false_warns_once_and_trains(tmp_path, monkeypatch):
     assert summary["epochs"] == 1 and (tmp_path / "run" / "metrics.jsonl").is_file()
 
 
+@pytest.mark.slow
 def test_tracker_error_is_one_line_and_exit_2_from_the_cli(tmp_path):
     import subprocess
 
@@ -244,3 +249,34 @@ def test_a_sweep_gives_its_runs_the_group(tmp_path):
     config.write_text("name: a\n")
     spec, = plan([str(config)], [0], out=str(tmp_path / "runs"), group="cifar-sweep")
     assert spec.env() == {SWEEP_GROUP_ENV: "cifar-sweep"}
+
+
+def test_a_tracker_failing_while_logging_is_dropped_with_one_warning(monkeypatch):
+    from peerkd.training import loggers
+
+    class Broken(loggers.Tracker):
+        name, module = "broken", "json"
+        resumed_from = None
+
+        def start(self, config, environment, resume_id):
+            Broken.resumed_from = resume_id
+            return "id-1"
+
+        def log(self, record, step):
+            raise OSError("the server went away")
+
+        def finish(self, ok=True):
+            raise AssertionError("a dropped tracker is not finished")
+
+    monkeypatch.setitem(loggers.TRACKERS, "broken", Broken)
+    trackers = loggers.Trackers(["jsonl", "broken"], True, "p", "run", resume_ids={"broken": "id-0", "old": "k"})
+    trackers.start({}, {})
+    assert Broken.resumed_from == "id-0" and trackers.ids == {"broken": "id-1", "old": "k"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in (1, 2):
+            trackers.log({"kind": "train", "global_step": step, "loss": 1.0}, step)
+    assert len(caught) == 1 and "broken failed while logging" in str(caught[0].message)
+    trackers.finish()
+    assert loggers.scalars({"kind": "eval", "epoch": 0, "metrics": {"a": {"top1": 5.0}, "diversity": {"g": 0.5}},
+                            "flag": None}) == {"eval/metrics/a/top1": 5.0, "eval/metrics/diversity/g": 0.5}
