@@ -33,7 +33,8 @@ STEP_KEYS = ("epoch", "step", "global_step")  # a record's position, not a value
 def scalars(record: dict) -> dict[str, float]:
     """The numbers of a trainer record as ``{tag: value}``: ``<kind>/<key>`` for a number, ``<kind>/<key>/<sub>/
     <name>`` for a mapping of mappings (``eval/metrics/net1/top1``, ``eval/metrics/diversity/members``); the tags
-    TensorBoard gets. ``epoch`` / ``step`` / ``global_step`` and non-numbers (an execution not measured) are left out."""
+    TensorBoard gets. ``epoch`` / ``step`` / ``global_step`` and non-numbers (an execution not measured) are left
+    out."""
     prefix = record["kind"]
     out: dict[str, float] = {}
     for key, value in record.items():

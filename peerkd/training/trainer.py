@@ -332,7 +332,7 @@ class Trainer:
         # purge_step: TensorBoard hides the events a killed session logged past the checkpoint's step
         if "tensorboard" in self.config.trainer.loggers:
             self.writer = SummaryWriter(str(self.run_dir), purge_step=self.global_step + 1 if self.resume else None)
-        if self.trackers is not None:  # the parameter counts known before any evaluation (per key: at the end)
+        if self.trackers is not None and not self.resume:  # counts known before any evaluation (per key: at the end)
             params = parameter_summary(self.method, [])
             self.trackers.log({"kind": "params", "trained": params["trained"], "exported": params["exported"]},
                               self.global_step)

@@ -227,7 +227,8 @@ def test_tracker_error_is_one_line_and_exit_2_from_the_cli(tmp_path):
                           capture_output=True, text=True, timeout=240, env=env, stdin=subprocess.DEVNULL)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2, done.stderr[-2000:]
-    assert lines[-1].startswith("peerkd: config error: trainer.loggers: wandb could not start") and "wandb login" in lines[-1]
+    assert lines[-1].startswith("peerkd: config error: trainer.loggers: wandb could not start")
+    assert "wandb login" in lines[-1]
     assert not (tmp_path / "r").exists()
 
 
