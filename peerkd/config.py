@@ -104,6 +104,9 @@ class ScheduleConfig:
     warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs (fractions allowed), per step
 
 
+LoggerName = Literal["jsonl", "tensorboard", "wandb", "mlflow", "trackio"]  # trainer.loggers' choices
+
+
 @dataclass
 class TrainerConfig:
     device: str = field(default="auto", metadata=PLACEMENT)  # "auto" (cuda if present, else cpu), "cpu", "cuda",
@@ -133,6 +136,13 @@ class TrainerConfig:
     progress: Literal["auto", "on", "off"] = field(default="auto", metadata=PLACEMENT)  # progress bar; "auto": only
     # on a terminal
     threads: int = field(default=0, metadata=PLACEMENT)  # CPU threads for torch (0 keeps torch's default)
+    # where records go (peerkd/training/loggers.py): jsonl (metrics.jsonl, always: peerkd's own tools read it) and
+    # tensorboard write into the run folder; wandb, mlflow, trackio are trackers (pip install 'peerkd[wandb]' etc.)
+    loggers: list[LoggerName] = field(default_factory=lambda: ["jsonl", "tensorboard"], metadata=PLACEMENT)
+    loggers_required: bool = field(default=True, metadata=PLACEMENT)  # a tracker that cannot start stops the run
+    # before any work; false: one warning, and the run goes on without it
+    tracker_project: str = field(default="peerkd", metadata=PLACEMENT)  # the wandb project / MLflow experiment /
+    # trackio project of the run
 
 
 @dataclass
@@ -555,10 +565,24 @@ def _check_values(config: Config) -> None:
     for i, milestone in enumerate(config.schedule.milestones):
         if milestone < 0:
             raise ConfigError(f"schedule.milestones[{i}]: must not be negative, got {milestone}")
+    _check_loggers(config.trainer)
     if config.paper is not None:
         check_paper_block(config.paper)
     if config.data.dataset not in DATASETS:
         raise DATASETS.unknown(config.data.dataset)
+
+
+def _check_loggers(trainer: TrainerConfig) -> None:
+    """trainer.loggers: each name once, jsonl among them (metrics.jsonl is the run's own record: peerkd plot and a
+    resume read it); trainer.tracker_project not empty."""
+    if "jsonl" not in trainer.loggers:
+        raise ConfigError(f"trainer.loggers: {trainer.loggers} lacks jsonl; metrics.jsonl is the run's own record "
+                          "(peerkd plot and --resume read it): keep jsonl and add the trackers you want")
+    twice = sorted({name for name in trainer.loggers if trainer.loggers.count(name) > 1})
+    if twice:
+        raise ConfigError(f"trainer.loggers: {', '.join(twice)} named twice; name each logger once")
+    if not trainer.tracker_project.strip():
+        raise ConfigError("trainer.tracker_project: must not be empty (the tracker's project / experiment name)")
 
 
 def check_method_options(options) -> None:

@@ -116,7 +116,8 @@ def test_keys_tagged_in_the_schema_are_listed_dotted():
     from peerkd.config import config_keys
 
     placement = {"data.root", "data.download", "data.workers", "trainer.device", "trainer.progress",
-                 "trainer.threads", "trainer.out", "trainer.log_every"}
+                 "trainer.threads", "trainer.out", "trainer.log_every", "trainer.loggers", "trainer.loggers_required",
+                 "trainer.tracker_project"}
     assert set(config_keys("placement")) == placement and len(config_keys("placement")) == len(placement)
     assert set(config_keys("resumable")) == placement | {
         "schedule.epochs", "schedule.milestones", "trainer.eval_every", "trainer.precision", "trainer.channels_last",

@@ -13,3 +13,6 @@ EXIT_INTERRUPTED = 143  # 128 + SIGTERM: stopped on request after saving a check
 def is_main_thread() -> bool:
     """True in the main thread, the only one where ``signal.signal`` may install a handler."""
     return threading.current_thread() is threading.main_thread()
+
+SWEEP_GROUP_ENV = "PEERKD_SWEEP_GROUP"  # set by `peerkd sweep` for its runs; their tracked runs (trainer.loggers:
+# wandb, mlflow, trackio) join this group

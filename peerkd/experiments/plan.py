@@ -13,6 +13,7 @@ from typing import Sequence
 
 from peerkd.config import Config, load_config
 from peerkd.core.errors import ConfigError
+from peerkd.core.process import SWEEP_GROUP_ENV
 from peerkd.core.run_files import CHECKPOINT, SUMMARY_FILE
 
 
@@ -26,6 +27,11 @@ class RunSpec:
     run_dir: str
     name: str  # the run folder's name, <config name>-s<seed>
     epochs: int  # the config's schedule.epochs: a summary with fewer epochs is continued, not skipped
+    group: str = ""  # the sweep's group: its runs' tracked runs join it (trainer.loggers; "" for none)
+
+    def env(self) -> dict[str, str]:
+        """What the run's process gets in its environment besides the sweep's: the tracker group."""
+        return {SWEEP_GROUP_ENV: self.group} if self.group else {}
 
     def train_argv(self, nproc: int = 1) -> list[str]:
         """The command that trains (or, when the folder holds a checkpoint, continues) this run."""
@@ -94,10 +100,10 @@ def parse_seeds(text: str) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
-def plan(configs: Sequence[str], seeds: Sequence[int], overrides: Sequence[str] = (), out: str = "runs"
-         ) -> list[RunSpec]:
+def plan(configs: Sequence[str], seeds: Sequence[int], overrides: Sequence[str] = (), out: str = "runs",
+         group: str = "") -> list[RunSpec]:
     """Every config x seed as a :class:`RunSpec`; each config is validated (with its overrides) before any run
-    starts, and two configs that would share a run folder are refused."""
+    starts, and two configs that would share a run folder are refused. ``group``: the trackers' group of the runs."""
     specs: list[RunSpec] = []
     owner: dict[str, Path] = {}
     for path in config_files(configs):
@@ -109,7 +115,7 @@ def plan(configs: Sequence[str], seeds: Sequence[int], overrides: Sequence[str] 
         for seed in seeds:
             name = f"{config.name}-s{seed}"
             specs.append(RunSpec(str(path), tuple(overrides), seed, str(Path(out) / name), name,
-                                 config.schedule.epochs))
+                                 config.schedule.epochs, group))
     return specs
 
 

@@ -63,7 +63,7 @@ class RunJob:
             run_dir.mkdir(parents=True, exist_ok=True)
             argv = self.spec.train_argv(self.nproc)
             print(f"peerkd job: {' '.join(argv)}", flush=True)
-            self._process = subprocess.Popen(argv, env=child_env())
+            self._process = subprocess.Popen(argv, env=child_env(self.spec.env()))
             while self._process.poll() is None:  # a poll loop: submitit's signal handler may run meanwhile
                 time.sleep(0.5)
             code = self._process.returncode

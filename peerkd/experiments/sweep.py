@@ -212,6 +212,7 @@ def _start(spec: RunSpec, index: int, total: int, gpus: list[str], nproc: int, s
     log.write(f"\n# peerkd sweep {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(argv)}\n")
     log.flush()
     extra = {"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else {}
+    extra.update(spec.env())
     # own session: a Ctrl-C at the terminal reaches the sweep alone, which then stops each run with SIGTERM
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=child_env(extra),
                                start_new_session=True)
@@ -264,6 +265,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--nproc-per-run", type=int, default=1, help="processes (GPUs) per run under torchrun DDP")
     parser.add_argument("--retries", type=int, default=RETRIES,
                         help=f"local: times a failed run is started again (default {RETRIES})")
+    parser.add_argument("--group", help="the group the runs' tracked runs join (trainer.loggers wandb / mlflow / "
+                                        "trackio); default: the name of the --out folder")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state, start nothing")
     from peerkd.experiments.slurm import add_job_arguments
 
@@ -276,7 +279,8 @@ def main(args) -> int:
     if args.jobs < 0 or args.nproc_per_run < 1 or args.retries < 0:
         raise ConfigError("--jobs and --retries must be >= 0 and --nproc-per-run >= 1")
     seeds = parse_seeds(args.seeds)
-    specs = plan(args.configs, seeds, args.overrides, args.out)
+    group = args.group or Path(args.out).resolve().name
+    specs = plan(args.configs, seeds, args.overrides, args.out, group)
     if args.dry_run:
         for spec in specs:
             print(f"{spec.name:<40} {run_state(spec):<8} {' '.join(spec.train_argv(args.nproc_per_run)[1:])}")

@@ -45,6 +45,7 @@ from peerkd.training.checkpoint import (RunError, environment_info, has_checkpoi
 from peerkd.training.setup import (Distributed, init_distributed, resolve_device, resolve_precision, rng_state,  # noqa: F401
                                  seed_everything, set_rng_state)
 from peerkd.training.run_folder import OUT_OF_SPACE, Claim, append_history, claim_run_folder, truncate_metrics
+from peerkd.training.loggers import Trackers, run_name, scalars
 
 
 class NonFiniteLossError(RuntimeError):
@@ -111,6 +112,8 @@ class Trainer:
         self.claim: Claim | None = None
         self._resumed: dict | None = None  # the checkpoint a resume starts from, loaded once (_resume_state)
         self.last_saved: tuple[int, int] | None = None  # (epoch, step in epoch) of the last checkpoint on disk
+        self.trackers: Trackers | None = None  # rank 0's experiment trackers (trainer.loggers), started at the claim
+        self.environment: dict | None = None  # environment_info, rank 0, computed once
         if claim:
             self._claim_run_dir()
         else:
@@ -118,6 +121,7 @@ class Trainer:
         try:
             self._build()
         except BaseException:
+            self._finish_trackers(ok=False)
             self.release(started=False)
             raise
 
@@ -134,8 +138,10 @@ class Trainer:
             try:
                 self.claim = claim_run_folder(self.run_dir, self.config, self.resume)
                 verdict = {"resume": self.claim.resume}
+                self._start_trackers()  # before any work: a tracker that cannot start stops the run here
             except (RunError, ConfigError) as err:
                 error, verdict = err, {"error": str(err)}
+                self.release(started=False)
         if self.ddp.world > 1:
             box = [verdict]
             dist.broadcast_object_list(box, src=0)
@@ -145,6 +151,20 @@ class Trainer:
         if "error" in verdict:
             raise RunError(verdict["error"])
         self.resume = verdict["resume"]
+
+    def _start_trackers(self) -> None:
+        """Rank 0: start the trackers of trainer.loggers (peerkd/training/loggers.py); a resume continues the
+        tracked runs whose ids its checkpoint keeps."""
+        trainer = self.config.trainer
+        saved = (self.claim.state or {}).get("trackers") if self.claim is not None and self.claim.resume else None
+        self.environment = environment_info(self.device)
+        self.trackers = Trackers(trainer.loggers, trainer.loggers_required, trainer.tracker_project,
+                                 run_name(self.run_dir), saved)
+        self.trackers.start(self.config.to_dict(), self.environment)
+
+    def _finish_trackers(self, ok: bool) -> None:
+        if self.trackers is not None:
+            self.trackers.finish(ok)
 
     def release(self, started: bool = True) -> None:
         """Give the run folder back (its lock; a folder created for a run that never started is removed)."""
@@ -248,7 +268,8 @@ class Trainer:
                 "grad_scaler": None if self.step.scaler is None else self.step.scaler.state_dict(), "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch, "global_step": self.global_step, "rng": rng_state(),
                 "history": self.history, "config": self.config.to_dict(), "task": dataclasses.asdict(self.task),
-                "input": self.input_spec, "members": self.members}
+                "input": self.input_spec, "members": self.members,
+                "trackers": dict(self.trackers.ids) if self.trackers is not None else {}}
 
     def save(self) -> None:
         if self.ddp.is_main:
@@ -291,7 +312,7 @@ class Trainer:
         self.writer = None
         if not self.ddp.is_main:
             return
-        environment = environment_info(self.device)
+        environment = self.environment or environment_info(self.device)
         # what peerkd report shows beside every result: how many processes trained it and in which precision
         environment.update(world_size=self.ddp.world, precision=self.precision)
         claim = self.claim
@@ -313,7 +334,12 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step: TensorBoard hides the events a killed session logged past the checkpoint's step
-        self.writer = SummaryWriter(str(self.run_dir), purge_step=self.global_step + 1 if self.resume else None)
+        if "tensorboard" in self.config.trainer.loggers:
+            self.writer = SummaryWriter(str(self.run_dir), purge_step=self.global_step + 1 if self.resume else None)
+        if self.trackers is not None and not self.resume:  # counts known before any evaluation (per key: at the end)
+            params = parameter_summary(self.method, [])
+            self.trackers.log({"kind": "params", "trained": params["trained"], "exported": params["exported"]},
+                              self.global_step)
         if self.execution is not None:
             self.log(self.execution.as_record())
             if self.execution.measured:
@@ -324,21 +350,18 @@ class Trainer:
             return
         self.metrics_file.write(json.dumps(record) + "\n")
         self.metrics_file.flush()
-        prefix = record["kind"]
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and key not in ("epoch", "step", "global_step"):
-                self.writer.add_scalar(f"{prefix}/{key}", value, self.global_step)
-            elif isinstance(value, dict):
-                for sub, metrics in value.items():
-                    for name, number in (metrics.items() if isinstance(metrics, dict) else [("", metrics)]):
-                        if isinstance(number, (int, float)):  # None: an execution auto could not measure
-                            tag = f"{prefix}/{key}/{sub}/{name}".rstrip("/")
-                            self.writer.add_scalar(tag, number, self.global_step)
+        if self.writer is not None:
+            for tag, number in scalars(record).items():  # None (an execution auto could not measure) left out
+                self.writer.add_scalar(tag, number, self.global_step)
+        if self.trackers is not None:
+            self.trackers.log(record, self.global_step)
 
     def _close_logs(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if getattr(self, "metrics_file", None) is not None:
             self.metrics_file.close()
+            self.metrics_file = None
 
     # -- evaluation -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -389,6 +412,7 @@ class Trainer:
                 raise RunError(self._out_of_space(err)) from None
             raise
         finally:
+            self._finish_trackers(ok=False)  # a run that did not end well (after a good end: nothing left open)
             self.release()
 
     def _out_of_space(self, err: OSError) -> str:
@@ -416,6 +440,9 @@ class Trainer:
         summary = self.summary()
         if self.ddp.is_main:
             write_json(self.run_dir / SUMMARY_FILE, summary)
+        if self.trackers is not None:  # the parameter counts of every predict key, then the tracked run is done
+            self.trackers.log({"kind": "params", **summary["params"]}, self.global_step)
+            self.trackers.finish(ok=True)
         return summary
 
     def _loop(self) -> None:

@@ -128,7 +128,8 @@ def test_the_grouping_ignores_the_seed_and_the_placement_keys_only():
     from peerkd.experiments.aggregate import PLACEMENT_KEYS, group_key
 
     assert set(PLACEMENT_KEYS) == {"seed", "data.root", "data.download", "data.workers", "trainer.device",
-                                   "trainer.progress", "trainer.threads", "trainer.out", "trainer.log_every"}
+                                   "trainer.progress", "trainer.threads", "trainer.out", "trainer.log_every",
+                                   "trainer.loggers", "trainer.loggers_required", "trainer.tracker_project"}
     base = Config().to_dict()
 
     def changed(key, value):
@@ -141,7 +142,7 @@ def test_the_grouping_ignores_the_seed_and_the_placement_keys_only():
         return group_key(tree)
 
     assert changed("data.root", "/elsewhere") == changed("trainer.threads", 3) == changed("seed", 7) == \
-        group_key(base)
+        changed("trainer.loggers", ["jsonl", "wandb"]) == group_key(base)
     for key, value in (("optim.lr", 0.2), ("trainer.precision", "fp32"), ("schedule.epochs", 30)):
         assert changed(key, value) != group_key(base), key  # resumable, yet another computation: another group
 

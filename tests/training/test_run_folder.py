@@ -189,7 +189,8 @@ def test_the_keys_a_resume_may_change_are_the_schema_fields_tagged_resumable():
     tagged = {"schedule.epochs", "schedule.milestones", "trainer.eval_every", "trainer.log_every", "trainer.progress",
               "trainer.out", "trainer.device", "trainer.threads", "trainer.precision", "trainer.channels_last",
               "trainer.cudnn_benchmark", "data.root", "data.download", "data.eval_batch_size", "data.test_subset",
-              "data.workers", "trainer.members", "trainer.step", "import_digests"}
+              "data.workers", "trainer.members", "trainer.step", "import_digests", "trainer.loggers",
+              "trainer.loggers_required", "trainer.tracker_project"}
     assert set(RESUME_CHANGEABLE) == tagged and len(RESUME_CHANGEABLE) == len(tagged)
 
 
