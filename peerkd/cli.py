@@ -23,12 +23,11 @@ from peerkd.core.errors import RunError
 # the exit codes, re-exported for the tests and scripts that read them here
 from peerkd.core.process import EXIT_BAD_INPUT, EXIT_CTRL_C, EXIT_INTERRUPTED, EXIT_NONFINITE  # noqa: F401
 
-# The quickstart: ResNet-8 (the smallest CIFAR ResNet) on 5,000 generated 32x32 images of 10 classes with 30 % of the
-# training labels flipped to another class (data.synthetic.label_noise; the test labels are clean), 12 epochs with a
-# cosine schedule; a vanilla network, then a DML pair. Label noise is where online distillation earns its keep: a
-# lone network fits the wrong labels, a peer's softened predictions pull against them (DML's and co-training's
-# known robustness to noisy labels). About 3 minutes on 2 idle CPU cores, no download (RESULTS.md: 3 seeds).
-QUICKSTART_LABEL_NOISE = 0.3  # fraction of training labels flipped: a common rate in the noisy-label literature
+# The quickstart: ResNet-8 (the smallest CIFAR ResNet) on 5,000 generated 32x32 images of 10 classes, 12 epochs with
+# a cosine schedule; a vanilla network, then a DML pair. About 3 minutes on 2 idle CPU cores, no download. On this
+# budget the DML peers end below the lone network, with clean labels and with 30 % of the labels flipped
+# (data.synthetic.label_noise=0.3, one seed): RESULTS.md; the printout says so.
+QUICKSTART_LABEL_NOISE = 0.0  # fraction of training labels flipped; 0.3 was measured and showed no DML gain either
 QUICKSTART = {
     "data": {"dataset": "synthetic", "batch_size": 64, "synthetic": {"num_classes": 10, "train_size": 5000,
                                                                      "test_size": 2000,
@@ -384,10 +383,12 @@ def quickstart(args) -> int:
     synthetic = config.data.synthetic
     print(f"\nquickstart result: top-1 % on {synthetic.test_size:,} generated test images with clean labels, "
           f"{synthetic.num_classes} classes (chance {100 / synthetic.num_classes:.0f} %)")
-    print(f"data: {synthetic.train_size:,} generated training images with {100 * synthetic.label_noise:.0f} % of "
-          "their labels flipped to another class at random (data.synthetic.label_noise)")
-    print("fair: both runs see the same images, the same noisy labels, the same ResNet-8, epochs and schedule; each "
-          "DML peer is one ResNet-8 like the vanilla network (the ensemble uses two, and DML costs twice the compute)")
+    print(f"data: {synthetic.train_size:,} generated training images, {100 * synthetic.label_noise:.0f} % of their "
+          "labels flipped to another class at random (data.synthetic.label_noise)")
+    print("fair: both runs see the same images and labels, the same ResNet-8, epochs and schedule; each DML peer is "
+          "one ResNet-8 like the vanilla network (the ensemble uses two, and DML costs twice the compute)")
+    print("note: on this short schedule the DML peers ended below the lone network in every run measured so far, with "
+          "clean labels and with 30 % flipped (RESULTS.md); the papers' gains are at their CIFAR schedules (configs/)")
     print(f"{'model':<28} {'top1 %':>7} {'time s':>7}")
     vanilla, t_vanilla = results["vanilla"]
     print(f"{'vanilla resnet8':<28} {vanilla['keys']['peer0']['last']['top1']:7.2f} {t_vanilla:7.0f}")
