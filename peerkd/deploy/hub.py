@@ -151,26 +151,33 @@ def _library_and_config(module: nn.Module, key: str, out: Path, data: dict) -> t
     return "peerkd", {"architecture": spec["name"], "model_args": dict(spec["kwargs"]), **data}
 
 
-LOAD_LINES = {
-    "timm": "import timm\n"
-            "model = timm.create_model('local-dir:{dir}', pretrained=True).eval()  # or 'hf-hub:USER/NAME'",
-    "torchvision": "import torchvision\nfrom safetensors.torch import load_file\n"
+LOAD_LINES = {  # {source}: the folder, or the Hub repository once pushed
+    "timm": "import timm\nmodel = timm.create_model('{timm_source}', pretrained=True).eval()",
+    "torchvision": "import torchvision\nfrom safetensors.torch import load_file\n{fetch}"
                    "model = torchvision.models.get_model({arch!r}{args})\n"
-                   "model.load_state_dict(load_file('{dir}/model.safetensors'))\nmodel.eval()",
-    "peerkd": "import peerkd\nmodel = peerkd.from_pretrained('{dir}')  # or a Hub id 'USER/NAME'",
+                   "model.load_state_dict(load_file({weights}))\nmodel.eval()",
+    "peerkd": "import peerkd\nmodel = peerkd.from_pretrained('{source}')",
 }
 
 
-def _load_line(library: str, config: dict, folder: str) -> str:
+def _load_line(library: str, config: dict, folder: str, repo: str | None = None) -> str:
+    """The Python lines that load the folder (``repo``: the Hub repository it is pushed to) with its library."""
     args = "".join(f", {k}={v!r}" for k, v in config.get("model_args", {}).items())
-    return LOAD_LINES[library].format(dir=folder, arch=config.get("architecture"), args=args)
+    if repo:
+        fetch = f"from huggingface_hub import hf_hub_download\nweights = hf_hub_download({repo!r}, {WEIGHTS_FILE!r})\n"
+        weights, timm_source = "weights", f"hf-hub:{repo}"
+    else:
+        fetch, weights, timm_source = "", repr(f"{folder}/{WEIGHTS_FILE}"), f"local-dir:{folder}"
+    return LOAD_LINES[library].format(source=repo or folder, timm_source=timm_source, fetch=fetch, weights=weights,
+                                      arch=config.get("architecture"), args=args)
 
 
 def export_hf(run_dir: str | Path, key: str | None = None, out: str | Path | None = None,
-              trust_imports: bool = False) -> dict:
+              trust_imports: bool = False, repo: str | None = None) -> dict:
     """Write ``key`` of the run in ``run_dir`` (default: its first predict key) as a Hub folder ``out`` (default
-    ``<run>/export/<key>-hf``): weights, config.json, model card. The folder is read back with its library's loader
-    and compared with the run's network; returns config.json's ``peerkd`` block."""
+    ``<run>/export/<key>-hf``): weights, config.json, model card (its load lines name ``repo``, the Hub repository,
+    when given, else the folder). The folder is read back with its library's loader and compared with the run's
+    network; returns config.json's ``peerkd`` block."""
     _need("safetensors")
     run, key, sample = load_for_export(run_dir, key, trust_imports)
     mean, std, size = _normalisation(run)
@@ -192,7 +199,7 @@ def export_hf(run_dir: str | Path, key: str | None = None, out: str | Path | Non
     facts = _run_facts(run, key)
     block = {"library": library, "key": key, "dataset": run.config.data.dataset,
              "input": "float32 NCHW RGB, (pixel / 255 - mean) / std", "run": facts,
-             "load": _load_line(library, config, str(out))}
+             "load": _load_line(library, config, str(out), repo)}
     config["peerkd"] = block
     (out / CONFIG_JSON).write_text(json.dumps(config, indent=2) + "\n")
     with torch.no_grad():
@@ -296,7 +303,7 @@ def model_card(run, key: str, library: str, config: dict) -> str:
     lines += ["", "## Provenance", "",
               f"- commit: {commit}", f"- command: `{command}`",
               f"- peerkd {environment.get('peerkd', '?')}, torch {environment.get('torch', '?')}, "
-              f"device {environment.get('device', '?')}, processor {environment.get('processor', '?')}",
+              f"device {environment.get('device', '?')}, processor {environment.get('processor', 'not recorded')}",
               f"- check: the folder read back with its loader gives the run's predict() to "
               f"{config['peerkd']['check']['max_abs_diff']:.2g} (max |difference| on {CHECK_BATCH} images)",
               "", "## Training config", "", "```yaml", config_text.rstrip(), "```", ""]
@@ -317,7 +324,7 @@ def push(run_dir: str | Path, repo: str, key: str | None = None, private: bool =
 
     with tempfile.TemporaryDirectory(prefix="peerkd-hf-") as tmp:
         folder = Path(tmp) / "model"
-        block = export_hf(run_dir, key, folder, trust_imports=trust_imports)
+        block = export_hf(run_dir, key, folder, trust_imports=trust_imports, repo=repo)
         api = HfApi(token=token)
         api.create_repo(repo_id=repo, repo_type="model", private=private, exist_ok=True)
         facts = block["run"]

@@ -167,6 +167,7 @@ def test_push_creates_the_repo_and_uploads_the_exported_folder(runs, monkeypatch
     assert set(files) == {"README.md", "config.json", "model.safetensors"}
     assert json.loads(files["config.json"])["architecture"] == "test_resnet"
     assert b"library_name: timm" in files["README.md"]
+    assert b"timm.create_model('hf-hub:someone/peerkd-test', pretrained=True)" in files["README.md"]
     with pytest.raises(ConfigError, match="USER/NAME"):
         push(runs / "timm", "no-slash", "peer0")
 
