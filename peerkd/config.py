@@ -50,6 +50,8 @@ class SyntheticConfig:
     seed: int = 0  # the generator's seed: the same seed gives the same bytes
     noise: float = 0.6  # pixel noise std relative to the class pattern's amplitude (0.6: ~70 % for the quickstart)
     distractor: float = 1.0  # largest amplitude of another class's pattern mixed in (1.0: as strong as the class's)
+    label_noise: float = 0.0  # fraction of training labels replaced by another class at random (0: clean labels;
+    # the test labels are never changed)
 
 
 @dataclass
@@ -528,6 +530,9 @@ def _check_values(config: Config) -> None:
         raise ConfigError(f"data.mixing_alpha: must be positive, got {config.data.mixing_alpha}")
     if not 0.0 <= config.data.mixing_prob <= 1.0:
         raise ConfigError(f"data.mixing_prob: must lie in [0, 1], got {config.data.mixing_prob}")
+    if not 0.0 <= config.data.synthetic.label_noise <= 1.0:
+        raise ConfigError(f"data.synthetic.label_noise: a fraction of the training labels, in [0, 1], got "
+                          f"{config.data.synthetic.label_noise}")
     data, synthetic = config.data, config.data.synthetic
     positive = {"data.batch_size": data.batch_size, "data.eval_batch_size": data.eval_batch_size,
                 "schedule.epochs": config.schedule.epochs, "trainer.eval_every": config.trainer.eval_every,

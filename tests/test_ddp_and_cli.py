@@ -74,6 +74,7 @@ def test_quickstart_runs_from_the_cli(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "quickstart result" in result.stdout
+    assert "0 % of their labels flipped" in result.stdout and "fair: both runs see the same" in result.stdout
     for row in ("vanilla resnet8", "DML peer0", "DML peer1", "DML ensemble"):
         assert row in result.stdout
     assert (tmp_path / "qs" / "dml" / "summary.json").is_file()

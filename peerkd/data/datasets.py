@@ -18,7 +18,7 @@ from peerkd.config import DataConfig
 from peerkd.core.errors import DataError
 from peerkd.core.registry import DATASETS, dataset_descriptions, dataset_names, register_dataset  # noqa: F401
 from peerkd.data import augment
-from peerkd.data.synthetic import generate
+from peerkd.data.synthetic import flip_labels, generate
 
 
 @dataclass
@@ -127,6 +127,7 @@ def synthetic(config: DataConfig) -> ArrayDataset:
     opts = config.synthetic
     xtr, ytr = generate(opts.train_size, opts.num_classes, opts.seed, 1, opts.noise, opts.distractor)
     xte, yte = generate(opts.test_size, opts.num_classes, opts.seed, 2, opts.noise, opts.distractor)
+    ytr = flip_labels(ytr, opts.label_noise, opts.num_classes, opts.seed)  # training labels only; the test stays clean
     mean = tuple(float(m) for m in (xtr.reshape(-1, 3).mean(0) / 255.0))
     std = tuple(float(s) for s in (xtr.reshape(-1, 3).std(0) / 255.0))
     return ArrayDataset("synthetic", xtr, ytr, xte, yte, opts.num_classes, mean, std)

@@ -5,6 +5,10 @@ its own place. An image draws its class's grating with a random phase, contrast 
 blob moved by up to 5 pixels, a weaker grating of a random other class as a distractor, a random background tint and
 pixel noise. A small CNN separates the classes well above chance after a few epochs but not perfectly: the
 distractor, the jitter and the noise overlap the classes.
+
+Label noise (``data.synthetic.label_noise``, :func:`flip_labels`): a chosen fraction of the *training* labels is
+replaced by another class drawn uniformly (symmetric noise, the setting of the noisy-label literature); the test
+labels stay clean, so test top-1 measures how well a network learnt the true classes despite the wrong labels.
 """
 from __future__ import annotations
 
@@ -65,3 +69,19 @@ def generate(num_images: int, num_classes: int, seed: int, split_seed: int, nois
         x = x + background + pixel_noise
         images[start:start + n] = np.clip(127.5 + 60.0 * x, 0, 255).astype(np.uint8)
     return images, labels.astype(np.int64)
+
+
+def flip_labels(labels: np.ndarray, fraction: float, num_classes: int, seed: int) -> np.ndarray:
+    """A copy of ``labels`` with ``round(fraction * N)`` of them, chosen at random, replaced by a different class
+    drawn uniformly from the other ``num_classes - 1`` (symmetric label noise). Deterministic given ``seed``;
+    ``fraction`` 0 returns the labels unchanged."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"label noise fraction {fraction} is not in [0, 1]")
+    noisy = labels.copy()
+    count = int(round(fraction * len(labels)))
+    if count == 0 or num_classes < 2:
+        return noisy
+    rng = np.random.default_rng([seed, 3])  # stream 3: apart from the train (1) and test (2) image streams
+    chosen = rng.choice(len(labels), size=count, replace=False)
+    noisy[chosen] = (labels[chosen] + rng.integers(1, num_classes, count)) % num_classes
+    return noisy

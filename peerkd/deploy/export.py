@@ -109,17 +109,23 @@ def module_for_key(method: nn.Module, key: str, sample: torch.Tensor) -> tuple[n
 
 # ------------------------------------------------------------------------------------------------ writing formats
 
+def missing_modules(*modules: str) -> list[str]:
+    """The names among ``modules`` that do not import here (an optional extra not installed)."""
+    missing = []
+    for module in modules:
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    return missing
+
+
 def _require(fmt: str) -> None:
     if fmt not in FORMATS:
         raise ConfigError(f"--format: '{fmt}' is not one of {', '.join(FORMATS)}")
     if fmt != "onnx":
         return
-    missing = []
-    for module in ("onnx", "onnxscript", "onnxruntime"):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(module)
+    missing = missing_modules("onnx", "onnxscript", "onnxruntime")
     if missing:
         raise ConfigError(f"--format onnx needs {', '.join(missing)}: pip install 'peerkd[onnx]'")
 
@@ -218,6 +224,24 @@ def _run_facts(run, key: str) -> dict:
             "imports": list(run.config.imports)}
 
 
+def load_for_export(run_dir, key: str | None, trust_imports: bool) -> tuple:
+    """The run in ``run_dir`` on the CPU in eval mode, ``key`` (None: the first key the method predicts, a cohort's
+    peer0, ...) and the seeded check batch of the run's input size; RunError for a folder that is not a run."""
+    from peerkd.training.checkpoint import load_run
+    from peerkd.core.errors import RunError
+
+    if not (Path(run_dir) / CHECKPOINT).is_file():
+        raise RunError(f"'{run_dir}' is not a run folder (no {CHECKPOINT}); give a folder `peerkd train` wrote")
+    run = load_run(run_dir, device="cpu", trust_imports=trust_imports)
+    _mean, _std, size = _normalisation(run)
+    channels = run.method.task.in_channels
+    sample = torch.randn(CHECK_BATCH, channels, size, size, generator=torch.Generator().manual_seed(CHECK_SEED))
+    if key is None:
+        with torch.no_grad():
+            key = next(iter(run.method.predict(sample)))
+    return run, key, sample
+
+
 def default_out(run_dir: Path, key: str, fmt: str) -> Path:
     return Path(run_dir) / EXPORT_DIR / f"{key}{SUFFIXES[fmt]}"
 
@@ -227,8 +251,7 @@ def export_run(run_dir: str | Path, key: str | None = None, fmt: str = "exported
     """Export ``key`` of the run in ``run_dir`` as ``fmt`` to ``out`` (default ``<run>/export/<key><suffix>``), with
     the input normalisation built in when ``normalize``; write ``<out>.json`` and return what it holds. A run naming
     user code not loaded in this process is refused unless ``trust_imports`` (:func:`peerkd.load_run`)."""
-    from peerkd.training.checkpoint import load_run, write_json
-    from peerkd.core.errors import RunError
+    from peerkd.training.checkpoint import write_json
 
     _require(fmt)
     if normalize and fmt == "state_dict":
@@ -237,15 +260,9 @@ def export_run(run_dir: str | Path, key: str | None = None, fmt: str = "exported
     if fmt == "exported_program" and out is not None and not str(out).endswith(".pt2"):
         raise ConfigError(f"--out: torch.export.save writes a .pt2 archive (torch.export.load reads only those); name "
                           f"the file ending in .pt2, not '{out}'")
-    if not (Path(run_dir) / CHECKPOINT).is_file():
-        raise RunError(f"'{run_dir}' is not a run folder (no {CHECKPOINT}); give a folder `peerkd train` wrote")
-    run = load_run(run_dir, device="cpu", trust_imports=trust_imports)
+    run, key, sample = load_for_export(run_dir, key, trust_imports)
     mean, std, size = _normalisation(run)
     channels = run.method.task.in_channels
-    sample = torch.randn(CHECK_BATCH, channels, size, size, generator=torch.Generator().manual_seed(CHECK_SEED))
-    if key is None:  # the first key the method predicts (a cohort's peer0, ...)
-        with torch.no_grad():
-            key = next(iter(run.method.predict(sample)))
     module, plain = module_for_key(run.method, key, sample)
     state, line, rebuild = _constructor(module, key) if fmt == "state_dict" else (None, None, None)
     with torch.no_grad():

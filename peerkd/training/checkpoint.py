@@ -207,6 +207,24 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
 
 
+def processor_name() -> str:
+    """The CPU's model name (results differ in the last digits between processors: their kernels differ): Linux's
+    /proc/cpuinfo ``model name``, else ``platform.processor()``, else the machine type; with the logical core count."""
+    import platform
+
+    name = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.lower().startswith(("model name", "hardware")):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine() or "unknown"
+    return f"{name} ({os.cpu_count()} logical cores)"
+
+
 def environment_info(device: torch.device) -> dict:
     import numpy
     import torchvision
@@ -224,7 +242,8 @@ def environment_info(device: torch.device) -> dict:
     info = {
         "git_sha": sha, "git_dirty": dirty, "peerkd": peerkd.__version__, "python": sys.version.split()[0],
         "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__,
-        "device": str(device), "argv": sys.argv,
+        "device": str(device), "processor": processor_name(), "torch_threads": torch.get_num_threads(),
+        "argv": sys.argv,
     }
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)

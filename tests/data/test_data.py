@@ -131,3 +131,26 @@ def test_npz_dataset_and_error_messages(tmp_path):
     np.savez(tmp_path / "test.npz", images=images[:10], labels=labels[:10] + 100)
     with pytest.raises(DataError, match="labels must lie in"):
         load_dataset(DataConfig(dataset="cifar10", root=str(tmp_path)))
+
+
+def test_label_noise_flips_the_asked_fraction_of_training_labels_only_and_is_seeded():
+    from peerkd.config import SyntheticConfig, build_config
+    from peerkd.core.errors import ConfigError
+    from peerkd.data.synthetic import flip_labels
+
+    _, labels = generate(1000, 10, seed=0, split_seed=1)
+    noisy = flip_labels(labels, 0.3, 10, seed=0)
+    assert int((noisy != labels).sum()) == 300  # exactly the fraction, each flipped to *another* class
+    assert np.array_equal(noisy, flip_labels(labels, 0.3, 10, seed=0))
+    assert not np.array_equal(noisy, flip_labels(labels, 0.3, 10, seed=1))
+    assert np.array_equal(flip_labels(labels, 0.0, 10, seed=0), labels)
+    flipped_to = noisy[noisy != labels]
+    assert len(np.unique(flipped_to)) == 10  # uniform over the other classes, not a fixed permutation
+    sizes = {"train_size": 400, "test_size": 100, "num_classes": 4}
+    clean = load_dataset(DataConfig(dataset="synthetic", synthetic=SyntheticConfig(**sizes)))
+    dirty = load_dataset(DataConfig(dataset="synthetic", synthetic=SyntheticConfig(**sizes, label_noise=0.5)))
+    assert np.array_equal(clean.train_images, dirty.train_images)
+    assert np.array_equal(clean.test_labels, dirty.test_labels)  # the test set stays clean
+    assert int((clean.train_labels != dirty.train_labels).sum()) == 200
+    with pytest.raises(ConfigError, match="label_noise"):
+        build_config({"data": {"synthetic": {"label_noise": 1.5}}})

@@ -25,6 +25,9 @@ def test_run_folder_contents(tmp_path):
     assert list(run.glob("events.out.tfevents.*"))
     env = json.loads((run / "environment.json").read_text())
     assert env["torch"] == torch.__version__ and "git_sha" in env
+    from peerkd.training.checkpoint import processor_name
+
+    assert env["processor"] == processor_name() and "logical cores" in env["processor"]  # results depend on the CPU
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {r["kind"] for r in records} == {"train", "eval"}
     for key in ("peer0", "peer1", "ensemble"):
