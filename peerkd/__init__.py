@@ -28,9 +28,9 @@ from peerkd.training.checkpoint import LoadedRun, load_run  # noqa: E402
 from peerkd.training.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, train  # noqa: E402
 
 __all__ = ["ArrayDataset", "Backbone", "Batch", "Config", "ConfigError", "DATASETS", "DataError", "DataRequest",
-           "EpochContext", "EvalResult", "Evaluator", "LoadedRun", "METHODS", "MODELS", "Method", "NonFiniteLossError",
-           "Registry", "RunError", "StepOutput", "TaskInfo", "Trainer", "TrainingInterrupted", "branched",
-           "build_config", "build_model", "count_parameters", "dataset_names", "export_run", "from_pretrained", "hard_ce",
-           "kd_kl",
-           "load_config", "load_imports", "load_run", "method_names", "model_names", "parameter_summary",
-           "register_dataset", "register_method", "register_model", "soft_ce", "train"]
+           "EpochContext", "EvalResult", "Evaluator", "LoadedRun", "METHODS", "MODELS", "Method",
+           "NonFiniteLossError", "Registry", "RunError", "StepOutput", "TaskInfo", "Trainer", "TrainingInterrupted",
+           "branched", "build_config", "build_model", "count_parameters", "dataset_names", "export_run",
+           "from_pretrained", "hard_ce", "kd_kl", "load_config", "load_imports", "load_run", "method_names",
+           "model_names", "parameter_summary", "register_dataset", "register_method", "register_model", "soft_ce",
+           "train"]

@@ -578,10 +578,12 @@ def _check_values(config: Config) -> None:
 
 
 def _check_loggers(trainer: TrainerConfig) -> None:
-    """trainer.loggers: each name once, jsonl among them (metrics.jsonl is the run's own record: peerkd plot and a
+    """trainer.loggers: each name once, jsonl among them (the metrics log is the run's own record: peerkd plot and a
     resume read it); trainer.tracker_project not empty."""
+    from peerkd.core.run_files import METRICS_LOG
+
     if "jsonl" not in trainer.loggers:
-        raise ConfigError(f"trainer.loggers: {trainer.loggers} lacks jsonl; metrics.jsonl is the run's own record "
+        raise ConfigError(f"trainer.loggers: {trainer.loggers} lacks jsonl; {METRICS_LOG} is the run's own record "
                           "(peerkd plot and --resume read it): keep jsonl and add the trackers you want")
     twice = sorted({name for name in trainer.loggers if trainer.loggers.count(name) > 1})
     if twice:

@@ -34,9 +34,9 @@ Readings where the paper leaves a choice:
   KL(P_N || P_i), at T = 3 (above); KL and hint vanish for i = N.
 - F_i: the pooled feature vector after classifier i's adapter (the FC's input), F_N the pooled last map, as the BYOT
   code's ``middle*_fea`` / ``final_fea``. The adapter design (``adapter``) follows the code behind Table 1's
-  parameter counts (see :mod:`peerkd.methods.parts.stage_adapters`): ``bottleneck`` (BYOT's CIFAR code: ResNet-18 13.0 M,
-  ResNet-50 50.4 M) by default, ``sepconv`` in the ResNeXt-50 configs (the BYOT authors' release: 37.9 M); the hint
-  is the squared norm summed over channels and over the batch (above).
+  parameter counts (see :mod:`peerkd.methods.parts.stage_adapters`): ``bottleneck`` (BYOT's CIFAR code: ResNet-18
+  13.0 M, ResNet-50 50.4 M) by default, ``sepconv`` in the ResNeXt-50 configs (the BYOT authors' release: 37.9 M);
+  the hint is the squared norm summed over channels and over the batch (above).
 - DMFL's feature-to-distribution mapping: softmax over the channels of the pooled feature vector, temperature
   ``dmfl_temperature`` (1). "Both forward and backward directions" is read as DML: each KL direction trains its
   second argument with the first fixed (``dmfl_detach_targets``), so KL(f_i || f_N) moves the deepest feature and

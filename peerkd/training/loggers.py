@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from peerkd.core.run_files import METRICS_LOG
 from peerkd.core.errors import ConfigError
 from peerkd.core.process import SWEEP_GROUP_ENV
 STEP_KEYS = ("epoch", "step", "global_step")  # a record's position, not a value to plot
@@ -231,7 +232,7 @@ class Trackers:
             except Exception as err:  # noqa: BLE001
                 self.active.remove(tracker)
                 warnings.warn(f"trainer.loggers: {tracker.name} failed while logging ({type(err).__name__}: "
-                              f"{str(err)[:200]}); the run goes on without it, metrics.jsonl has every record",
+                              f"{str(err)[:200]}); the run goes on without it, {METRICS_LOG} has every record",
                               stacklevel=2)
 
     def finish(self, ok: bool = True) -> None:

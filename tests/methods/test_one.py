@@ -79,6 +79,7 @@ def _grads(method, loss):
 def test_one_teacher_is_detached_in_the_kl_as_in_the_published_code():
     # ONE's KLLoss: target = softmax(z_e / T).data (requires_grad=False). So the gradient of the loss equals that of
     # sum_i CE(z_i) + CE(z_e) + T^2 sum_i KL(stop_grad(p_e) || p_i), and the gate learns from CE(z_e) alone.
+    torch.manual_seed(0)  # a fixed initialisation: with some, the eval-mode gate's ReLU is dead and its gradient 0
     task = tiny_task()
     method = build({"name": "one", "model": "resnet8", "branches": 3, "rampup_epochs": 0}, task).eval()
     batch = random_batch(task)
@@ -97,6 +98,7 @@ def test_one_teacher_is_detached_in_the_kl_as_in_the_published_code():
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
     # the gate's gradient is that of the ensemble CE alone
     gate_only = _grads(method, F.cross_entropy(ensemble, batch.y))
+    assert gate_only["gate.fc.weight"].abs().max() > 0  # a live gate, so the comparisons below can tell things apart
     torch.testing.assert_close(got["gate.fc.weight"], gate_only["gate.fc.weight"], rtol=1e-4, atol=1e-7)
     # the alternative: nothing detached -- the gate then also receives the KL's gradient
     full = build({"name": "one", "model": "resnet8", "branches": 3, "target_gradient": "full", "rampup_epochs": 0},

@@ -10,8 +10,8 @@ the BN statistics after the run.
 
 ``pskd_networks``: the CIFAR-100 networks of PS-KD's tables that peerkd builds (PreAct ResNet-18, its "PreAct
 ResNet-101", DenseNet-121, ResNeXt-29 8x64d, PyramidNet-110 alpha 48): each one's state_dict names and shapes (in
-``meta.case``), its parameter count, and its outputs in train and eval mode on a batch of 2 with weights made by ``tests/golden/rule_weights.py``
-(too large to store; the test rebuilds them from the names and shapes).
+``meta.case``), its parameter count, and its outputs in train and eval mode on a batch of 2 with weights made by
+``tests/golden/rule_weights.py`` (too large to store; the test rebuilds them from the names and shapes).
 
     python tools/golden/pskd.py --repo /work/.mirror/lgcnsai+PS-KD-Pytorch/repo
 """
