@@ -88,10 +88,14 @@ class RunLock:
         return holder if isinstance(holder, dict) else {}
 
     def _in_use(self) -> RunError:
-        holder = self._holder()
-        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
+        who = describe_holder(self._holder())
         return RunError(f"{self.path.parent} is in use by another peerkd process ({who}); wait for it to finish, "
                         "or write this run elsewhere with --out")
+
+
+def describe_holder(holder: dict) -> str:
+    """``pid 123 on host, started <time>`` for a lock holder (``?`` where its file does not say)."""
+    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
 
 
 def lock_holder(run_dir: str | Path) -> dict | None:

@@ -41,7 +41,7 @@ from peerkd.experiments.plan import RunSpec, child_env, parse_seeds, plan, run_s
 from peerkd.core.errors import ConfigError
 from peerkd.core.process import EXIT_INTERRUPTED, is_main_thread
 from peerkd.core.run_files import SUMMARY_FILE, SWEEP_LOG
-from peerkd.core.run_lock import lock_holder
+from peerkd.core.run_lock import describe_holder, lock_holder
 
 POLL_S = 0.2  # seconds between looks at the running processes
 STOP_WAIT_S = 120.0  # seconds a stopped run gets to save its checkpoint before it is killed
@@ -146,8 +146,8 @@ def run_local(specs: Sequence[RunSpec], jobs: int = 1, gpus: Sequence[str] = (),
                 holder = lock_holder(spec.run_dir)
                 if holder is not None:
                     elsewhere.append((index, spec))
-                    say(f"[run {index}/{total}] {spec.name}: running in another process ({_who(holder)}); waiting "
-                        "for it, not starting a second copy")
+                    say(f"[run {index}/{total}] {spec.name}: running in another process ({describe_holder(holder)}); "
+                        "waiting for it, not starting a second copy")
                     continue
                 if run_state(spec) == "done":  # finished meanwhile by another process (a second sweep)
                     result.done.append(spec.name)
@@ -197,10 +197,6 @@ def run_local(specs: Sequence[RunSpec], jobs: int = 1, gpus: Sequence[str] = (),
         say(f"[sweep] finished: {len(result.done)}/{total} done, {len(result.failed)} failed"
             + (f" ({', '.join(result.failed)})" if result.failed else ""))
     return result
-
-
-def _who(holder: dict) -> str:
-    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
 
 
 def _start(spec: RunSpec, index: int, total: int, gpus: list[str], nproc: int, say) -> _Running:
