@@ -126,3 +126,30 @@ def torchrun_train(config, run_dir, processes: int = 2):
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                            str(processes), "-m", "peerkd", "train", "-c", str(path), "--out", str(run_dir)],
                           capture_output=True, text=True, timeout=300, env=env)
+
+
+def cifar100_subset_run(method_tree: dict, run_dir, *, train_images: int = 256, test_images: int = 200,
+                        epochs: int = 1, batch_size: int = 32, **top) -> dict:
+    """Train ``method_tree`` briefly on a subset of the real CIFAR-100 copy beside the repository (``../shared``) and
+    return the run's summary. Skips the calling test where that copy is absent, unless ``CI`` is set (CI has it, so
+    there the absence fails). Sizes: images, epochs; small enough for a few seconds with ResNet-8-sized networks."""
+    import os
+
+    import pytest
+
+    if not SHARED_CIFAR100.is_dir():
+        if os.environ.get("CI"):
+            raise AssertionError(f"CI needs the real CIFAR-100 copy at {SHARED_CIFAR100}")
+        pytest.skip("../shared/data/cifar100 is absent")
+    tree = {
+        "name": top.pop("name", "cifar100-subset"),
+        "seed": top.pop("seed", 0),
+        "data": {"dataset": "cifar100", "root": str(SHARED_CIFAR100), "download": False, "train_subset": train_images,
+                 "test_subset": test_images, "batch_size": batch_size, "eval_batch_size": 200},
+        "method": method_tree,
+        "schedule": {"epochs": epochs, "kind": "cosine"},
+        "optim": {"lr": 0.05},
+        "trainer": {"progress": "off", "threads": 1},  # a run this small gains nothing from a second thread
+    }
+    tree.update(top)
+    return train(build_config(tree), run_dir=run_dir)
