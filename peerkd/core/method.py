@@ -20,6 +20,8 @@ class DataRequest:
     heldout_per_class: int = 0  # images per class held out of training for the method (KDCL-General)
     mixing: str = ""  # batch mixing the method needs ("mixup", "cutmix", "cutnmix"); "" leaves it to data.mixing
     class_pairs: bool = False  # True: every sample comes with another of its class in Batch.pair_x (CS-KD)
+    previous_batch: bool = False  # True: every batch also carries the one this process trained on one step before
+    # (Batch.prev_x / prev_y / prev_index, across epochs and resumes; Batch.prev_valid 0 on the run's first step: DLB)
 
 
 @dataclass

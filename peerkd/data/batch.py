@@ -18,6 +18,11 @@ class Batch:
            real weight of ``y``: for CutMix / CutⁿMix, 1 minus the pasted box's area fraction.
     pair_x, pair_index: set when the method asked for class pairs (CS-KD): for every sample another training
            sample of the same class, ``(B, C, H, W)`` augmented independently, and its dataset position.
+    prev_x, prev_y, prev_index, prev_valid: set when the method asked for the previous batch (DLB;
+           ``peerkd.data.previous``): the batch this process trained on one step before (its ``x`` with every view,
+           its labels and positions), across epoch boundaries; ``prev_valid`` a scalar float, 0.0 on the run's first
+           step, where there is no previous batch and the ``prev_*`` fields repeat this batch as a placeholder of the
+           same shape, else 1.0.
     """
 
     x: torch.Tensor
@@ -27,6 +32,10 @@ class Batch:
     lam: torch.Tensor | None = None
     pair_x: torch.Tensor | None = None
     pair_index: torch.Tensor | None = None
+    prev_x: torch.Tensor | None = None
+    prev_y: torch.Tensor | None = None
+    prev_index: torch.Tensor | None = None
+    prev_valid: torch.Tensor | None = None
 
     @property
     def views(self) -> int:
@@ -39,4 +48,6 @@ class Batch:
     def to(self, device, non_blocking: bool = True) -> "Batch":
         move = (lambda t: None if t is None else t.to(device, non_blocking=non_blocking))
         return replace(self, x=move(self.x), y=move(self.y), index=move(self.index), y_b=move(self.y_b),
-                       lam=move(self.lam), pair_x=move(self.pair_x), pair_index=move(self.pair_index))
+                       lam=move(self.lam), pair_x=move(self.pair_x), pair_index=move(self.pair_index),
+                       prev_x=move(self.prev_x), prev_y=move(self.prev_y), prev_index=move(self.prev_index),
+                       prev_valid=move(self.prev_valid))

@@ -19,6 +19,7 @@ from peerkd.data.datasets import load_dataset
 from peerkd.data.device_loader import DeviceLoader, EvalLoader, make_split
 from peerkd.data.folder import TRAIN_TRANSFORMS, FolderDataset, FolderEvalLoader, FolderLoader, build_transform
 from peerkd.data.mixing import MixingSpec
+from peerkd.data.previous import PreviousBatchLoader
 
 
 @dataclass
@@ -96,6 +97,15 @@ def check_split(config: DataConfig, request, seed: int) -> None:
 
 def build_loaders(config: DataConfig, request, *, seed: int, device: torch.device, channels_last: bool,
                   rank: int = 0, world: int = 1) -> Loaders:
+    loaders = _build_loaders(config, request, seed=seed, device=device, channels_last=channels_last, rank=rank,
+                             world=world)
+    if getattr(request, "previous_batch", False):  # every batch carries the one before it (peerkd/data/previous.py)
+        loaders.train = PreviousBatchLoader(loaders.train)
+    return loaders
+
+
+def _build_loaders(config: DataConfig, request, *, seed: int, device: torch.device, channels_last: bool,
+                   rank: int, world: int) -> Loaders:
     data = load_dataset(config)
     if isinstance(data, FolderDataset):
         return _folder_loaders(data, config, request, seed=seed, device=device, channels_last=channels_last,

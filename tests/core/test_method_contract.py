@@ -53,13 +53,17 @@ def small_options(name: str, teacher_run=None, **replacements):
 
 def contract_batch(request: DataRequest, task, seed: int = 0):
     """A random batch with what ``request`` asks for: its views, a same-class partner per sample for class pairs, a
-    partner label and weight for batch mixing."""
+    partner label and weight for batch mixing, another random batch as the previous one."""
     batch = random_batch(task, batch_size=BATCH_SIZE, views=request.views, seed=seed)
     if request.class_pairs:
         batch.pair_x = torch.randn_like(batch.view(0))
         batch.pair_index = batch.index.roll(1)
     if request.mixing:
         batch.y_b, batch.lam = batch.y.roll(1), torch.tensor(0.7)
+    if request.previous_batch:
+        previous = random_batch(task, batch_size=BATCH_SIZE, views=request.views, seed=seed + 1)
+        batch.prev_x, batch.prev_y, batch.prev_index = previous.x, previous.y, previous.index
+        batch.prev_valid = torch.ones(())
     return batch
 
 
