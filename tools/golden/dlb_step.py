@@ -1,8 +1,8 @@
 """Golden fixture of Meta-knowledge-Lab/DLB's training step (Shen et al., CVPR 2022), run from a checkout at the
-pinned commit: the reference's own ``dlb.train_one_epoch`` for two epochs of two steps (batch 4, two augmented views
-per image as ``my_dataloader.py`` stacks them: ``(B, 2, C, H, W)``; 8 images, a new order every epoch), ``pre_data`` / ``pre_out`` handed from the first
-epoch to the second as its ``train()`` does, so four steps: the first cross-entropy alone, the third the first of an
-epoch distilling from the last step of the epoch before.
+pinned commit: the reference's own ``dlb.train_one_epoch`` for two epochs of two steps (batch 4; two augmented views
+per image, stacked ``(B, 2, C, H, W)`` as ``my_dataloader.py`` does; 8 images, a new order every epoch),
+``pre_data`` / ``pre_out`` handed from the first epoch to the second as its ``train()`` does, so four steps: the
+first cross-entropy alone, the third the first of an epoch distilling from the last step of the epoch before.
 
 Network: the reference's own ``models/resnet.py`` ``ResNet(BasicBlock, [1, 1, 1])`` (its resnet32 at one block a
 stage, the smallest its class builds; 10 classes), weights made by ``tests/golden/rule_weights.py`` (the test rebuilds
