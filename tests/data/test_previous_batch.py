@@ -79,7 +79,8 @@ def test_interrupted_and_resumed_dlb_run_matches_an_uninterrupted_one(tmp_path):
 
     method = {"name": "dlb", "model": "resnet8"}
     config = lambda: tiny_config(method, epochs=2, train_size=48,  # noqa: E731  (3 steps an epoch)
-                                 overrides=("data.synthetic.test_size=32", "data.batch_size=16"))
+                                 overrides=("data.synthetic.test_size=32", "data.batch_size=16",
+                                            "trainer.threads=1"))
     straight = train(config(), run_dir=tmp_path / "straight")
 
     def stop(trainer):

@@ -28,6 +28,15 @@ GOLDEN = fixture.load("dlb_step")
 CASE = GOLDEN.meta["case"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: batches of 4 on ResNet-8 gain nothing from more on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class StoredBatches:
     """The fixture's batches as a training loader (``epoch(epoch, start_step)``): views stacked ``(2, B, C, H, W)``."""
 
