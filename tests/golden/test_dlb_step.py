@@ -23,18 +23,10 @@ from tests.golden import fixture
 from tests.golden.network_check import assert_gradients
 from tests.golden.rule_weights import map_in_order, pair_names, rule_weights
 from tests.helpers import build
+from tests.methods.test_dlb import one_thread  # noqa: F401  (the module's autouse fixture: one torch thread)
 
 GOLDEN = fixture.load("dlb_step")
 CASE = GOLDEN.meta["case"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: batches of 4 on ResNet-8 gain nothing from more on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class StoredBatches:

@@ -119,6 +119,20 @@ def test_the_carried_logits_survive_a_checkpoint_and_a_batch_without_previous_is
         build({**TREE, "temperature": 0.0}, TASK)
 
 
+def test_the_step_traces_as_one_graph_with_no_host_sync():
+    """After the first (eager) step, dynamo traces the whole step as one graph (``fullgraph``: a ``.item()``, a
+    Python branch on a tensor's value or a graph break fails), and it carries the logits as the eager step does."""
+    torch.manual_seed(0)
+    method = build(TREE, TASK)
+    twin = copy.deepcopy(method)
+    steps = batches(3)
+    method(steps[0]), twin(steps[0])
+    traced = torch.compile(method, backend="eager", fullgraph=True)
+    for batch in steps[1:]:
+        torch.testing.assert_close(traced(batch).loss, twin(batch).loss)
+        torch.testing.assert_close(method.carried_logits, twin.carried_logits)
+
+
 def test_a_short_cifar100_run_trains_and_scores_net(tmp_path):
     summary = cifar100_subset_run({"name": "dlb", "model": "resnet8"}, tmp_path / "run")
     assert summary["method"] == "dlb" and list(summary["keys"]) == ["net"]
