@@ -52,6 +52,7 @@ from peerkd.data.batch import Batch
 from peerkd.data.device_loader import DeviceLoader
 from peerkd.data.mixing import MixingSpec, apply_mixing, sample_step, step_generator
 from peerkd.data.pipeline import mixing_spec, normalization
+from peerkd.data.previous import PreviousBatchLoader, with_previous
 from peerkd.training.step import FastStep
 from peerkd.models.execution import member_execution
 from peerkd.training.execution import member_groups
@@ -231,13 +232,14 @@ class DataSpec:
     crop_padding: int
     flip: bool
     seed: int
+    previous_batch: bool = False  # every batch carries the one before it (DataRequest.previous_batch: DLB)
 
 
 def data_spec(config: Config) -> DataSpec:
     request = method_class(config.method.name).data_request(config.method.options)
     mean, std = normalization(config.data, augment.CIFAR100_MEAN, augment.CIFAR100_STD)
     return DataSpec(request.views, request.class_pairs, mixing_spec(config.data, request), tuple(mean), tuple(std),
-                    config.data.crop_padding, config.data.flip, config.seed)
+                    config.data.crop_padding, config.data.flip, config.seed, request.previous_batch)
 
 
 def synthetic_cifar(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -316,12 +318,16 @@ def mix_batch(batch: Batch, spec: MixingSpec, seed: int, step: int) -> Batch:
 
 
 def reference_batches(loader, spec: DataSpec, device: torch.device) -> Iterator[Batch]:
-    """Endless batches of the reference loader on the device, epoch after epoch, mixed where the method asks."""
-    step = 0
+    """Endless batches of the reference loader on the device, epoch after epoch, mixed where the method asks, each
+    carrying the one before where the method asks (as DLB's dlb.py keeps ``pre_data`` in its loop)."""
+    step, previous = 0, None
     while True:
         for sample in loader:
             batch = to_batch(sample, device)
-            yield mix_batch(batch, spec.mixing, spec.seed, step) if spec.mixing.active else batch
+            batch = mix_batch(batch, spec.mixing, spec.seed, step) if spec.mixing.active else batch
+            if spec.previous_batch:
+                batch, previous = with_previous(batch, previous), batch
+            yield batch
             step += 1
 
 
@@ -331,6 +337,7 @@ def device_batches(images, labels, spec: DataSpec, batch_size: int, device: torc
     loader = DeviceLoader(images, labels, batch_size=batch_size, mean=spec.mean, std=spec.std, device=device,
                           seed=spec.seed, views=spec.views, crop_padding=spec.crop_padding, flip=spec.flip,
                           channels_last=channels_last, mixing=spec.mixing, class_pairs=spec.class_pairs)
+    loader = PreviousBatchLoader(loader) if spec.previous_batch else loader
     epoch = 0
     while True:
         yield from loader.epoch(epoch)
