@@ -22,7 +22,7 @@ TINY = ["--quick", "--device", "cpu", "--steps", "1", "--warmup", "1", "--batch-
 
 
 def row(name: str) -> BenchRow:
-    (found,) = [r for r in bench.ROWS if r.name == name]
+    (found,) = [r for r in bench.all_rows() if r.name == name]
     return found
 
 
@@ -203,7 +203,7 @@ def test_a_new_method_gets_a_derived_row_from_its_defaults_or_its_bench_config(t
         METHODS.unregister("derived_method")
 
 
-@pytest.mark.parametrize("name", ["CutnMix-OD 2xR32", "CS-KD R32", "PCL R32x3"])
+@pytest.mark.parametrize("name", ["CutnMix-OD 2xR32", "CS-KD R32", "PCL R32x3", "dlb (default options)"])
 def test_reference_loader_gives_the_device_loaders_fields(name):
     config = bench.row_config(row(name), bench.CONFIGS, quick=True)
     spec = bench.data_spec(config)
