@@ -27,7 +27,7 @@ Readings, each from the authors' code (Meta-knowledge-Lab/DLB @ 8949a4621072cbd9
 - ``form: released`` (default: the code the authors' numbers come from) runs the network twice, on the current
   batch first and then on the previous one, as ``dlb.py`` does (BatchNorm normalises each batch by its own
   statistics and updates its running statistics twice a step, in that order). ``form: joint`` is the paper's wording
-  (abstract and Sec. 3: "half of each mini-batch coinciding with the previous iteration"): one mini-batch of 2B
+  (its abstract: "constraining half of each mini-batch coinciding with the previous iteration"): one mini-batch of 2B
   images, the previous half first, in one forward (BatchNorm statistics over all 2B); the loss is the same formula.
   ``data.batch_size`` is the new images a step (``--batch_size`` of ``dlb.py``); the paper's mini-batch holds twice
   as many.
@@ -46,6 +46,14 @@ Deviations from ``dlb.py`` (each kept to peerkd's data pipeline, each documented
   (with ``drop_last`` unset, 50000 / 64 leaves a batch of 16 that becomes the next epoch's first previous batch).
 - On the run's first step peerkd also runs the network on a placeholder previous batch (the current one, weight 0
   in the loss: shapes stay static); its gradient is zero, but BatchNorm's running statistics see it once.
+
+T = 3 and alpha = 1 are the paper's setting as a summary of its experiments states it (the paper's PDF was not read
+when this was written; ``dlb.py`` takes ``--T`` / ``--alpha`` with no default and its README gives no command).
+
+Held against the authors' code (``tests/golden/test_dlb_step.py``, fixture by ``tools/golden/dlb_step.py``): their
+``train_one_epoch`` run on CPU for two epochs of two steps with the same weights and batches, through peerkd's
+``PreviousBatchLoader``: every step's loss, the network's outputs on the current and the previous batch, the carried
+logits (also across the epoch boundary) and the gradient of every parameter agree to 5e-7 (``fixture.RTOL`` 1e-5).
 
 ``predict`` gives ``net``; ``export`` gives the plain network.
 """
@@ -77,8 +85,8 @@ class DLB(Method):
         model: str = "resnet32"  # the network trained (any registered model; DLB's table: vgg16_okddip, resnet32,
         # resnet110_one, wide_resnet20_8)
         model_options: dict = field(default_factory=dict)  # keyword arguments of the model's factory
-        alpha: float = 1.0  # weight of the KL term (the paper's alpha = 1; dlb.py takes --alpha, no default)
-        temperature: float = 3.0  # T of the softened distributions (the paper's tau = 3; dlb.py takes --T, no default)
+        alpha: float = 1.0  # weight of the KL term (the paper's alpha = 1, see above; dlb.py's --alpha has no default)
+        temperature: float = 3.0  # T of the softened distributions, > 0 (the paper's tau = 3; dlb.py's --T: none)
         form: DLBForm = "released"  # released: two forwards, current then previous (dlb.py); joint: one forward of
         # the 2B-image mini-batch, previous half first (the paper's wording)
 
