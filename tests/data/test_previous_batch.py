@@ -73,7 +73,15 @@ def test_the_pipeline_wraps_the_training_loader_only_when_asked():
     assert batch.prev_x is not None and next(iter(plain.train.epoch(0))).prev_x is None
 
 
-def test_interrupted_and_resumed_dlb_run_matches_an_uninterrupted_one(tmp_path):
+@pytest.fixture
+def restored_threads():
+    """The trainer sets torch's thread count for the process (trainer.threads): give the next tests theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_interrupted_and_resumed_dlb_run_matches_an_uninterrupted_one(tmp_path, restored_threads):
     from peerkd.training.checkpoint import load_run
     from peerkd.training.trainer import Trainer, TrainingInterrupted, train
 
