@@ -44,8 +44,9 @@ restart with cross-entropy alone for one step (their restored logits belong to r
 Deviations from ``dlb.py`` (each kept to peerkd's data pipeline, each documented in the golden test):
 - The device loader drops the last partial batch of an epoch (static shapes); ``dlb.py``'s DataLoader keeps it
   (with ``drop_last`` unset, 50000 / 64 leaves a batch of 16 that becomes the next epoch's first previous batch).
-- On the run's first step peerkd also runs the network on a placeholder previous batch (the current one, weight 0
-  in the loss: shapes stay static); its gradient is zero, but BatchNorm's running statistics see it once.
+- On the run's first step peerkd also runs the network on a placeholder previous batch (the current one's view 1,
+  weight 0 in the loss: shapes stay static); its gradient is zero, but BatchNorm's running statistics see it once
+  (and in ``form: joint`` it shares the current half's batch statistics on that one step).
 
 T = 3 and alpha = 1 are the paper's setting as a summary of its experiments states it (the paper's PDF was not read
 when this was written; ``dlb.py`` takes ``--T`` / ``--alpha`` with no default and its README gives no command).
