@@ -81,6 +81,26 @@ def restored_threads():
     torch.set_num_threads(threads)
 
 
+def test_image_folder_batches_carry_the_one_before_them_too(tmp_path):
+    """The wrapper is the pipeline's for every loader: the image-file loader's batches carry their predecessors,
+    across an epoch and from a start in the middle."""
+    from peerkd.config import DataConfig
+    from tests.data.test_folder_data import write_image_folder
+
+    root = write_image_folder(tmp_path / "data", classes=2, per_class=8)
+    config = DataConfig(dataset="imagefolder", root=str(root), batch_size=4, image_size=32, resize=36, workers=0)
+    request = DataRequest(views=2, previous_batch=True)
+    loaders = build_loaders(config, request, seed=0, device=torch.device("cpu"), channels_last=False)
+    plain = build_loaders(config, DataRequest(views=2), seed=0, device=torch.device("cpu"), channels_last=False)
+    order = [b for e in range(2) for b in plain.train.epoch(e)]
+    seen = [b for e in range(2) for b in loaders.train.epoch(e)]
+    assert len(seen) == 8 and float(seen[0].prev_valid) == 0.0
+    for step in range(1, 8):
+        assert same(carried(seen[step]), order[step - 1]), step
+    fresh = build_loaders(config, request, seed=0, device=torch.device("cpu"), channels_last=False)
+    assert same(carried(next(iter(fresh.train.epoch(1, start_step=2)))), order[5])
+
+
 def test_interrupted_and_resumed_dlb_run_matches_an_uninterrupted_one(tmp_path, restored_threads):
     from peerkd.training.checkpoint import load_run
     from peerkd.training.trainer import Trainer, TrainingInterrupted, train
