@@ -10,8 +10,9 @@ CONFIGS = configs_under("frskd/selfkdlib")
 # Augmentation (DA) methods on ResNet-18" (CIFAR-100)
 README = {"FRSKD": 76.60}
 NOT_RUN = {
-    "FRSKD paper (Ji et al. 2021) CIFAR-100 rows": "run with the authors' own code (MingiJi/FRSKD), whose networks and "
-    "recipe were not checked here; only the Self-KD-Lib README row, whose code is held in tests/golden, is a config",
+    "FRSKD paper (Ji et al. 2021) CIFAR-100 rows": "the paper's table was not available to type from (not in "
+    "../shared/papers, not found by search), and its authors' code (MingiJi/FRSKD) is not mirrored; only the "
+    "Self-KD-Lib README row, whose code is held in tests/golden, is a config",
 }
 
 
