@@ -61,12 +61,14 @@ def batch_knowledge_ensemble(features: torch.Tensor, logits: torch.Tensor, omega
                              temperature: float) -> torch.Tensor:
     """``(1 - omega) (I - omega A)^-1 softmax(Z / T)`` with ``A`` the row softmax of the cosine affinities of
     ``features`` (N, D) to the other images: each row a distribution over the classes. No gradient."""
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(features.device.type, enabled=False):  # fp32 under mixed precision
         features, logits = features.detach().float(), logits.detach().float()
         eye = torch.eye(features.shape[0], device=features.device, dtype=features.dtype)
         unit = F.normalize(features, p=2, dim=1)
         affinity = torch.softmax(unit @ unit.t() - eye * SELF_AFFINITY, dim=1)
-        propagation = (1 - omega) * torch.linalg.inv(eye - omega * affinity)
+        # I - omega A is strictly diagonally dominant (A row-stochastic, omega < 1), so always invertible: inv_ex
+        # skips linalg.inv's singularity check, a device-to-host synchronisation on CUDA
+        propagation = (1 - omega) * torch.linalg.inv_ex(eye - omega * affinity).inverse
         return propagation @ torch.softmax(logits / temperature, dim=1)
 
 
