@@ -43,8 +43,10 @@ Readings, each from Self-KD-Lib:
   ``BiFPNc``; it builds their second lateral for C_s inputs, which only runs at width 1: here it takes w C_s).
 - ``predict``: ``net`` is the classifier (what the README scores), ``teacher`` the self-teacher's logits.
 
-Held against Self-KD-Lib's code (``tests/golden/test_selfkdlib_frskd.py``): the logits of both, each loss term, the
-total and every parameter's gradient (classifier and self-teacher) of ``CIFAR_ResNet18_BiFPN``.
+Held against Self-KD-Lib's code (``tests/golden/test_selfkdlib_frskd.py``, one step of a batch of 4 on its
+``CIFAR_ResNet18_BiFPN``, the self-teacher paired with ``SelfTeacherBiFPN`` in state_dict order, shapes checked):
+both networks' logits and each term (two CEs, KL, attention) exact, the total 8e-8, every parameter's gradient of
+both networks 4e-6 of its norm.
 """
 from __future__ import annotations
 
