@@ -61,7 +61,7 @@ def test_loss_and_gradient_equal_the_formula(target):
     assert float(out.logs["kd"]) == pytest.approx(float(kl.detach()), rel=1e-4, abs=1e-6)  # float32 round-off
     assert float(out.loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
     for mine, theirs in zip(torch.autograd.grad(out.loss, params), torch.autograd.grad(expected, params)):
-        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+        assert (mine - theirs).abs().max() <= 1e-4 * theirs.abs().max() + 1e-7  # round-off of the largest entry
     wrong_t = _by_hand(method, batch, 0.3, 3.0, 1.5, target)[1]  # another T: another KL term
     assert abs(float(wrong_t.detach()) - float(kl.detach())) > 1e-2 * abs(float(kl.detach()))
     wrong_weight = _by_hand(method, batch, 0.3, 2.0, 1.0, target)[0]  # another weight: another loss

@@ -58,7 +58,7 @@ def test_loss_and_gradients_equal_the_formula_and_wrong_settings_differ():
     assert float(out.logs["kd"]) == pytest.approx(float(kl.detach()), rel=1e-4)
     assert float(out.logs["attention"]) == pytest.approx(float(at.detach()), rel=1e-4, abs=1e-7)
     for mine, theirs in zip(torch.autograd.grad(out.loss, params), torch.autograd.grad(expected, params)):
-        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+        assert (mine - theirs).abs().max() <= 1e-4 * theirs.abs().max() + 1e-7  # round-off of the largest entry
     for wrong in ((4.0, 1.5, 30.0), (2.0, 2.0, 30.0), (2.0, 1.5, 100.0)):  # T, KL weight, attention weight
         other = _by_hand(method, batch, *wrong)[0]
         assert abs(float(other.detach()) - float(expected.detach())) > 1e-3 * float(out.logs["attention"] + kl.detach())
@@ -76,7 +76,7 @@ def test_kl_trains_the_self_teacher_unless_detached():
     method = _method()
     maps = method.models[0].forward_stages(batch.x)
     ce_only = torch.autograd.grad(F.cross_entropy(method.teacher(maps)[1], batch.y), method.teacher.fc.weight)[0]
-    torch.testing.assert_close(grads["student"], ce_only, rtol=1e-4, atol=1e-6)  # only its CE reaches it
+    assert (grads["student"] - ce_only).abs().max() <= 1e-4 * ce_only.abs().max()  # only its CE reaches it
     assert (grads["both"] - ce_only).abs().max() > 1e-3 * ce_only.abs().max()  # the code's KL reaches it too
 
 
