@@ -33,6 +33,8 @@ Readings, each from Self-KD-Lib:
   does not change any target. One difference stays in the sampler: the reference walks a shuffled list of anchors
   whose last, shorter batch it keeps (50,000 = 390 x 128 + 80); peerkd drops the partial batch like every method.
 - The target is computed under ``torch.no_grad`` from detached features and logits of the same forward (one pass).
+- Under DDP each process ensembles its own share of the batch (its anchors with their partners); the reference's
+  ``DataParallel`` gathers the logits and ensembles the whole batch on one device (same on one GPU).
 - A mixed batch (``data.mixing``): the anchors' CE uses the mixed labels (``hard_ce``), the partners stay unmixed;
   the reference has no mixing.
 
