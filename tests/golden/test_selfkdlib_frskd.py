@@ -9,7 +9,8 @@ one training-mode step on its batch of 4.
 Equal to ``fixture.RTOL``: both networks' logits, each term (the classifier's and the self-teacher's CE, the KL, the
 attention term), the code's ``loss_cls`` (the two CEs) and ``loss_div`` (2 KL + 100 attention), the total, and every
 parameter's gradient of both networks (projections, ``tests/golden/network_check.py``; the KL's gradient into the
-self-teacher included). A wrong setting fails (``test_a_wrong_setting_fails_the_comparison``).
+self-teacher included). A wrong setting fails (``test_a_wrong_setting_fails_the_comparison``). And the self-teacher
+alone on another shape (``bifpn3``: 3 levels, 2 layers, depth 1, width 1, preact on and off) against ``BiFPNc``.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 
 from peerkd.core.method import TaskInfo
 from peerkd.data.batch import Batch
+from peerkd.methods.frskd import SelfTeacherBiFPN
 from tests.golden import fixture
 from tests.golden.network_check import assert_gradients, load_in_order
 from tests.golden.rule_weights import rule_weights
@@ -30,7 +32,7 @@ CASE = GOLDEN.meta["case"]
 def _method(**options):
     method = build({"name": "frskd", "model": "preact_resnet18", **options}, TaskInfo(num_classes=CASE["num_classes"]))
     weights = rule_weights(dict(CASE["shapes"]))
-    weights.update(GOLDEN.group("weights/"))
+    weights.update({k: v for k, v in GOLDEN.group("weights/").items() if not k.startswith("bifpn3/")})
     for name in ("backbone.fc.weight", "bifpn.fc.weight"):
         weights[name] = weights[name] * CASE["fc_scale"]
     names = {}
@@ -99,3 +101,29 @@ def test_the_code_weights_are_needed():
         with pytest.raises(AssertionError):
             fixture.assert_close(kd_weight * terms["kd"] + attention_weight * terms["attention"], GOLDEN["loss/div"],
                                  "loss_div")
+
+
+@pytest.mark.parametrize("preact", [True, False])
+def test_self_teacher_over_three_stages_two_layers_equals_bifpnc(preact):
+    """The BiFPN on another shape than the ResNet-18's (3 levels, repeat 2, depth 1, width 1; the second layer's
+    non-preact maps, the preact switch): refined maps, logits, the gradients into the input maps and every
+    parameter."""
+    spec = CASE["bifpn3"]
+    teacher = SelfTeacherBiFPN(spec["channels"], spec["classes"], spec["width"], tuple(spec["depth"]), spec["repeat"])
+    weights = rule_weights(dict(spec["shapes"]))
+    weights.update(GOLDEN.group("weights/bifpn3/"))
+    names = load_in_order(teacher, weights)
+    teacher.train()
+    maps = [GOLDEN[f"bifpn3/input/{i}"].clone().requires_grad_(True) for i in range(len(spec["channels"]))]
+    feats, logits = teacher(maps, preact)
+    readout = logits.pow(2).sum() + sum((f * torch.linspace(-1, 1, f.numel()).view_as(f)).sum() for f in feats)
+    readout.backward()
+    tag = f"bifpn3/preact{int(preact)}"
+    fixture.assert_close(logits, GOLDEN[f"{tag}/logits"], "logits")
+    fixture.assert_close(readout.detach().reshape(1), GOLDEN[f"{tag}/readout"], "read-out")
+    for i, (f, m) in enumerate(zip(feats, maps)):
+        fixture.assert_close(f, GOLDEN[f"{tag}/feat/{i}"], f"refined map {i}")
+        fixture.assert_close(m.grad, GOLDEN[f"{tag}/input_grad/{i}"], f"gradient into stage map {i}")
+    params = dict(teacher.named_parameters())
+    assert_gradients({ref: params[ours].grad for ref, ours in names.items() if ours in params},
+                     spec["gradient_names"], GOLDEN[f"{tag}/grad_projection"], "gradient")
