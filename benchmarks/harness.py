@@ -225,7 +225,7 @@ class DataSpec:
     """What both paths' loaders produce for a method: from its DataRequest and its config's data section."""
 
     views: int
-    class_pairs: bool
+    class_pairs: int  # same-class partners per sample (DataRequest.class_pairs)
     mixing: MixingSpec
     mean: tuple
     std: tuple
@@ -251,9 +251,9 @@ def synthetic_cifar(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 class ReferenceImages(torch.utils.data.Dataset):
     """CIFAR's storage (uint8 HWC arrays made PIL images per item, as torchvision's CIFAR datasets do), with
-    ``views`` independent augmentations per image and, for class pairs, one augmented same-class partner."""
+    ``views`` independent augmentations per image and, for k class pairs, k augmented same-class partners."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform, views: int, class_pairs: bool):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform, views: int, class_pairs: int):
         self.images, self.labels, self.transform = images, labels, transform
         self.views, self.class_pairs = views, class_pairs
         self.rows_of_class = {c: np.flatnonzero(labels == c) for c in np.unique(labels)}
@@ -276,9 +276,10 @@ class ReferenceImages(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         image = self._image(i)
         sample = {"views": [self.transform(image) for _ in range(self.views)], "y": int(self.labels[i]), "index": i}
-        if self.class_pairs:
-            j = self.partner(i)
-            sample["pair_x"], sample["pair_index"] = self.transform(self._image(j)), j
+        if self.class_pairs:  # (k, C, H, W) and (k,): made block-major (k * B) in to_batch
+            rows = [self.partner(i) for _ in range(int(self.class_pairs))]
+            sample["pair_x"] = torch.stack([self.transform(self._image(j)) for j in rows])
+            sample["pair_index"] = torch.tensor(rows)
         return sample
 
 
@@ -300,8 +301,9 @@ def to_batch(sample: dict, device: torch.device) -> Batch:
     views = [move(v) for v in sample["views"]]
     batch = Batch(x=views[0] if len(views) == 1 else torch.stack(views), y=move(sample["y"]),
                   index=move(sample["index"]))
-    if "pair_x" in sample:
-        batch.pair_x, batch.pair_index = move(sample["pair_x"]), move(sample["pair_index"])
+    if "pair_x" in sample:  # (B, k, ...) -> (k * B, ...): block j holds every sample's j-th partner
+        batch.pair_x = move(sample["pair_x"].transpose(0, 1).flatten(0, 1))
+        batch.pair_index = move(sample["pair_index"].t().reshape(-1))
     return batch
 
 

@@ -16,8 +16,9 @@ class Batch:
     y_b, lam: set by batch mixing (Mixup / CutMix): the partner labels and the mixing weight of ``y``
            (a scalar tensor, or ``(V,)`` / ``(B,)`` where mixing differs per view or sample). ``lam`` is the
            real weight of ``y``: for CutMix / CutⁿMix, 1 minus the pasted box's area fraction.
-    pair_x, pair_index: set when the method asked for class pairs (CS-KD): for every sample another training
-           sample of the same class, ``(B, C, H, W)`` augmented independently, and its dataset position.
+    pair_x, pair_index: set when the method asked for ``k`` class pairs (CS-KD: 1, BAKE: M): for every sample k other
+           training samples of the same class, ``(k * B, C, H, W)`` augmented independently (rows ``j * B ..
+           (j + 1) * B - 1`` are every sample's ``j``-th partner), and their dataset positions ``(k * B,)``.
     prev_x, prev_y, prev_index, prev_valid: set when the method asked for the previous batch (DLB;
            ``peerkd.data.previous``): the batch this process trained on one step before (its ``x`` with every view,
            its labels and positions), across epoch boundaries; ``prev_valid`` a scalar float, 0.0 on the run's first

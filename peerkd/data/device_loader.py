@@ -5,8 +5,8 @@ Every random number of an epoch (the permutation, each view's crop offsets and f
 generator seeded by ``(seed, epoch)``, so epoch ``e`` is the same on any device, after any resume, and from any
 starting step. Batch shapes are static (the last partial batch is dropped).
 Batch mixing (Mixup, CutMix, CutⁿMix; ``peerkd.data.mixing``) draws its numbers per step from ``(seed, epoch,
-step, rank)``; class pairs (CS-KD) draw each sample's same-class partner and the partner's crop and flip from
-``(seed, epoch)``, so both are exact from any start step too. Under DDP every rank draws the same
+step, rank)``; class pairs (CS-KD: one partner; BAKE: M of them) draw each sample's same-class partners and their
+crops and flips from ``(seed, epoch)``, so both are exact from any start step too. Under DDP every rank draws the same
 permutation and takes its share of each global batch, so the global batch keeps the configured size.
 """
 from __future__ import annotations
@@ -63,13 +63,15 @@ class DeviceLoader:
     views: independently augmented copies of each image (``Batch.x`` is ``(V, B, C, H, W)`` when ``views > 1``).
     rank, world: this process's share of every global batch of ``batch_size`` images.
     mixing: a :class:`peerkd.data.mixing.MixingSpec`; None or kind "none" leaves batches unmixed.
-    class_pairs: also yield, for every sample, another training sample of its class (``Batch.pair_x``).
+    class_pairs: also yield, for every sample, that many other training samples of its class (``Batch.pair_x``:
+        block ``j`` of ``B`` rows holds every sample's ``j``-th partner; True counts as 1). The partners of a sample
+        are distinct when its class has enough other rows (drawn without replacement), with replacement otherwise.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, mean, std, device,
                  seed: int = 0, views: int = 1, crop_padding: int = 4, flip: bool = True, channels_last: bool = False,
                  rank: int = 0, world: int = 1, mixing: mixing_lib.MixingSpec | None = None,
-                 class_pairs: bool = False):
+                 class_pairs: int = 0):
         if batch_size % world:
             raise ValueError(f"data.batch_size={batch_size} must be divisible by the {world} DDP processes")
         if len(labels) < batch_size:
@@ -87,8 +89,10 @@ class DeviceLoader:
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
         self.channels_last = channels_last
         self.mixing = mixing if mixing is not None else mixing_lib.MixingSpec()
-        self.class_pairs = class_pairs
-        if class_pairs:
+        self.class_pairs = int(class_pairs)
+        if self.class_pairs < 0:
+            raise ValueError(f"class_pairs={class_pairs}: the number of same-class partners cannot be negative")
+        if self.class_pairs:
             self._class_rows = _class_rows(np.asarray(labels))
 
     def __len__(self) -> int:
@@ -106,18 +110,28 @@ class DeviceLoader:
         return perm, torch.stack(offsets), torch.stack(flips)
 
     def pair_randomness(self, epoch: int):
-        """For every training row its same-class partner row ``(N,)`` (another row of the class when the class has
-        two or more), and the partner's crop offsets ``(N, 2)`` and flips ``(N,)``."""
+        """For every training row its ``k = class_pairs`` same-class partner rows ``(N, k)`` (other rows of the class
+        when the class has two or more: distinct when it has k others, Floyd's sampling of a k-subset, else drawn
+        with replacement), and the partners' crop offsets ``(N, k, 2)`` and flips ``(N, k)``. With k = 1 this draws
+        the same numbers in the same order as a single partner always did, so CS-KD's epochs do not change."""
+        k = self.class_pairs
         gen = _epoch_generator(self.seed, epoch, PAIR_STREAM)
         order, starts, counts, rank_in_class, label_of = self._class_rows
-        draw = torch.rand(self.num_images, generator=gen, dtype=torch.float64).numpy()
+        draw = torch.rand(self.num_images, k, generator=gen, dtype=torch.float64).numpy()
         count = counts[label_of]
         others = np.maximum(count - 1, 1)
-        pick = np.minimum((draw * others).astype(np.int64), others - 1)  # uniform over the class's other rows
-        pick = np.where((count > 1) & (pick >= rank_in_class), pick + 1, pick)  # skip the row itself
-        partner = torch.as_tensor(order[starts[label_of] + np.where(count > 1, pick, 0)], dtype=torch.int64)
-        offsets = torch.randint(0, 2 * self.padding + 1, (self.num_images, 2), generator=gen)
-        flip = torch.rand(self.num_images, generator=gen) < 0.5
+        distinct = others >= k
+        picks = np.zeros((self.num_images, k), dtype=np.int64)
+        for s in range(k):  # Floyd: step s picks among the first others - k + s + 1 (or all others with replacement)
+            top = np.where(distinct, others - k + s, others - 1)
+            pick = np.minimum((draw[:, s] * (top + 1)).astype(np.int64), top)
+            taken = distinct & (picks[:, :s] == pick[:, None]).any(axis=1)
+            picks[:, s] = np.where(taken, top, pick)
+        rank, count = rank_in_class[:, None], count[:, None]
+        picks = np.where((count > 1) & (picks >= rank), picks + 1, picks)  # skip the row itself
+        partner = torch.as_tensor(order[starts[label_of][:, None] + np.where(count > 1, picks, 0)], dtype=torch.int64)
+        offsets = torch.randint(0, 2 * self.padding + 1, (self.num_images, k, 2), generator=gen)
+        flip = torch.rand(self.num_images, k, generator=gen) < 0.5
         return partner, offsets, flip if self.flip else torch.zeros_like(flip)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
@@ -142,10 +156,11 @@ class DeviceLoader:
                 batch.x, batch.y_b, batch.lam = mixing_lib.apply_mixing(self.mixing.kind, x, batch.y, partners[i],
                                                                     lams[i], boxes[i])
             if self.class_pairs:
-                partner = pair_rows[rows]
+                partner = pair_rows[rows].t().reshape(-1)  # (k * B,): block j = every sample's j-th partner
                 batch.pair_index = partner
                 batch.pair_x = augment.normalize(
-                    augment.crop_flip(self.images[partner], pair_offsets[rows], pair_flips[rows], self.size),
+                    augment.crop_flip(self.images[partner], pair_offsets[rows].transpose(0, 1).reshape(-1, 2),
+                                      pair_flips[rows].t().reshape(-1), self.size),
                     self.mean, self.std, self.channels_last)
             yield batch
 

@@ -52,12 +52,12 @@ def small_options(name: str, teacher_run=None, **replacements):
 
 
 def contract_batch(request: DataRequest, task, seed: int = 0):
-    """A random batch with what ``request`` asks for: its views, a same-class partner per sample for class pairs, a
+    """A random batch with what ``request`` asks for: its views, k same-class partners per sample for class pairs, a
     partner label and weight for batch mixing, another random batch as the previous one."""
     batch = random_batch(task, batch_size=BATCH_SIZE, views=request.views, seed=seed)
-    if request.class_pairs:
-        batch.pair_x = torch.randn_like(batch.view(0))
-        batch.pair_index = batch.index.roll(1)
+    if request.class_pairs:  # k partners per sample, block-major (Batch.pair_x)
+        batch.pair_x = torch.cat([torch.randn_like(batch.view(0)) for _ in range(int(request.class_pairs))])
+        batch.pair_index = torch.cat([batch.index.roll(1 + j) for j in range(int(request.class_pairs))])
     if request.mixing:
         batch.y_b, batch.lam = batch.y.roll(1), torch.tensor(0.7)
     if request.previous_batch:
