@@ -9,11 +9,10 @@ criterion_cls, criterion_div)`` with ``main.py``'s criteria (``nn.CrossEntropyLo
 read from main.py's ``--T`` default), ``loss = loss_cls + loss_div`` and main.py's optimizer line (SGD, lr 0.1,
 momentum 0.9, weight decay 5e-4, Nesterov; its ``--weight-decay`` default) stepped after ``backward``, its learning
 rate set before each step by main.py's warm-up (``utils.adjust_lr``: 0.1 x (1 + step) / (5 x 2) for an epoch of two
-batches). Stored: the
-state_dict names and shapes and the parameter count (``meta.case``), each step's three outputs (backbone, the branch
-after layer3 ``x1``, the branch after layer2 ``x2``), ``loss_cls``, ``loss_div`` and the total, the learning rates, the first step's gradients
-as projections (``tests/golden/network_check.py``) and the BN running statistics after the second step (as
-projections too).
+batches). Stored: the state_dict names and shapes and the parameter count (``meta.case``), each step's three
+outputs (backbone, the branch after layer3 ``x1``, the branch after layer2 ``x2``), ``loss_cls``, ``loss_div`` and
+the total, the learning rates, the first step's gradients as projections (``tests/golden/network_check.py``) and the
+BN running statistics after the second step (as projections too).
 
     python tools/golden/selfkdlib_dks.py --repo /work/.mirror/winycg+Self-KD-Lib/repo
 """
