@@ -61,33 +61,42 @@ def batch(s: int) -> Batch:
     return Batch(x=x, y=y, index=torch.arange(len(y)))
 
 
-@pytest.fixture(scope="module")
-def run():
-    method = with_reference_weights(build_dks())
-    pairs = pair_names(SHAPES, method)
-    seen = logits_of(method)
-    opt = CASE["optimizer"]
+def reference_steps(golden: fixture.Fixture, method) -> dict:
+    """The fixture's steps on ``method`` (holding the reference's weights): main.py's SGD at the stored warm-up
+    learning rates, every step's logs and total loss, the stored steps' gradients and the BN running statistics
+    after the last step, under the reference's names. The last step runs its forward only (its gradients are not
+    stored; its logits, losses and BN statistics are)."""
+    case = golden.meta["case"]
+    pairs = pair_names({name: tuple(shape) for name, shape in case["state_dict"]}, method)
+    opt = case["optimizer"]
     optimizer = torch.optim.SGD(method.parameters(), lr=0.0, momentum=opt["momentum"],
                                 weight_decay=opt["weight_decay"], nesterov=opt["nesterov"])  # main.py's line
     method.train()
     out = {"logs": [], "grads": None}
-    for s in range(CASE["steps"]):
+    for s in range(case["steps"]):
         for group in optimizer.param_groups:
-            group["lr"] = float(GOLDEN[f"state/lr/step{s}"])  # main.py's warm-up (the trainer's schedule)
+            group["lr"] = float(golden[f"state/lr/step{s}"])  # main.py's warm-up (the trainer's schedule)
         optimizer.zero_grad()
-        step = method(batch(s))
+        x, y = golden[f"batch/x{s}"], golden[f"batch/y{s}"]
+        step = method(Batch(x=x, y=y, index=torch.arange(len(y))))
         out["logs"].append({**step.logs, "total": step.loss.detach()})
-        if s == CASE["steps"] - 1:
-            break  # the last step's gradients are not stored: its forward (logits, losses, BN statistics) is
+        if s == case["steps"] - 1:
+            break
         step.loss.backward()
         named = dict(method.named_parameters())
-        if s in CASE["grad_steps"]:
+        if s in case["grad_steps"]:
             out["grads"] = {ref: named[ours].grad.clone() for ref, ours in pairs.items() if ours in named}
         optimizer.step()
-    out["logits"] = seen
     state = method.state_dict()
     out["running"] = {ref: state[ours].float() for ref, ours in pairs.items() if "running" in ref}
     return out
+
+
+@pytest.fixture(scope="module")
+def run():
+    method = with_reference_weights(build_dks())
+    seen = logits_of(method)
+    return {**reference_steps(GOLDEN, method), "logits": seen}
 
 
 def test_fixture_pins_the_reference():

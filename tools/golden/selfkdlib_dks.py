@@ -93,30 +93,40 @@ def run_steps(root: Path, utils, net: torch.nn.Module, step, output_names: list[
     return case, arrays
 
 
-def main() -> None:
-    options = common.arguments(__doc__.splitlines()[0])
-    with common.checkout(options.repo, COMMIT, ["models", "methods/dks.py", "utils.py", "main.py"]) as root, \
+def generate(description: str, method_file: str, network: str, make_step, output_names: list[str]) -> None:
+    """Write ``selfkdlib_<method>``: the reference's ``models/resnet.py`` ``network`` at CLASSES classes, stepped by
+    :func:`run_steps` with the step ``make_step(root, method module, net, (criterion_cls, criterion_div))`` returns
+    (with the case entries it adds); main.py's criteria, T read from its ``--T`` default."""
+    options = common.arguments(description)
+    stem = Path(method_file).stem
+    with common.checkout(options.repo, COMMIT, ["models", method_file, "utils.py", "main.py"]) as root, \
             common.cpu_only():
         resnet = common.import_file(root, "models/resnet.py", "selfkdlib_resnet")
-        dks = common.import_file(root, "methods/dks.py", "selfkdlib_dks")
+        method = common.import_file(root, method_file, f"selfkdlib_{stem}")
         utils = common.import_file(root, "utils.py", "selfkdlib_utils")
         temperature = main_default(root, "--T")
-        criterion_cls, criterion_div = torch.nn.CrossEntropyLoss(), utils.DistillKL(temperature)
+        criteria = torch.nn.CrossEntropyLoss(), utils.DistillKL(temperature)
         torch.manual_seed(0)
-        net = resnet.CIFAR_ResNet18_dks(num_classes=CLASSES)
-        recorded = []
-        net.register_forward_hook(lambda module, inputs, output: recorded.append(output))
+        net = getattr(resnet, network)(num_classes=CLASSES)
+        step, more = make_step(root, method, net, criteria)
+        case, arrays = run_steps(root, utils, net, step, output_names)
+        case.update({"network": f"models/resnet.py {network}", "T": temperature, **more})
+        common.write(options.out, f"selfkdlib_{stem}", REPOSITORY, COMMIT,
+                     ["models/resnet.py", method_file, "utils.py", "main.py"], case, arrays)
 
-        def step(model, x, y):
-            recorded.clear()
-            _, loss_cls, loss_div = dks.DKS(model, x, y, criterion_cls, criterion_div)
-            return recorded[0], loss_cls, loss_div
 
-        case, arrays = run_steps(root, utils, net, step, ["backbone", "branch_layer3", "branch_layer2"])
-        case.update({"network": "models/resnet.py CIFAR_ResNet18_dks", "T": temperature})
-        common.write(options.out, "selfkdlib_dks", REPOSITORY, COMMIT,
-                     ["models/resnet.py", "methods/dks.py", "utils.py", "main.py"], case, arrays)
+def dks_step(root, dks, net, criteria):
+    """``DKS(net, inputs, targets, criterion_cls, criterion_div)``; its outputs recorded by a forward hook."""
+    recorded = []
+    net.register_forward_hook(lambda module, inputs, output: recorded.append(output))
+
+    def step(model, x, y):
+        recorded.clear()
+        _, loss_cls, loss_div = dks.DKS(model, x, y, *criteria)
+        return recorded[0], loss_cls, loss_div
+    return step, {}
 
 
 if __name__ == "__main__":
-    main()
+    generate(__doc__.splitlines()[0], "methods/dks.py", "CIFAR_ResNet18_dks", dks_step,
+             ["backbone", "branch_layer3", "branch_layer2"])
