@@ -115,6 +115,31 @@ class DKS(Method):
             fresh = build_model(options.model, task.num_classes, **options.model_options)
             branches.append(AuxiliaryBranch(fresh, depth - len(blocks), list(blocks)))
         self.branches = nn.ModuleList(branches)
+        self._check_branch_shapes(task)
+
+    @torch.no_grad()
+    def _check_branch_shapes(self, task) -> None:
+        """Refuse a cut that changes a stage's output (a stage whose modules are layers rather than blocks, e.g. a
+        VGG's): one dry run in eval mode (BN statistics untouched), each branch stage's map against the backbone's."""
+        modes = [(m, m.training) for m in (self.backbone, *self.branches)]
+        for module, _ in modes:
+            module.eval()
+        device = next(self.backbone.parameters()).device
+        maps = self.backbone.forward_stages(torch.zeros(1, task.in_channels, task.image_size, task.image_size,
+                                                        device=device))
+        try:
+            for branch, blocks in zip(self.branches, self.options.branch_blocks):
+                x = maps[branch.start - 1]
+                for offset, stage in enumerate(branch.stages):
+                    x = stage(x)
+                    index = branch.start + offset
+                    if x.shape != maps[index].shape:
+                        raise ConfigError(f"method.branch_blocks: {blocks} cuts stage {index + 1} of "
+                                          f"{self.options.model} to a map of shape {tuple(x.shape[1:])}, not the "
+                                          f"stage's {tuple(maps[index].shape[1:])}; copy that stage whole")
+        finally:
+            for module, training in modes:
+                module.train(training)
 
     def branch_keys(self) -> list[str]:
         """``branch{k}``: the branch starting after (1-based) stage ``k``."""

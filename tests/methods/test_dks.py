@@ -9,8 +9,8 @@ from tests.helpers import assert_one_step, build, cifar100_subset_run, random_ba
 SMALL = {"name": "dks", "model": "preact_resnet18", "model_options": {"width": 4}}  # 4-32 channels
 
 
-def expected_loss(logits, y, t, ce_weight=1.0, synergy_weight=1.0):
-    """``w_ce sum_j CE(z_j, y) + w_syn sum_{j != k} T^2 KL(softmax(z_k / T) || softmax(z_j / T))``, batch means."""
+def expected_terms(logits, y, t):
+    """``(sum_j CE(z_j, y), sum_{j != k} T^2 KL(softmax(z_k / T) || softmax(z_j / T)))``, batch means."""
     ce = sum(F.cross_entropy(z, y) for z in logits)
     synergy = 0.0
     for j, z in enumerate(logits):
@@ -18,7 +18,7 @@ def expected_loss(logits, y, t, ce_weight=1.0, synergy_weight=1.0):
             if k != j:
                 p = torch.softmax(other / t, -1)
                 synergy = synergy + (p * (p.log() - torch.log_softmax(z / t, -1))).sum(-1).mean() * t * t
-    return ce_weight * ce + synergy_weight * synergy
+    return ce, synergy
 
 
 def spread_classifiers(method):
@@ -26,7 +26,7 @@ def spread_classifiers(method):
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for head in [method.backbone.head, *(branch.head for branch in method.branches)]:
-            head.fc.weight.copy_(3 * torch.randn(head.fc.weight.shape, generator=gen))
+            head.fc.weight.copy_(30 * torch.randn(head.fc.weight.shape, generator=gen))
     return method
 
 
@@ -46,25 +46,35 @@ def test_impossible_branch_blocks_are_refused(blocks):
         build({**SMALL, "branch_blocks": blocks}, tiny_task())
 
 
+def test_a_cut_that_changes_a_stages_output_is_refused():
+    """vgg11's fourth stage is [pool, conv 256 -> 512, conv 512 -> 512] (a layer a "block"): cut to one it keeps 256
+    channels; the check names the stage instead of failing later in the classifier."""
+    with pytest.raises(ConfigError, match="cuts stage 4 of vgg11"):
+        build({"name": "dks", "model": "vgg11", "branch_blocks": [[1, 1], [1]]}, tiny_task())
+
+
 def test_one_step_trains_every_branch():
     task = tiny_task()
     assert_one_step(build(SMALL, task), random_batch(task))
 
 
-@pytest.mark.parametrize(("options", "wrong"), [({}, {"t": 2.0}), ({"temperature": 2.0, "synergy_weight": 0.5},
-                                                                   {"t": 2.0, "synergy_weight": 1.0})])
-def test_loss_is_the_sum_of_ces_and_pairwise_kls(options, wrong):
+@pytest.mark.parametrize("options", [{}, {"temperature": 2.0, "ce_weight": 0.5, "synergy_weight": 3.0}])
+def test_loss_is_the_sum_of_ces_and_pairwise_kls(options):
     task = tiny_task()
+    torch.manual_seed(0)
     method = spread_classifiers(build({**SMALL, **options}, task)).eval()
     batch = random_batch(task)
     with torch.no_grad():
-        loss = method(batch).loss
+        out = method(batch)
         logits = method.all_logits(batch.x)
     o = method.options
     assert len(logits) == 3
-    assert float(loss) == pytest.approx(float(expected_loss(logits, batch.y, o.temperature, o.ce_weight,
-                                                             o.synergy_weight)), rel=1e-5)
-    assert float(loss) != pytest.approx(float(expected_loss(logits, batch.y, **wrong)), rel=1e-3)  # can fail
+    ce, synergy = expected_terms(logits, batch.y, o.temperature)
+    assert float(out.logs["ce"]) == pytest.approx(float(ce), rel=1e-5)
+    assert float(out.logs["synergy"]) == pytest.approx(float(synergy), rel=1e-5)
+    assert float(out.loss) == pytest.approx(float(o.ce_weight * ce + o.synergy_weight * synergy), rel=1e-5)
+    _, other_t = expected_terms(logits, batch.y, 6.0 - o.temperature)  # the check can fail: T = 2 vs 4
+    assert float(out.logs["synergy"]) != pytest.approx(float(other_t), rel=1e-2)
 
 
 def test_synergy_gradient_reaches_each_student_only():
