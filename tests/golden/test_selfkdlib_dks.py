@@ -13,6 +13,8 @@
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -93,10 +95,15 @@ def reference_steps(golden: fixture.Fixture, method) -> dict:
 
 
 @pytest.fixture(scope="module")
-def run():
-    method = with_reference_weights(build_dks())
+def method():
+    """One DKS with the reference's weights for the module (29 M parameters: built once)."""
+    return with_reference_weights(build_dks())
+
+
+@pytest.fixture(scope="module")
+def run(method):
     seen = logits_of(method)
-    return {**reference_steps(GOLDEN, method), "logits": seen}
+    return {**reference_steps(GOLDEN, method), "logits": list(seen)}
 
 
 def test_fixture_pins_the_reference():
@@ -105,8 +112,7 @@ def test_fixture_pins_the_reference():
     assert CASE["network"] == "models/resnet.py CIFAR_ResNet18_dks" and CASE["T"] == 4.0
 
 
-def test_branches_are_the_references():
-    method = build_dks()
+def test_branches_are_the_references(method):
     pairs = pair_names(SHAPES, method)  # asserts every shape, in order
     assert pairs["layer3_head2.0.conv1.weight"] == "branches.0.stages.0.0.conv1.weight"
     assert pairs["layer4_head1.1.conv2.weight"] == "branches.1.stages.0.1.conv2.weight"
@@ -130,11 +136,17 @@ def test_bn_statistics_after_the_steps(run):
     assert_gradients(run["running"], CASE["running_names"], GOLDEN["state/running_projection"], "running statistic")
 
 
-def test_a_wrong_temperature_breaks_the_match():
+def test_a_wrong_temperature_breaks_the_match(method, run):
     """The check can fail: T = 3 instead of main.py's 4 moves the loss (weights: tests/methods/test_dks.py)."""
-    method = with_reference_weights(build_dks(temperature=3.0)).train()
-    with torch.no_grad():
-        step = method(batch(0))
+    right = method.options
+    method.options = dataclasses.replace(right, temperature=3.0)
+    try:
+        with_reference_weights(method).train()  # the weights before the steps
+        with torch.no_grad():
+            step = method(batch(0))
+    finally:
+        method.options = right
+    fixture.assert_close(step.logs["ce"], GOLDEN["loss/step0/cls"], "CE (T does not enter it)")
     with pytest.raises(AssertionError):
         fixture.assert_close(step.loss, GOLDEN["loss/step0/total"], "total loss")
 

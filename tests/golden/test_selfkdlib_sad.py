@@ -11,6 +11,8 @@ through the attention term) each break it (``test_a_wrong_setting_breaks_the_mat
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -27,20 +29,29 @@ GOLDEN = fixture.load("selfkdlib_sad")
 CASE = GOLDEN.meta["case"]
 
 
-def build_sad(**options):
-    tree = {"name": "sad", "model": "preact_resnet18", **options}
-    method = build_method("sad", build_config({"method": tree}).method.options, TaskInfo(num_classes=CASE["classes"]))
+def reference_weights(method):
     shapes = {name: tuple(shape) for name, shape in CASE["state_dict"]}
     method.load_state_dict(map_in_order(rule_weights(shapes), method), strict=True)
     return method
 
 
+def build_sad(**options):
+    tree = {"name": "sad", "model": "preact_resnet18", **options}
+    method = build_method("sad", build_config({"method": tree}).method.options, TaskInfo(num_classes=CASE["classes"]))
+    return reference_weights(method)
+
+
 @pytest.fixture(scope="module")
-def run():
-    method = build_sad()
+def method():
+    """One SAD with the reference's weights for the module (built once)."""
+    return build_sad()
+
+
+@pytest.fixture(scope="module")
+def run(method):
     seen = []
     method.model.head.register_forward_hook(lambda module, inputs, output: seen.append(output.detach().clone()))
-    return {**reference_steps(GOLDEN, method), "logits": seen}
+    return {**reference_steps(GOLDEN, method), "logits": list(seen)}
 
 
 def test_fixture_pins_the_reference():
@@ -68,20 +79,27 @@ def test_bn_statistics_after_the_steps(run):
 
 
 @pytest.mark.parametrize(("option", "value"), [("weight", 100.0), ("power", 1.0), ("resize", "nearest")])
-def test_a_wrong_setting_breaks_the_match(option, value):
+def test_a_wrong_setting_breaks_the_match(method, run, option, value):
     """The check can fail: a tenth of the weight, p = 1, or nearest resizing moves the loss."""
-    method = build_sad(**{option: value}).train()
-    x, y = GOLDEN["batch/x0"], GOLDEN["batch/y0"]
-    with torch.no_grad():
-        step = method(Batch(x=x, y=y, index=torch.arange(len(y))))
+    right = method.options
+    method.options = dataclasses.replace(right, **{option: value})
+    try:
+        reference_weights(method).train()  # the weights before the steps
+        x, y = GOLDEN["batch/x0"], GOLDEN["batch/y0"]
+        with torch.no_grad():
+            step = method(Batch(x=x, y=y, index=torch.arange(len(y))))
+    finally:
+        method.options = right
+    fixture.assert_close(step.logs["ce"], GOLDEN["loss/step0/cls"], "CE (the setting does not enter it)")
     with pytest.raises(AssertionError):
         fixture.assert_close(step.loss, GOLDEN["loss/step0/total"], "total loss")
 
 
-def test_an_attached_teacher_map_breaks_the_gradients(monkeypatch):
+def test_an_attached_teacher_map_breaks_the_gradients(method, run, monkeypatch):
     """The check can fail on the detach: the later stage's map left attached changes the stages' gradients."""
+    reference_weights(method).train()  # the weights before the steps
+    method.zero_grad(set_to_none=True)
     monkeypatch.setattr(torch.Tensor, "detach", lambda self: self)  # sad's only detach is the teacher map's
-    method = build_sad().train()
     x, y = GOLDEN["batch/x0"], GOLDEN["batch/y0"]
     method(Batch(x=x, y=y, index=torch.arange(len(y)))).loss.backward()
     monkeypatch.undo()
