@@ -23,9 +23,11 @@ Readings, with their evidence (Self-KD-Lib at ede3062d1193626da2bc8a1ceba535d84f
   stage it copies; the number of entries says where it starts (``S - len``). Built here from a fresh network of the
   same factory (so the copies start from the model's own initialisation, PyTorch's default for ``preact_resnet18``
   as in the reference), its stages cut to their first ``n`` blocks (the first block carries the stride and the
-  channel change, so the shapes stay those of the backbone). peerkd's ``parts`` do not fit: ``self_distillation`` /
-  ``stage_adapters`` build BYOT's adapters (a bottleneck or separable convolutions bringing a map to the deepest
-  map's shape), ``branching`` shares one trunk among *identical* tails; DKS's branches start at different stages
+  channel change, so the shapes stay those of the backbone; a cut that does not keep a stage's output shape, as
+  in a VGG whose stages are single layers, is refused at build by one dry run). peerkd's ``parts`` do not fit:
+  ``self_distillation`` / ``stage_adapters`` build BYOT's adapters (a bottleneck or separable convolutions bringing a
+  map to the deepest map's shape), ``branching`` shares one trunk among *identical* tails; DKS's branches start at
+  different stages
   with their own block counts.
 - The loss: ``methods/dks.py`` ``DKS``: ``loss_cls += criterion_cls(output, targets)`` for every output and
   ``loss_div += criterion_div(output, output_counterpart.detach())`` for every ordered pair of different outputs;
