@@ -27,8 +27,7 @@ Readings, with their evidence (Self-KD-Lib at ede3062d1193626da2bc8a1ceba535d84f
   in a VGG whose stages are single layers, is refused at build by one dry run). peerkd's ``parts`` do not fit:
   ``self_distillation`` / ``stage_adapters`` build BYOT's adapters (a bottleneck or separable convolutions bringing a
   map to the deepest map's shape), ``branching`` shares one trunk among *identical* tails; DKS's branches start at
-  different stages
-  with their own block counts.
+  different stages with their own block counts.
 - The loss: ``methods/dks.py`` ``DKS``: ``loss_cls += criterion_cls(output, targets)`` for every output and
   ``loss_div += criterion_div(output, output_counterpart.detach())`` for every ordered pair of different outputs;
   ``main.py``: ``criterion_cls = nn.CrossEntropyLoss()``, ``criterion_div = DistillKL(args.T)`` with ``--T`` 4,
