@@ -23,9 +23,11 @@ NOT_RUN = {
     "selfkdlib/readme-resnet18 Cross-entropy (76.24)": "the README's baseline row is plain vanilla preact_resnet18 "
     "under the same recipe; shared by every Self-KD-Lib method (FRSKD, BAKE, MixSKD, DKS, SAD): left to one config for "
     "all, not duplicated here",
-    "DKS paper (Sun et al. 2019) CIFAR-100 table": "its networks (ResNet-32/110, WRN-28-4/10, MobileNet) carry the "
-    "official code's own auxiliary branches (sundw2014/DKS), which were not read or held against; its numbers "
-    "were not found in time",
+    "DKS (Sun et al. 2019), sundw2014/DKS README CIFAR-100 (test error, mean of 5): WRN-28-10 DKS 17.24 +/- 0.22, "
+    "WRN-28-10-dropout DKS 16.71 +/- 0.17": "the official code's branches (wrn_DKS/resnet.py) are not copies of the "
+    "backbone's stages: ep2 is a stage of twice the backbone's last width (widths[2] * 2) with its own BN-ReLU, ep1 "
+    "copies group1 and half of group2; branch_blocks cannot build the wider one, and its loss (wrn_DKS/main.py, "
+    "KL_divergence.py) was not read or held against",
     "SAD paper (Hou et al. 2019)": "lane detection (TuSimple, CULane, BDD100K): no CIFAR-100 table",
 }
 
