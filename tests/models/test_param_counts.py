@@ -19,7 +19,8 @@ from peerkd.models import build_model
 from peerkd.params import count_parameters
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-PAPER_OF_DIR = {"cifar100": "foundation", "css": "000", "mde": "001", "kdcl": "002", "cutnmix": "003", "pskd": "004"}
+PAPER_OF_DIR = {"cifar100": "foundation", "css": "000", "mde": "001", "kdcl": "002", "cutnmix": "003", "pskd": "004",
+                "dks": "selfkdlib", "sad": "selfkdlib"}
 CLASSES = {"cifar10": 10, "cifar100": 100, "cinic10": 10, "tinyimagenet": 200, "cub200": 200, "stanford_dogs": 120,
            "stanford_cars": 196, "imagenet": 1000}
 TOLERANCE = 0.005  # 0.5 % of the expected count
@@ -304,7 +305,7 @@ def densenet121_code(classes: int) -> int:
 
 
 EXPECTED["preact_resnet18"] = (preact_resnet18_code, "PS-KD-Pytorch models/preact_resnet.py = cs-kd models/resnet.py",
-                               {"004"})
+                               {"004", "selfkdlib"})  # = Self-KD-Lib models/resnet.py CIFAR_ResNet18
 EXPECTED["densenet121_cifar"] = (densenet121_code, "PS-KD-Pytorch models/densenet_cifar.py = cs-kd densenet3.py",
                                  {"004"})
 
