@@ -136,3 +136,28 @@ def test_mixskd_short_run_on_cifar100(tmp_path):
     summary = cifar100_subset_run({"name": "mixskd", "model": "resnet8"}, tmp_path / "run")
     assert set(summary["keys"]) == {"backbone", "aux1", "aux2"}
     assert all(math.isfinite(summary["keys"][k]["last"]["top1"]) for k in summary["keys"])
+
+
+def test_a_resumed_run_draws_the_same_mixing(tmp_path):
+    """The draws come from the global generators the checkpoint carries: a run stopped mid-epoch and resumed ends
+    with the weights of an uninterrupted one."""
+    from peerkd.training.checkpoint import load_run
+    from peerkd.training.trainer import Trainer, TrainingInterrupted, train
+    from tests.helpers import tiny_config
+
+    def config():
+        return tiny_config({"name": "mixskd", "model": "resnet8"}, epochs=2, train_size=64,
+                           overrides=("data.synthetic.test_size=64",), trainer={"progress": "off", "threads": 1})
+
+    straight = train(config(), run_dir=tmp_path / "straight")
+
+    def stop_mid_epoch(trainer):
+        if trainer.global_step == 3:  # epoch 1 (2 steps an epoch), after its first step
+            trainer.stop_requested = True
+
+    with pytest.raises(TrainingInterrupted):
+        Trainer(config(), run_dir=tmp_path / "cut", on_step=stop_mid_epoch).fit()
+    resumed = Trainer(config(), run_dir=tmp_path / "cut", resume=True).fit()
+    assert resumed["keys"] == straight["keys"]
+    a, b = (load_run(tmp_path / name).method.state_dict() for name in ("straight", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
