@@ -10,13 +10,14 @@ order, shapes checked: backbone, branches = ``block_extractor1..3``, branch head
 permutation, stored), and plain ``torch.optim.SGD`` over its trainable parameters as the script builds it. Equal to
 ``fixture.RTOL``: the four classifiers' logits over the 2B images and both self-teacher outputs at each step, every
 loss part (``loss_cls`` = ce, ``loss_div`` = kd, ``loss_fea`` = feature, ``loss_gan`` = gan and the unused
-``loss_mixcls`` = mixce) and the total, the gradient of every network parameter at both steps (projections; the
-self-teacher's is None in both: its weights never move), the BN running statistics after step 1 and the eval-mode
-logits of the four classifiers after the two updates (so the update, the weight decay skipped on the self-teacher
-and the fixed discriminators are held too).
+``loss_mixcls`` = mixce) and the total, the gradient of every network parameter at both steps (projections; step 1
+to RTOL of its largest gradient norm, see the test; the self-teacher's is None in both: its weights never move), the
+BN running statistics after step 1 and the eval-mode logits of the four classifiers after the two updates (so the
+update, the weight decay skipped on the self-teacher and the fixed discriminators are held too).
 
 ``selfkdlib_mixskd_networks``: the MixSKD file's backbone ``CIFAR_ResNet`` (stem without ReLU) at 100 classes is
-``resnet18_mixskd`` (with CE gradients) and ``resnet50_mixskd`` (``tests/golden/network_check.py``).
+``resnet18_mixskd`` (names, shapes, count, logits and CE gradients: ``tests/golden/network_check.py``) and
+``resnet50_mixskd`` (names, shapes and count; its logits are stored but not run here, to keep the file fast).
 """
 from __future__ import annotations
 
