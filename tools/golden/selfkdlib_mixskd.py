@@ -4,7 +4,8 @@
 ``--epochs 0`` (its set-up: arguments, network, ``DistillKL(kd_T)``, ``discriminatorLoss(dim_ins)``, the SGD line;
 the script then stops where it loads a best checkpoint no epoch wrote), then its ``train(0, criterion_list,
 optimizer)`` over a two-batch loader: 4 CIFAR-sized images of 10 classes a step, its defaults otherwise (kd_T 3,
-mixup_alpha 0.4, SGD lr 0.1 by ``adjust_lr`` at ``--warmup-epoch 0``, momentum 0.9, nesterov, weight decay 5e-4). The
+mixup_alpha 0.4, momentum 0.9, nesterov, weight decay 5e-4, and the first epoch's warm-up lr of ``adjust_lr``,
+0.1 (1 + step) / (5 x 2): 0.01 then 0.02, stored per step). The
 network is the file's ``ResNet_Auxiliary(BasicBlock, [1, 1, 1, 1])`` (the smallest the file builds: one block a
 stage; its widths are fixed at 64-512) registered on the reference's ``models`` module and named by ``--arch``. Its
 weights and the discriminators' (a Python list the state_dict does not hold) are made by
@@ -71,8 +72,7 @@ def run_train(root: Path, out: str, batches, loader) -> dict:
 
     models.MixSKD_golden = lambda **kw: models.resnet_mixskd.ResNet_Auxiliary(models.resnet_mixskd.BasicBlock,
                                                                                 [1, 1, 1, 1], **kw)
-    argv = ["main_mixskd_cifar.py", "--arch", "MixSKD_golden", "--epochs", "0", "--warmup-epoch", "0",
-            "--checkpoint-dir", out]
+    argv = ["main_mixskd_cifar.py", "--arch", "MixSKD_golden", "--epochs", "0", "--checkpoint-dir", out]
     namespace = {"__name__": "__main__", "__file__": str(root / "main_mixskd_cifar.py")}
     source = (root / "main_mixskd_cifar.py").read_text()
     sys.modules["dataloader.dataloaders"] = fake  # (not mock.patch.dict: it would drop torch modules imported here)
@@ -93,7 +93,7 @@ def run_train(root: Path, out: str, batches, loader) -> dict:
         names = {f"discriminator.{i}.{k}": tuple(v.shape) for k, v in disc.state_dict().items()}
         disc.load_state_dict({k.split(".", 2)[2]: v for k, v in rule_weights(names).items()})
         disc_shapes.update(names)
-    records = {"draws": [], "outputs": [], "parts": [], "total": [], "grads": [], "running": []}
+    records = {"draws": [], "outputs": [], "parts": [], "total": [], "grads": [], "running": [], "lr": []}
     mixup = namespace["mixup_data"]
 
     def recording_mixup(*a, **k):
@@ -113,6 +113,7 @@ def run_train(root: Path, out: str, batches, loader) -> dict:
 
     def recording_step(*a, **k):
         records["grads"].append(common.named_grads(net))
+        records["lr"].append(optimizer.param_groups[0]["lr"])
         result = step(*a, **k)
         records["running"].append({k: v.clone() for k, v in net.state_dict().items() if "running" in k})
         return result
@@ -136,6 +137,8 @@ def run_train(root: Path, out: str, batches, loader) -> dict:
 
 def main() -> None:
     options = common.arguments(__doc__.splitlines()[0])
+    torch.set_num_threads(1)  # the test runs with one thread too: the same reduction order (the second step is
+    # sensitive to float round-off, see tests/golden/test_selfkdlib_mixskd.py)
     batches, loader = make_loader()
     with common.checkout(options.repo, COMMIT) as root, common.cpu_only(), tempfile.TemporaryDirectory() as out:
         records = run_train(root, out, batches, loader)
@@ -162,6 +165,7 @@ def main() -> None:
         lam, index = records["draws"][s]
         arrays[f"batch/x{s}"], arrays[f"batch/y{s}"] = x, y
         arrays[f"state/step{s}/lam"], arrays[f"state/step{s}/index"] = torch.tensor(lam), index
+        arrays[f"state/step{s}/lr"] = torch.tensor(records["lr"][s], dtype=torch.float64)
         logits, _, teacher_of_mixture, teacher_of_mixed = records["outputs"][s]
         for k, z in enumerate(logits):
             arrays[f"outputs/step{s}/logits{k}"] = z.detach()
@@ -178,7 +182,7 @@ def main() -> None:
         arrays[f"outputs/eval/logits{k}"] = z
     common.write(options.out, "selfkdlib_mixskd_train", REPOSITORY, COMMIT, FILES,
                  {"network": "ResNet_Auxiliary(BasicBlock, [1, 1, 1, 1])", "classes": CLASSES, "batch": BATCH,
-                  "steps": STEPS, "kd_T": 3.0, "mixup_alpha": 0.4, "lr": 0.1, "momentum": 0.9, "nesterov": True,
+                  "steps": STEPS, "kd_T": 3.0, "mixup_alpha": 0.4, "momentum": 0.9, "nesterov": True,
                   "weight_decay": 5e-4, "weights": "tests/golden/rule_weights.py (by name)",
                   "state_dict": [[k, list(v)] for k, v in records["shapes"].items()],
                   "discriminators": [[k, list(v)] for k, v in records["disc_shapes"].items()],
