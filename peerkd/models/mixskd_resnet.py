@@ -13,6 +13,9 @@ a linear classifier) with two differences, both the reference's:
   network) has the ReLU; the MixSKD file does not, and the README's MixSKD row (80.32 %) is this network.
 - PyTorch's default initialisation (the file calls no init function), not ``init_weights``.
 
+It is not the CS-KD / PS-KD lineage's ``preact_resnet18`` (pre-activation blocks, conv-only shortcuts, 11,217,444
+parameters): both that network and ``resnet18`` fail the golden network check of this one.
+
 Parameters at 100 classes: 11,220,132 (ResNet-18, as ``resnet18``), 23,705,252 (ResNet-50); the reference's
 state_dict names and shapes and its forward are held in ``tests/golden/test_selfkdlib_mixskd.py``
 (``conv1`` / ``bn1`` -> ``stem.0`` / ``stem.1``, ``layer{s}.{b}`` -> ``stages.{s-1}.{b}``, ``downsample`` ->

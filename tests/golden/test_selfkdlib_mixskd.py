@@ -173,3 +173,13 @@ def test_the_mixskd_resnet50_has_the_references_layers():
         model = build_model("resnet50_mixskd", 100)
     assert entry["parameters"] == sum(p.numel() for p in model.parameters()) == 23_705_252
     pair_names({k: tuple(v) for k, v in entry["shapes"]}, model)
+
+
+@pytest.mark.parametrize(("other", "why"), [("preact_resnet18", "parameters"), ("resnet18", "logits")])
+def test_the_mixskd_resnet18_is_neither_preact_resnet18_nor_resnet18(other, why):
+    """The check can fail, and the MixSKD network is its own: the CS-KD / PS-KD lineage's ``preact_resnet18``
+    (pre-activation blocks, conv-only shortcuts: 11,217,444 parameters) fails on the count; peerkd's ``resnet18``
+    (the same layers and count, but a ReLU after the stem) on the logits."""
+    golden = fixture.load("selfkdlib_mixskd_networks")
+    with pytest.raises(AssertionError, match=why):
+        check_network(golden, "resnet18_mixskd", build_model(other, 100))
