@@ -6,6 +6,7 @@ from peerkd.models import (  # noqa: F401  (each module registers itself)
     cifar_resnet_one,
     densenet,
     imagenet,
+    mixskd_resnet,
     preact_resnet,
     pyramidnet,
     resnext,

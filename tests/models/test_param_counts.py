@@ -20,7 +20,8 @@ from peerkd.params import count_parameters
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAPER_OF_DIR = {"cifar100": "foundation", "css": "000", "mde": "001", "kdcl": "002", "cutnmix": "003", "pskd": "004",
-                "dks": "selfkdlib", "sad": "selfkdlib"}
+                # issue 21's methods: the Self-KD-Lib README's ResNet-18 table, and each paper's own
+                "dks": "selfkdlib", "sad": "selfkdlib", "bake": "selfkdlib", "frskd": "selfkdlib", "mixskd": "selfkdlib"}
 CLASSES = {"cifar10": 10, "cifar100": 100, "cinic10": 10, "tinyimagenet": 200, "cub200": 200, "stanford_dogs": 120,
            "stanford_cars": 196, "imagenet": 1000}
 TOLERANCE = 0.005  # 0.5 % of the expected count
@@ -306,6 +307,8 @@ def densenet121_code(classes: int) -> int:
 
 EXPECTED["preact_resnet18"] = (preact_resnet18_code, "PS-KD-Pytorch models/preact_resnet.py = cs-kd models/resnet.py",
                                {"004", "selfkdlib"})  # = Self-KD-Lib models/resnet.py CIFAR_ResNet18
+EXPECTED["resnet18_mixskd"] = (lambda k: cifar_resnet4("resnet18", k), "Self-KD-Lib models/resnet_mixskd.py "
+                               "CIFAR_ResNet (tests/golden/test_selfkdlib_mixskd.py)", {"selfkdlib"})
 EXPECTED["densenet121_cifar"] = (densenet121_code, "PS-KD-Pytorch models/densenet_cifar.py = cs-kd densenet3.py",
                                  {"004"})
 
