@@ -21,7 +21,8 @@ from peerkd.params import count_parameters
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAPER_OF_DIR = {"cifar100": "foundation", "css": "000", "mde": "001", "kdcl": "002", "cutnmix": "003", "pskd": "004",
                 # issue 21's methods: the Self-KD-Lib README's ResNet-18 table, and each paper's own
-                "dks": "selfkdlib", "sad": "selfkdlib", "bake": "selfkdlib", "frskd": "selfkdlib", "mixskd": "selfkdlib"}
+                "dks": "selfkdlib", "sad": "selfkdlib", "bake": "selfkdlib", "frskd": "selfkdlib", "mixskd": "selfkdlib",
+                "dlb": "dlb2022"}
 CLASSES = {"cifar10": 10, "cifar100": 100, "cinic10": 10, "tinyimagenet": 200, "cub200": 200, "stanford_dogs": 120,
            "stanford_cars": 196, "imagenet": 1000}
 TOLERANCE = 0.005  # 0.5 % of the expected count
@@ -305,6 +306,8 @@ def densenet121_code(classes: int) -> int:
     return total + bn(channels) + fc(channels, classes)
 
 
+for _name in ("resnet32", "resnet110_okddip", "wide_resnet20_8", "vgg16_okddip", "vgg19_okddip"):
+    EXPECTED[_name][2].add("dlb2022")  # DLB's models/ are these (tests/golden/test_dlb.py), as CutnMix's (paper 003)
 EXPECTED["preact_resnet18"] = (preact_resnet18_code, "PS-KD-Pytorch models/preact_resnet.py = cs-kd models/resnet.py",
                                {"004", "selfkdlib"})  # = Self-KD-Lib models/resnet.py CIFAR_ResNet18
 EXPECTED["resnet18_mixskd"] = (lambda k: cifar_resnet4("resnet18", k), "Self-KD-Lib models/resnet_mixskd.py "
