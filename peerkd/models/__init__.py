@@ -6,6 +6,7 @@ from peerkd.models import (  # noqa: F401  (each module registers itself)
     cifar_resnet_one,
     densenet,
     imagenet,
+    mobilenetv2,
     preact_resnet,
     pyramidnet,
     resnext,
@@ -13,6 +14,7 @@ from peerkd.models import (  # noqa: F401  (each module registers itself)
     shufflenetv2,
     vgg,
     wrn,
+    wrn_meliketoy,
     xception,
 )
 from peerkd.models.base import Backbone, ClassifierHead
