@@ -18,6 +18,15 @@ from tests.helpers import build, cifar100_subset_run, tiny_task
 K = 5
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny networks gain nothing from a second thread on a busy 2-core machine but waiting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def method(topology="1T1S", models=None, **options):
     models = models or ["resnet8"] * (2 if topology == "1T1S" else 3)
     return build({"name": "switokd", "topology": topology, "models": models, "lr_scales": [], **options},

@@ -184,6 +184,7 @@ def networks_fixture(args) -> None:
 def main():
     args = common.arguments(__doc__.splitlines()[0])
     torch.manual_seed(0)
+    torch.set_num_threads(1)  # one reduction order: the test runs one thread too (tests/golden/test_switokd.py)
     networks_fixture(args)
 
     def two(root):
