@@ -6,6 +6,7 @@ from peerkd.models import (  # noqa: F401  (each module registers itself)
     cifar_resnet_one,
     densenet,
     imagenet,
+    mobilenet,
     mobilenetv2,
     preact_resnet,
     pyramidnet,

@@ -2,7 +2,8 @@
 meta (``tools/golden/switokd.py`` runs the code's own ``train()``).
 
 - Networks (``switokd_networks``): the CIFAR-100 code's WRN-16-2 (``models/wrnet.py``) as ``wrn16_2_meliketoy``, its
-  ``mobile_half`` as ``mobilenetv2_half``, the CIFAR-10 code's WRN-16-1 as ``wrn16_1_meliketoy``: shapes in order,
+  ``mobile_half`` as ``mobilenetv2_half``, the CIFAR-10 code's WRN-16-1 as ``wrn16_1_meliketoy``, the multi-network
+  code's WRN-16-10 and MobileNet (v1) as ``wrn16_10_meliketoy`` and ``mobilenet_cifar``: shapes in order,
   parameter count, training- and evaluation-mode logits, CE gradients.
 - Training (``switokd_1t1s``, ``switokd_1t2s``, ``switokd_2t1s``): the reference's rule-made weights (classifiers
   scaled, as the generator) mapped into the method, then STEPS steps of peerkd's own training step
@@ -71,7 +72,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("tag", ["wrn16_2_meliketoy", "mobilenetv2_half", "wrn16_1_meliketoy"])
+@pytest.mark.parametrize("tag", ["wrn16_2_meliketoy", "mobilenetv2_half", "wrn16_1_meliketoy", "wrn16_10_meliketoy",
+                                 "mobilenet_cifar"])
 def test_network_equals_the_reference(tag):
     classes = NETWORKS.meta["case"]["networks"][tag]["num_classes"]  # WRN-16-1: the CIFAR-10 code's, 10 classes
     check_network(NETWORKS, tag, build_model(tag, classes), gradient_floor=GRADIENT_FLOOR)

@@ -142,6 +142,16 @@ def repdistiller_mobilenetv2(width: float, t: int, classes: int) -> int:
     return total + conv(cin, 1280, 1) + bn(1280) + fc(1280, classes)
 
 
+def kuangliu_mobilenet(classes: int) -> int:
+    """MobileNet v1 of kuangliu/pytorch-cifar models/mobilenet.py (= SwitOKD's multi-network student): 3x3 stem to 32,
+    13 depthwise-separable blocks (3x3 depthwise + BN, 1x1 + BN), linear from 1024."""
+    total, cin = conv(3, 32, 3) + bn(32), 32
+    for out in (64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024):
+        total += conv(cin, cin, 3, groups=cin) + bn(cin) + conv(cin, out, 1) + bn(out)
+        cin = out
+    return total + fc(1024, classes)
+
+
 def torchvision_count(published_1000: int, width: int):
     """A torchvision classifier's documented ImageNet count (1000 classes), its final layer re-sized to K."""
     return lambda classes: published_1000 - fc(width, 1000) + fc(width, classes)
@@ -172,6 +182,10 @@ EXPECTED = {
     "wrn16_2": (lambda k: preact_wrn(16, 2, k), "RepDistiller models/wrn.py wrn_16_2", {"002"}),
     "wrn16_2_meliketoy": (lambda k: meliketoy_wrn(16, 2, k), "hfutqian/SwitOKD models/wrnet.py wrnet16 (0.70M)",
                           {"switokd"}),
+    "wrn16_10_meliketoy": (lambda k: meliketoy_wrn(16, 10, k), "hfutqian/SwitOKD multi-net models/wrnet2.py wrnet16",
+                           {"switokd"}),
+    "mobilenet_cifar": (lambda k: kuangliu_mobilenet(k), "hfutqian/SwitOKD multi-net models/mobilenet.py MobileNet",
+                        {"switokd"}),
     "mobilenetv2_half": (lambda k: repdistiller_mobilenetv2(0.5, 6, k),
                          "RepDistiller / SwitOKD models/mobilenetv2.py mobile_half (0.81M)", {"switokd"}),
     "tv_resnet18": (torchvision_count(11_689_512, 512), "torchvision resnet18 docs (11,689,512)", {"002"}),

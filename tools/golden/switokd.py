@@ -1,7 +1,8 @@
 """Golden fixtures of SwitOKD, hfutqian/SwitOKD (Qian et al., "Switchable Online Knowledge Distillation", ECCV 2022):
 
 - ``switokd_networks``: the CIFAR-100 folder's two networks (``models/wrnet.py`` ``wrnet16``: WRN-16-2 as meliketoy
-  builds it; ``models/mobilenetv2.py`` ``mobile_half``) and the CIFAR-10 folder's WRN-16-1 (``wrnet16_1.py``): names,
+  builds it; ``models/mobilenetv2.py`` ``mobile_half``), the CIFAR-10 folder's WRN-16-1 (``wrnet16_1.py``) and the
+  multi-network folder's WRN-16-10 (``wrnet2.py``) and MobileNet (``mobilenet.py``, v1): names,
   shapes, parameter count, training- and evaluation-mode logits and CE gradients with weights made by
   ``tests/golden/rule_weights.py`` (``tools/golden/networks.py``).
 - ``switokd_1t1s``: the CIFAR-100 code's own ``train()`` (``SwitOKD_code/CIFAR-100/WRN16-2_0.5mobilenetv2/main.py``)
@@ -169,15 +170,22 @@ def networks_fixture(args) -> None:
         wrnet = common.import_file(root, f"{C100}/models/wrnet.py", "switokd_wrnet")
         mobile = common.import_file(root, f"{C100}/models/mobilenetv2.py", "switokd_mobilenetv2")
         wrn16_1 = common.import_file(root, f"{C10}/models/wrnet16_1.py", "switokd_wrnet16_1")
+        multi = MULTI.format("1T2S")
+        wrn16_10 = common.import_file(root, f"{multi}/models/wrnet2.py", "switokd_wrnet2")
+        mobilenet = common.import_file(root, f"{multi}/models/mobilenet.py", "switokd_mobilenet")
         for tag, reference, model in (("wrn16_2_meliketoy", f"{C100}/models/wrnet.py:wrnet16", wrnet.wrnet16()),
                                       ("mobilenetv2_half", f"{C100}/models/mobilenetv2.py:mobile_half",
                                        mobile.mobile_half(100)),
-                                      ("wrn16_1_meliketoy", f"{C10}/models/wrnet16_1.py:wrnet16", wrn16_1.wrnet16())):
+                                      ("wrn16_1_meliketoy", f"{C10}/models/wrnet16_1.py:wrnet16", wrn16_1.wrnet16()),
+                                      ("wrn16_10_meliketoy", f"{multi}/models/wrnet2.py:wrnet16", wrn16_10.wrnet16()),
+                                      ("mobilenet_cifar", f"{multi}/models/mobilenet.py:MobileNet",
+                                       mobilenet.MobileNet())):
             entry, out = network_case(tag, model, x, gradients=True)
             case["networks"][tag] = {"reference": reference, **entry}
             arrays.update(out)
             print(f"{tag}: {entry['parameters']:,} parameters")
-    files = [f"{C100}/models/wrnet.py", f"{C100}/models/mobilenetv2.py", f"{C10}/models/wrnet16_1.py"]
+    files = [f"{C100}/models/wrnet.py", f"{C100}/models/mobilenetv2.py", f"{C10}/models/wrnet16_1.py",
+             f"{MULTI.format('1T2S')}/models/wrnet2.py", f"{MULTI.format('1T2S')}/models/mobilenet.py"]
     common.write(args.out, "switokd_networks", REPOSITORY, COMMIT, files, case, arrays)
 
 
