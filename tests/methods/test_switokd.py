@@ -192,3 +192,20 @@ def test_short_run_on_cifar100_scores_teacher_and_student(tmp_path):
                                   tmp_path / "run")
     for key in ("teacher", "student"):
         assert 0.0 <= summary["keys"][key]["last"]["top1"] <= 100.0, summary
+
+
+@pytest.mark.parametrize("topology", ["1T1S", "1T2S", "2T1S"])
+def test_forward_reads_nothing_back_to_the_host(topology, monkeypatch):
+    """The mode switch is tensor arithmetic: a forward that called ``.item()``, ``bool()``, ``float()`` or
+    ``.tolist()`` on a tensor (a host synchronisation on a GPU) fails here."""
+    m = method(topology)
+    with_logits(m, [CONFIDENT_TEACHER, WRONG_STUDENT, torch.zeros(2, K)][:len(m.models)])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host read in forward")
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    out = m(batch(Y))
+    monkeypatch.undo()
+    assert out.loss.dim() == 0
