@@ -27,7 +27,8 @@ Readings, with evidence (all from the files above):
 - The label distances use ``softmax(z)`` without temperature (``dist_s_label``), the gap and the KL terms use
   ``T = 1`` (``dist_s_t(..., 1)``, ``kl_div(..., 1)``); ``temperature`` divides the gap's and the KL's logits (the
   paper's p^tau) and the KL carries ``T^2`` (``peerkd.losses.kd_kl``): at the default ``T = 1`` both equal the code.
-- The extra condition ``d_t < d_s`` is in the code's ``if`` (not in the paper's eq. 9): kept.
+- The switch: the README's criterion compares the gap G with delta alone; the code's ``if`` adds ``t_label <
+  s_label`` (expert mode only while the teacher is the closer to the labels): kept, as the code runs.
 - Per-network learning rates: the CIFAR-100 code's teacher (WRN-16-2) has SGD lr 0.1 and its student (0.5
   MobileNetV2) lr 0.01, both momentum 0.9 (no Nesterov), weight decay 5e-4, x0.1 at epochs 140, 200, 250 of 299;
   the CIFAR-10 code uses lr 0.1 for both. ``lr_scales`` multiplies ``optim.lr`` per network, through the same
@@ -45,12 +46,13 @@ Readings, with evidence (all from the files above):
 - ``shared_epsilon``: in both multi-network files the second pair's ``epsilon`` is computed from the first pair's
   distances (1T2S: ``epsilon = exp(-t_label2 / (t_label2 + s_label2))``, the (teacher, student2) pair's; 2T1S:
   ``epsilon2 = exp(-t_label / (t_label + s_label))``, the (teacher1, student) pair's). True (default) follows the
-  code; False gives each pair its own, as the paper's eq. 10 reads.
+  code; False gives each pair its own, as the README's delta for one pair reads.
 
 Deviations from the code, each with its switch: the multi-network code trains its MobileNet student with Adam (lr
 0.01, weight decay 1e-4); peerkd's one SGD cannot (``lr_scales`` gives it SGD at a scaled rate instead). The state
 (each pair's last ``threshold``, ``gap``, ``learning`` mode, and each network's update scale) is in buffers, so a
-checkpoint restores it; the logs give each pair's threshold, gap and learning-mode fraction.
+checkpoint restores it; the logs give each pair's threshold, gap and learning-mode fraction. The paper's text was
+not available here: equation numbers are not cited; the formulas are the README's and the code's.
 """
 from __future__ import annotations
 
