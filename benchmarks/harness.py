@@ -443,7 +443,8 @@ def fast_step(method, config: Config, device: torch.device, step_mode: str) -> F
     optim = config.optim
     return FastStep(method, method.trainable_parameters(), lr=optim.lr, momentum=optim.momentum,
                     nesterov=optim.nesterov, weight_decay=optim.weight_decay, device=device, autocast=autocast,
-                    mode=mode, compile_mode="reduce-overhead" if mode == "compile" else None)
+                    mode=mode, compile_mode="reduce-overhead" if mode == "compile" else None,
+                    update_scales=method.update_scales())
 
 
 def time_fast(config: Config, task: TaskInfo, data, spec: DataSpec, args, device: torch.device,

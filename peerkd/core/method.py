@@ -96,6 +96,14 @@ class Method(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def update_scales(self) -> list[tuple[list[nn.Parameter], torch.Tensor]]:
+        """Groups of trained parameters whose optimiser update the step multiplies by a 0-dim device tensor (the
+        method writes it in ``forward``; read after backward, no host sync): 1 the plain update, s > 0 the update at
+        s times the learning rate (a network's own learning rate), 0 no update at all: its parameters and momentum
+        buffers stay as they were, as if its optimiser had not stepped (SwitOKD's paused teacher). The step asks
+        once, when it is built, so return the same tensors every time. Default: none."""
+        return []
+
     # -- evaluation -------------------------------------------------------------------------------------------
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits of every peer / branch / aggregate the paper reports; the trainer scores each key."""

@@ -7,6 +7,8 @@ from peerkd.models import (  # noqa: F401  (each module registers itself)
     densenet,
     imagenet,
     mixskd_resnet,
+    mobilenet,
+    mobilenetv2,
     preact_resnet,
     pyramidnet,
     resnext,
@@ -14,6 +16,7 @@ from peerkd.models import (  # noqa: F401  (each module registers itself)
     shufflenetv2,
     vgg,
     wrn,
+    wrn_meliketoy,
     xception,
 )
 from peerkd.models.base import Backbone, ClassifierHead

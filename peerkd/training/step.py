@@ -69,13 +69,17 @@ class FastStep:
     warmup_steps: eager steps before the capture in ``"graph"`` mode (the optimiser's state and autograd's
         buffers must exist before capture; 3 is what PyTorch's CUDA-graph notes use). They are real training steps.
     fallback: when the first compiled call or the capture raises, warn and run eagerly from then on (see above).
+    update_scales: ``Method.update_scales()``: parameter groups whose update is multiplied by a 0-dim device tensor
+        after the optimiser's step (0: parameters and momentum buffers put back, as if not stepped); see
+        :meth:`_scaled_update`.
     """
 
     def __init__(self, module: nn.Module, params: list[nn.Parameter], *, lr: float, momentum: float = 0.9,
                  nesterov: bool = True, weight_decay: float = 5e-4, device: torch.device | str = "cpu",
                  autocast: Callable[[], contextlib.AbstractContextManager] | None = None, grad_scaler: bool = False,
                  mode: str = "eager", compile_mode: str | None = None, compile_backend: str = "inductor",
-                 warmup_steps: int = 3, fallback: bool = False):
+                 warmup_steps: int = 3, fallback: bool = False,
+                 update_scales: list[tuple[list[nn.Parameter], torch.Tensor]] | None = None):
         if mode not in ("eager", "compile", "graph"):
             raise ValueError(f"FastStep mode must be 'eager', 'compile' or 'graph', got '{mode}'")
         self.device = torch.device(device)
@@ -87,6 +91,7 @@ class FastStep:
         self.lr = torch.tensor(float(lr), dtype=torch.float32, device=self.device)
         self.optimizer = build_sgd(self.params, self.lr, momentum, nesterov, weight_decay, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if grad_scaler else None
+        self.update_scales = [(list(group), scale) for group, scale in (update_scales or []) if list(group)]
         self.log_keys: list[str] | None = None  # fixed by the first step: a method logs the same parts every step
         self.log_sums: list[torch.Tensor] = []
         self.steps_since_drain = torch.zeros((), dtype=torch.float32, device=self.device)
@@ -116,11 +121,38 @@ class FastStep:
         """Backward and the SGD update; with the scaler: scaled backward, a step skipped on overflow, scale update."""
         if self.scaler is None:
             loss.backward()
-            self.optimizer.step()
+            self._scaled_update(self.optimizer.step)
             return
         self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
+        self._scaled_update(lambda: self.scaler.step(self.optimizer))
         self.scaler.update()
+
+    def _scaled_update(self, step: Callable[[], object]) -> None:
+        """``step()`` (the optimiser's), then each ``update_scales`` group's parameters set to
+        ``before + s * (after - before)`` with its device scale ``s`` (SGD's update is linear in the learning rate
+        and its momentum buffer does not depend on it, so this is the step at ``s`` times the rate), and where
+        ``s == 0`` the parameters and momentum buffers put back exactly (``torch.where``): the optimiser did not
+        step that group, weight decay and momentum included. A buffer the first step creates counts as zeros
+        before it (SGD's first ``buf = d_p`` equals ``0.9 * 0 + d_p``). Tensor arithmetic only: no host sync."""
+        if not self.update_scales:
+            step()
+            return
+        saved = []
+        for group, scale in self.update_scales:
+            for p in group:
+                buffer = self.optimizer.state.get(p, {}).get("momentum_buffer")
+                saved.append((p, scale, p.detach().clone(),
+                              None if buffer is None else buffer.clone()))
+        step()
+        with torch.no_grad():
+            for p, scale, before, buffer_before in saved:
+                paused = scale == 0
+                moved = torch.where(scale == 1, p, torch.lerp(before, p, scale.to(p.dtype)))  # 1: bit-exact
+                p.copy_(torch.where(paused, before, moved))
+                buffer = self.optimizer.state.get(p, {}).get("momentum_buffer")
+                if buffer is not None:
+                    kept = torch.zeros_like(buffer) if buffer_before is None else buffer_before
+                    buffer.copy_(torch.where(paused, kept, buffer))
 
     def _accumulate(self, loss: torch.Tensor, values: tuple[torch.Tensor, ...]) -> None:
         torch._foreach_add_(self.log_sums, [v.float() for v in values])

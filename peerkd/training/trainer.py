@@ -206,7 +206,8 @@ class Trainer:
                              momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov,
                              weight_decay=cfg.optim.weight_decay, device=self.device, autocast=self.autocast,
                              grad_scaler=self.precision == "fp16", mode=self.step_mode,
-                             compile_mode=self.compile_mode, fallback=self.step_fallback)
+                             compile_mode=self.compile_mode, fallback=self.step_fallback,
+                             update_scales=self.method.update_scales())
         self.optimizer = self.step.optimizer  # checkpoints save and restore this one
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.history: dict = {"best": {}, "last": {}}

@@ -22,7 +22,9 @@ from tests.helpers import random_batch, tiny_config, tiny_task, tiny_teacher_run
 
 TASK = tiny_task(num_classes=10, num_train=64)  # 10 classes of 32 px images, 64 training images (per-sample memory)
 BATCH_SIZE = 4  # images per contract step: BatchNorm needs more than one, the test needs few
-EXTRA_CASES = {"tfkd[self]": ("tfkd", {"variant": "self"})}  # second paths of a registered method worth a case
+EXTRA_CASES = {"tfkd[self]": ("tfkd", {"variant": "self"}),  # second paths of a registered method worth a case
+               **{f"switokd[{t}]": ("switokd", {"topology": t, "models": ["resnet8"] * 3, "lr_scales": []})
+                  for t in ("1T2S", "2T1S")}}
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -36,14 +36,16 @@ def gradient_projections(grads: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def assert_gradients(actual: dict[str, torch.Tensor], names: list[str], stored: torch.Tensor, what: str,
-                     rtol: float = fixture.RTOL) -> None:
+                     rtol: float = fixture.RTOL, floor: float = 0.0) -> None:
     """``actual`` (reference name -> peerkd's gradient) against the stored projections of the parameters ``names``:
-    each row to ``rtol`` of that gradient's norm."""
+    each row to ``rtol`` of that gradient's norm, or of ``floor`` x the largest norm where that is larger (a
+    gradient that is zero but for round-off, e.g. of a convolution's bias before a BatchNorm)."""
     assert set(names) == set(actual), f"{what}: parameter names differ: {sorted(set(names) ^ set(actual))[:5]}"
+    least = floor * stored[:, -1].max().item() if len(stored) else 0.0
     for name, row in zip(names, stored):
         mine = projection(name, actual[name])
         diff = (mine - row.double()).abs().max().item()
-        norm = row[-1].item()
+        norm = max(row[-1].item(), least)
         assert diff <= rtol * max(norm, 1e-12), \
             f"{what} {name}: projections differ by {diff:.3g} > {rtol:g} x its norm {norm:.3g}"
 
@@ -68,7 +70,7 @@ def parameter_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def check_network(golden: fixture.Fixture, tag: str, model: torch.nn.Module) -> None:
+def check_network(golden: fixture.Fixture, tag: str, model: torch.nn.Module, gradient_floor: float = 0.0) -> None:
     """peerkd's ``model`` against the fixture's network ``tag`` (case ``networks[tag]``, written by
     ``tools/golden/networks.py``): the reference's state_dict shapes paired in order with peerkd's, the same
     parameter count, then with the reference's rule-made weights loaded the same logits in training mode (and, where
@@ -91,7 +93,8 @@ def check_network(golden: fixture.Fixture, tag: str, model: torch.nn.Module) -> 
         loss.backward()
         params = dict(model.named_parameters())
         grads = {ref: params[ours].grad for ref, ours in names.items() if ours in params}
-        assert_gradients(grads, entry["gradient_names"], golden[f"state/grad_projection/{tag}"], f"{tag} gradient")
+        assert_gradients(grads, entry["gradient_names"], golden[f"state/grad_projection/{tag}"], f"{tag} gradient",
+                         floor=gradient_floor)
     model.eval()
     with torch.no_grad():
         fixture.assert_close(model(x), golden[f"outputs/{tag}/eval"], f"{tag} evaluation-mode logits")

@@ -22,7 +22,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAPER_OF_DIR = {"cifar100": "foundation", "css": "000", "mde": "001", "kdcl": "002", "cutnmix": "003", "pskd": "004",
                 # issue 21's methods: the Self-KD-Lib README's ResNet-18 table, and each paper's own
                 "dks": "selfkdlib", "sad": "selfkdlib", "bake": "selfkdlib", "frskd": "selfkdlib", "mixskd": "selfkdlib",
-                "dlb": "dlb2022"}
+                "dlb": "dlb2022", "switokd": "switokd"}
 CLASSES = {"cifar10": 10, "cifar100": 100, "cinic10": 10, "tinyimagenet": 200, "cub200": 200, "stanford_dogs": 120,
            "stanford_cars": 196, "imagenet": 1000}
 TOLERANCE = 0.005  # 0.5 % of the expected count
@@ -115,6 +115,45 @@ def preact_wrn(depth: int, k: int, classes: int) -> int:
     return total + bn(cin) + fc(cin, classes)
 
 
+def meliketoy_wrn(depth: int, k: int, classes: int) -> int:
+    """WRN-d-k of meliketoy/wide-resnet.pytorch as hfutqian/SwitOKD models/wrnet.py builds it: biased convolutions
+    (stem, both 3x3 of a block, the 1x1 shortcut where the width or stride changes), BN before each block conv, a
+    final BN, linear."""
+    n, total, cin = (depth - 4) // 6, conv(3, 16, 3, bias=True), 16
+    for i, w in enumerate((16 * k, 32 * k, 64 * k)):
+        for b in range(n):
+            total += bn(cin) + conv(cin, w, 3, bias=True) + bn(w) + conv(w, w, 3, bias=True)
+            if cin != w or (i > 0 and b == 0):
+                total += conv(cin, w, 1, bias=True)
+            cin = w
+    return total + bn(cin) + fc(cin, classes)
+
+
+def repdistiller_mobilenetv2(width: float, t: int, classes: int) -> int:
+    """MobileNetV2 of HobbitLong/RepDistiller models/mobilenetv2.py (= hfutqian/SwitOKD's, ``mobile_half``: width 0.5,
+    expansion 6): 3x3 stem, inverted residuals (1x1 expand, 3x3 depthwise, 1x1 project, each + BN), 1x1 to 1280."""
+    cin = int(32 * width)
+    total = conv(3, cin, 3) + bn(cin)
+    for expand, c, n in ((1, 16, 1), (t, 24, 2), (t, 32, 3), (t, 64, 4), (t, 96, 3), (t, 160, 3), (t, 320, 1)):
+        out = int(c * width)
+        for _ in range(n):
+            hidden = cin * expand
+            total += conv(cin, hidden, 1) + bn(hidden) + conv(hidden, hidden, 3, groups=hidden) + bn(hidden)
+            total += conv(hidden, out, 1) + bn(out)
+            cin = out
+    return total + conv(cin, 1280, 1) + bn(1280) + fc(1280, classes)
+
+
+def kuangliu_mobilenet(classes: int) -> int:
+    """MobileNet v1 of kuangliu/pytorch-cifar models/mobilenet.py (= SwitOKD's multi-network student): 3x3 stem to 32,
+    13 depthwise-separable blocks (3x3 depthwise + BN, 1x1 + BN), linear from 1024."""
+    total, cin = conv(3, 32, 3) + bn(32), 32
+    for out in (64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024):
+        total += conv(cin, cin, 3, groups=cin) + bn(cin) + conv(cin, out, 1) + bn(out)
+        cin = out
+    return total + fc(1024, classes)
+
+
 def torchvision_count(published_1000: int, width: int):
     """A torchvision classifier's documented ImageNet count (1000 classes), its final layer re-sized to K."""
     return lambda classes: published_1000 - fc(width, 1000) + fc(width, classes)
@@ -143,6 +182,14 @@ EXPECTED = {
     "resnext50_32x4d": (lambda k: cifar_resnet4("resnext50_32x4d", k), "BYOT authors' resnet.py resnext50_32x4d",
                         {"001", "004"}),
     "wrn16_2": (lambda k: preact_wrn(16, 2, k), "RepDistiller models/wrn.py wrn_16_2", {"002"}),
+    "wrn16_2_meliketoy": (lambda k: meliketoy_wrn(16, 2, k), "hfutqian/SwitOKD models/wrnet.py wrnet16 (0.70M)",
+                          {"switokd"}),
+    "wrn16_10_meliketoy": (lambda k: meliketoy_wrn(16, 10, k), "hfutqian/SwitOKD multi-net models/wrnet2.py wrnet16",
+                           {"switokd"}),
+    "mobilenet_cifar": (lambda k: kuangliu_mobilenet(k), "hfutqian/SwitOKD multi-net models/mobilenet.py MobileNet",
+                        {"switokd"}),
+    "mobilenetv2_half": (lambda k: repdistiller_mobilenetv2(0.5, 6, k),
+                         "RepDistiller / SwitOKD models/mobilenetv2.py mobile_half (0.81M)", {"switokd"}),
     "tv_resnet18": (torchvision_count(11_689_512, 512), "torchvision resnet18 docs (11,689,512)", {"002"}),
     "tv_resnet34": (torchvision_count(21_797_672, 512), "torchvision resnet34 docs (21,797,672)", {"002"}),
     "tv_resnet50": (torchvision_count(25_557_032, 2048), "torchvision resnet50 docs (25,557,032); KDCL: 25.6 M",
