@@ -17,7 +17,14 @@ Wrong settings tried (each breaks the test; first difference): ``tau: 0.2`` (x2 
 distributions hardly depends on T), ``icl_weight: 0.2`` (x2 total off by 0.39 of 16), ``logit_distill: all`` in x4
 (logit KD off by 4.6 of 1.47), ``positives: batch`` (CE over the 4 anchors alone: off by 0.29 of 15.2),
 ``shared_stages: 0`` in x4 and ``embedding_dim: 64`` (the reference's weights do not load).
-Regenerate with ``python tools/golden/mcl.py --repo PATH``.
+
+The networks of the README's CIFAR-100 tables that peerkd has under another name (``tools/golden/mcl_networks.py``):
+ResNet-56 (``resnet56``), ResNet-110 (MCL's is bottleneck, 12 per stage: ``resnet110_okddip``), WRN-16-2, WRN-40-2,
+ShuffleNetV2 1x and 0.5x (``shufflenetv2``, ``width: 0.5``): parameter count, logits in both modes, and CE gradients
+where float32 reproduces them (not for ResNet-110 and the ShuffleNets: the generator's ``LOGITS_ONLY``, with the
+measured reasons). ResNet-32 is the step fixtures' network.
+
+Regenerate with ``python tools/golden/mcl.py --repo PATH`` and ``python tools/golden/mcl_networks.py --repo PATH``.
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ import torch
 from peerkd.core.method import TaskInfo
 from peerkd.data import Batch
 from tests.golden import fixture
-from tests.golden.network_check import assert_gradients
+from tests.golden.network_check import assert_gradients, check_network
 from tests.golden.rule_weights import pair_names, rule_weights
 from tests.helpers import build
 
@@ -181,3 +188,39 @@ def test_outputs_equal_the_reference_before_the_step():
 def test_a_wrong_setting_breaks_it(name, wrong):
     with pytest.raises(AssertionError):
         run_steps(*method_with_reference_weights(name, **wrong), losses_only=True)
+
+
+NETWORKS = {"resnet56": ("resnet56", {}), "resnet110_okddip": ("resnet110_okddip", {}), "wrn16_2": ("wrn16_2", {}),
+            "wrn40_2": ("wrn40_2", {}), "shufflenetv2": ("shufflenetv2", {}),
+            "shufflenetv2_w0_5": ("shufflenetv2", {"width": 0.5})}
+
+
+@pytest.mark.parametrize("tag", sorted(NETWORKS))
+def test_the_tables_networks_equal_the_references(tag):
+    """MCL's single networks (``tools/golden/mcl_networks.py``) against peerkd's: parameter count, logits in both
+    modes, CE gradients."""
+    from peerkd.models import build_model
+
+    name, options = NETWORKS[tag]
+    golden = fixture.load("mcl_networks")
+    if name == "shufflenetv2":
+        entry = golden.meta["case"]["networks"][tag]
+        entry["shapes"] = shufflenet_in_peerkd_order(entry["shapes"])
+    check_network(golden, tag, build_model(name, 100, **options))
+
+
+def shufflenet_in_peerkd_order(shapes: list[list]) -> list[list]:
+    """The reference's ShuffleNetV2 entries in the order peerkd registers the same layers: in each stride-2 unit
+    (``DownBlock``) the reference registers its shortcut branch (``conv1, bn1, conv2, bn2``: depthwise 3x3, 1x1)
+    before its main branch (``conv3 .. bn5``: 1x1, depthwise 3x3, 1x1); peerkd registers ``branch_main`` first. Both
+    concatenate [shortcut, main] before the shuffle."""
+    shortcut = re.compile(r"^layer\d\.0\.(conv[12]|bn[12])\.")
+    ordered, held = [], []
+    for name, shape in shapes:
+        if shortcut.match(name):
+            held.append([name, shape])
+            continue
+        ordered.append([name, shape])
+        if re.match(r"^layer\d\.0\.bn5\.num_batches_tracked$", name):
+            ordered, held = ordered + held, []
+    return ordered

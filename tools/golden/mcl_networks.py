@@ -1,0 +1,54 @@
+"""Golden fixture of the single CIFAR networks of winycg/MCL (``models/resnet.py`` ``ResNet``, ``models/wrn.py``
+``WideResNet``, ``models/shufflenetv2.py`` ``ShuffleNetV2``) that its CIFAR-100 tables run and peerkd has under
+another lineage: names and shapes, parameter counts, training- and evaluation-mode logits and the CE gradients (as
+projections) with weights made by ``tests/golden/rule_weights.py`` (``tools/golden/networks.py``'s format, read by
+``tests/golden/network_check.py``). Each network's forward returns ``(logits, embedding)``; the logits are stored.
+ResNet-32 is held in the MCL step fixtures (``tools/golden/mcl.py``); HCGNet-A1/A2 and WRN-28-4 are networks peerkd
+lacks (``tests/configs/test_mcl_configs.py`` NOT_RUN).
+
+    python tools/golden/mcl_networks.py --repo /work/.mirror/winycg+MCL/repo
+"""
+from __future__ import annotations
+
+import common
+import torch
+from mcl import COMMIT, REPOSITORY
+from networks import batch, network_case
+
+# peerkd tag -> (reference file under models/, a constructor of one network at 100 classes)
+NETWORKS = {
+    "resnet56": ("resnet", lambda m: m.ResNet(m.BasicBlock, [9, 9, 9], num_classes=100)),
+    "resnet110_okddip": ("resnet", lambda m: m.ResNet(m.Bottleneck, [12, 12, 12], num_classes=100)),
+    "wrn16_2": ("wrn", lambda m: m.WideResNet(depth=16, num_classes=100, widen_factor=2)),
+    "wrn40_2": ("wrn", lambda m: m.WideResNet(depth=40, num_classes=100, widen_factor=2)),
+    "shufflenetv2": ("shufflenetv2", lambda m: m.ShuffleNetV2(net_size=1, num_classes=100)),
+    "shufflenetv2_w0_5": ("shufflenetv2", lambda m: m.ShuffleNetV2(net_size=0.5, num_classes=100)),
+}
+
+# networks whose rule-weighted CE gradients float32 does not reproduce to 1e-5 between two implementations that give
+# the same logits (measured: the bottleneck ResNet-110's conv1 gradient, norm 783, differs by 1.2e-3 of it;
+# ShuffleNetV2 1x's conv1 by 1.4e-4; 0.5x's first BN bias, norm 5.6e-7, by 0.3 of it): their logits in both modes are
+# held (the same weights in the same order give the same function, the architecture's check)
+LOGITS_ONLY = {"resnet110_okddip", "shufflenetv2", "shufflenetv2_w0_5"}
+
+
+def main():
+    args = common.arguments(__doc__.splitlines()[0])
+    torch.manual_seed(0)
+    x = batch(4)
+    case = {"batch": 4, "size": 32, "weights": "tests/golden/rule_weights.py (by name)", "networks": {}}
+    arrays = {"batch/x": x}
+    stems = sorted({stem for stem, _ in NETWORKS.values()})
+    with common.checkout(args.repo, COMMIT) as root, common.cpu_only():
+        modules = {stem: common.import_file(root, f"models/{stem}.py", f"mcl_{stem}") for stem in stems}
+        for tag, (stem, construct) in NETWORKS.items():
+            entry, out = network_case(tag, construct(modules[stem]), x, forward=lambda net, inputs: net(inputs)[0],
+                                      gradients=tag not in LOGITS_ONLY)
+            case["networks"][tag] = {"reference": f"models/{stem}.py", **entry}
+            arrays.update(out)
+            print(f"{tag}: {entry['parameters']:,} parameters")
+    common.write(args.out, "mcl_networks", REPOSITORY, COMMIT, [f"models/{stem}.py" for stem in stems], case, arrays)
+
+
+if __name__ == "__main__":
+    main()
