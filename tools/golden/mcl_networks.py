@@ -10,10 +10,8 @@ lacks (``tests/configs/test_mcl_configs.py`` NOT_RUN).
 """
 from __future__ import annotations
 
-import common
-import torch
 from mcl import COMMIT, REPOSITORY
-from networks import batch, network_case
+from networks import generate
 
 # peerkd tag -> (reference file under models/, a constructor of one network at 100 classes)
 NETWORKS = {
@@ -29,26 +27,9 @@ NETWORKS = {
 # the same logits (measured: the bottleneck ResNet-110's conv1 gradient, norm 783, differs by 1.2e-3 of it;
 # ShuffleNetV2 1x's conv1 by 1.4e-4; 0.5x's first BN bias, norm 5.6e-7, by 0.3 of it): their logits in both modes are
 # held (the same weights in the same order give the same function, the architecture's check)
-LOGITS_ONLY = {"resnet110_okddip", "shufflenetv2", "shufflenetv2_w0_5"}
-
-
-def main():
-    args = common.arguments(__doc__.splitlines()[0])
-    torch.manual_seed(0)
-    x = batch(4)
-    case = {"batch": 4, "size": 32, "weights": "tests/golden/rule_weights.py (by name)", "networks": {}}
-    arrays = {"batch/x": x}
-    stems = sorted({stem for stem, _ in NETWORKS.values()})
-    with common.checkout(args.repo, COMMIT) as root, common.cpu_only():
-        modules = {stem: common.import_file(root, f"models/{stem}.py", f"mcl_{stem}") for stem in stems}
-        for tag, (stem, construct) in NETWORKS.items():
-            entry, out = network_case(tag, construct(modules[stem]), x, forward=lambda net, inputs: net(inputs)[0],
-                                      gradients=tag not in LOGITS_ONLY)
-            case["networks"][tag] = {"reference": f"models/{stem}.py", **entry}
-            arrays.update(out)
-            print(f"{tag}: {entry['parameters']:,} parameters")
-    common.write(args.out, "mcl_networks", REPOSITORY, COMMIT, [f"models/{stem}.py" for stem in stems], case, arrays)
+LOGITS_ONLY = frozenset({"resnet110_okddip", "shufflenetv2", "shufflenetv2_w0_5"})
 
 
 if __name__ == "__main__":
-    main()
+    generate("mcl_networks", REPOSITORY, COMMIT, NETWORKS, __doc__.splitlines()[0],
+             forward=lambda net, inputs: net(inputs)[0], logits_only=LOGITS_ONLY)
