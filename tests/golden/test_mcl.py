@@ -19,7 +19,7 @@ distributions hardly depends on T), ``icl_weight: 0.2`` (x2 total off by 0.39 of
 ``shared_stages: 0`` in x4 and ``embedding_dim: 64`` (the reference's weights do not load).
 
 The networks of the README's CIFAR-100 tables that peerkd has under another name (``tools/golden/mcl_networks.py``):
-ResNet-56 (``resnet56``), ResNet-110 (MCL's is bottleneck, 12 per stage: ``resnet110_okddip``), WRN-16-2, WRN-40-2,
+ResNet-56 (``resnet56``), ResNet-110 (MCL's is bottleneck, 12 per stage: ``resnet110_okddip``), WRN-16-2, WRN-40-2, WRN-28-4,
 ShuffleNetV2 1x and 0.5x (``shufflenetv2``, ``width: 0.5``): parameter count, logits in both modes, and CE gradients
 where float32 reproduces them (not for ResNet-110 and the ShuffleNets: the generator's ``LOGITS_ONLY``, with the
 measured reasons). ResNet-32 is the step fixtures' network.
@@ -191,7 +191,7 @@ def test_a_wrong_setting_breaks_it(name, wrong):
 
 
 NETWORKS = {"resnet56": ("resnet56", {}), "resnet110_okddip": ("resnet110_okddip", {}), "wrn16_2": ("wrn16_2", {}),
-            "wrn40_2": ("wrn40_2", {}), "shufflenetv2": ("shufflenetv2", {}),
+            "wrn40_2": ("wrn40_2", {}), "wrn28_4": ("wrn28_4", {}), "shufflenetv2": ("shufflenetv2", {}),
             "shufflenetv2_w0_5": ("shufflenetv2", {"width": 0.5})}
 
 

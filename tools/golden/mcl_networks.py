@@ -3,7 +3,7 @@
 another lineage: names and shapes, parameter counts, training- and evaluation-mode logits and the CE gradients (as
 projections) with weights made by ``tests/golden/rule_weights.py`` (``tools/golden/networks.py``'s format, read by
 ``tests/golden/network_check.py``). Each network's forward returns ``(logits, embedding)``; the logits are stored.
-ResNet-32 is held in the MCL step fixtures (``tools/golden/mcl.py``); HCGNet-A1/A2 and WRN-28-4 are networks peerkd
+ResNet-32 is held in the MCL step fixtures (``tools/golden/mcl.py``); HCGNet-A1/A2 are networks peerkd
 lacks (``tests/configs/test_mcl_configs.py`` NOT_RUN).
 
     python tools/golden/mcl_networks.py --repo /work/.mirror/winycg+MCL/repo
@@ -19,6 +19,7 @@ NETWORKS = {
     "resnet110_okddip": ("resnet", lambda m: m.ResNet(m.Bottleneck, [12, 12, 12], num_classes=100)),
     "wrn16_2": ("wrn", lambda m: m.WideResNet(depth=16, num_classes=100, widen_factor=2)),
     "wrn40_2": ("wrn", lambda m: m.WideResNet(depth=40, num_classes=100, widen_factor=2)),
+    "wrn28_4": ("wrn", lambda m: m.WideResNet(depth=28, num_classes=100, widen_factor=4)),
     "shufflenetv2": ("shufflenetv2", lambda m: m.ShuffleNetV2(net_size=1, num_classes=100)),
     "shufflenetv2_w0_5": ("shufflenetv2", lambda m: m.ShuffleNetV2(net_size=0.5, num_classes=100)),
 }
