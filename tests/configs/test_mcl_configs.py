@@ -56,6 +56,10 @@ NETWORK = {"ResNet-32": ("resnet32", {}), "ResNet-56": ("resnet56", {}), "ResNet
 COLUMN = {"Baseline": (2, 0, "off", (0.0, 0.0, 0.0, 0.0)), "MCL(×2)": (2, 0, "off", (0.1, 1.0, 0.1, 1.0)),
           "MCL(×4)": (4, 1, "off", (0.1, 1.0, 0.1, 1.0)),
           "MCL(×4)+Logit KD": (4, 1, "reference", (0.1, 1.0, 0.1, 1.0))}
+# parameters of the code's x4 networks (models/*.py at number_net 4: the *_b classes, counted from the reference
+# checkout at 236da2f): peerkd's shared-stem layouts must have as many (the projection heads aside)
+X4_PARAMETERS = {("resnet32", "{}"): 1_819_552, ("resnet110_okddip", "{}"): 4_517_344,
+                 ("wrn16_2", "{}"): 2_712_864, ("wrn40_2", "{}"): 8_697_632, ("shufflenetv2", "{}"): 5_331_752}
 
 
 def cells(path: Path):
@@ -116,6 +120,9 @@ def test_every_config_builds_its_method():
         with torch.device("meta"):
             method = build_method("mcl", config.method.options, TaskInfo(num_classes=100, num_train=50000))
         assert len(method.heads) == len(config.method.options.models), path
+        expected = X4_PARAMETERS.get((o.models[0], repr(o.model_options))) if o.shared_stages else None
+        if expected is not None:
+            assert sum(p.numel() for p in method.net.parameters()) == expected, path
 
 
 def test_predict_keys_exist():
