@@ -48,6 +48,15 @@ Readings chosen, with their evidence (winycg/MCL at the commit above):
   ``losses/imagenet_sup_mcl_loss.py``), so the method keeps no state between steps.
 - ``predict``: ``peer{i}`` and ``ensemble`` (the mean of the peers' logits: the code's test sums them). The README's
   numbers are the best peer at the best epoch (``test`` returns ``max(acc1[:-1])``).
+
+Held against the authors' code (``tests/golden/test_mcl.py``, fixtures by ``tools/golden/mcl.py``): the code's own
+ResNet-32 networks (x2 independent; x4 with the shared stem and first stage and ``--logit-distill``), ``Sup_MCL_Loss``
+and ``DistillKL``, mapped by name into this method, over two SGD steps of the code's optimiser on 4 anchors + 4
+partners: CE, VCL, ICL and the total to 1e-5; the KL terms (soft VCL / ICL, logit KD) to 1e-5 of max(|value|, 1);
+every parameter's first-step gradient to 1e-5 of its norm (the heads' biases 5e-5); the second step's losses and the
+BatchNorm statistics after it to 1e-5. The table's other networks (ResNet-56, bottleneck ResNet-110, WRN-16-2 / 40-2
+/ 28-4, ShuffleNetV2 1x / 0.5x) are held by ``tools/golden/mcl_networks.py``; the x4 layouts have the code's ``*_b``
+parameter counts (``tests/configs/test_mcl_configs.py``).
 """
 from __future__ import annotations
 
