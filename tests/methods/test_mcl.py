@@ -12,6 +12,15 @@ from tests.helpers import assert_one_step, build, cifar100_subset_run, random_ba
 TASK = tiny_task(num_classes=5)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: batch-8 steps of ResNet-8s gain nothing from a second (on a shared machine they lose)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def paired_batch(seed: int = 0, size: int = 4):
     batch = random_batch(TASK, batch_size=size, seed=seed)
     batch.pair_x = torch.randn(batch.x.shape, generator=torch.Generator().manual_seed(seed + 1))
@@ -138,3 +147,13 @@ def test_mcl_short_run_on_cifar100(tmp_path):
     summary = cifar100_subset_run({"name": "mcl", "models": ["resnet8", "resnet8"]}, tmp_path / "run")
     assert {"peer0", "peer1", "ensemble"} <= set(summary["keys"]), summary
     assert all(math.isfinite(summary["keys"][k]["last"]["top1"]) for k in ("peer0", "peer1", "ensemble"))
+
+
+@pytest.mark.parametrize("members", ["grouped", "vmap"])
+def test_member_executions_give_the_same_loss(members):
+    for layout in ({"models": ["resnet8"] * 2}, {"models": ["resnet8"] * 4, "shared_stages": 1}):
+        separate = build({"name": "mcl", **layout}, TASK)
+        other = build({"name": "mcl", **layout}, TASK, members=members)
+        other.load_state_dict(separate.state_dict())
+        batch = paired_batch()
+        assert float(other(batch).loss.detach()) == pytest.approx(float(separate(batch).loss.detach()), rel=1e-5)
