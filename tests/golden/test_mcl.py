@@ -19,10 +19,10 @@ distributions hardly depends on T), ``icl_weight: 0.2`` (x2 total off by 0.39 of
 ``shared_stages: 0`` in x4 and ``embedding_dim: 64`` (the reference's weights do not load).
 
 The networks of the README's CIFAR-100 tables that peerkd has under another name (``tools/golden/mcl_networks.py``):
-ResNet-56 (``resnet56``), ResNet-110 (MCL's is bottleneck, 12 per stage: ``resnet110_okddip``), WRN-16-2, WRN-40-2, WRN-28-4,
-ShuffleNetV2 1x and 0.5x (``shufflenetv2``, ``width: 0.5``): parameter count, logits in both modes, and CE gradients
-where float32 reproduces them (not for ResNet-110 and the ShuffleNets: the generator's ``LOGITS_ONLY``, with the
-measured reasons). ResNet-32 is the step fixtures' network.
+ResNet-56 (``resnet56``), ResNet-110 (MCL's is bottleneck, 12 per stage: ``resnet110_okddip``), WRN-16-2, WRN-40-2,
+WRN-28-4, ShuffleNetV2 1x and 0.5x (``shufflenetv2``, ``width: 0.5``): parameter count, logits in both modes, and
+CE gradients where float32 reproduces them (not for ResNet-110 and the ShuffleNets: the generator's ``LOGITS_ONLY``,
+with the measured reasons). ResNet-32 is the step fixtures' network.
 
 Regenerate with ``python tools/golden/mcl.py --repo PATH`` and ``python tools/golden/mcl_networks.py --repo PATH``.
 """
@@ -39,7 +39,7 @@ from peerkd.data import Batch
 from tests.golden import fixture
 from tests.golden.network_check import assert_gradients, check_network
 from tests.golden.rule_weights import pair_names, rule_weights
-from tests.helpers import build
+from tests.helpers import build, one_torch_thread  # noqa: F401  (autouse: one torch thread here)
 
 CASES = {"x2": {"models": ["resnet32"] * 2}, "x4": {"models": ["resnet32"] * 4, "shared_stages": 1,
                                                       "logit_distill": "reference"}}
@@ -158,15 +158,6 @@ def run_steps(golden, method, names, losses_only: bool = False):
     state = method.state_dict()
     norms = torch.stack([state[names[k]].norm() for k in case["running_mean_names"]])
     fixture.assert_close(norms, golden[f"state/{name}/running_mean_norms"], f"{name} BN running means after 2 steps")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: batch-8 steps of ResNet-32s gain nothing from a second (and on a shared machine lose)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", ["x2", "x4"])

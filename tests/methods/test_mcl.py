@@ -8,17 +8,10 @@ import torch.nn.functional as F
 
 from peerkd.core.errors import ConfigError
 from tests.helpers import assert_one_step, build, cifar100_subset_run, random_batch, tiny_task
+from tests.helpers import one_torch_thread  # noqa: F401  (autouse: this module's tests on one torch thread)
 
 TASK = tiny_task(num_classes=5)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: batch-8 steps of ResNet-8s gain nothing from a second (on a shared machine they lose)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def paired_batch(seed: int = 0, size: int = 4):
