@@ -215,7 +215,8 @@ class MCL(Method):
         n = len(logits)
         ce = sum(self._cross_entropy(z, batch) for z in logits)
         embeddings = [head(f.float()) for head, f in zip(self.heads, features)]
-        terms = mcl_terms(embeddings, labels, o.tau, o.temperature)
+        with torch.autocast(images.device.type, enabled=False):  # similarities / tau up to 10: fp32 as the code
+            terms = mcl_terms([e.float() for e in embeddings], labels, o.tau, o.temperature)
         loss = ce + o.vcl_weight * terms["vcl"] + o.soft_vcl_weight * terms["soft_vcl"] \
             + o.icl_weight * terms["icl"] + o.soft_icl_weight * terms["soft_icl"]
         logs = {"ce": ce.detach(), **{k: v.detach() for k, v in terms.items()}}
