@@ -5,12 +5,15 @@ Two cases (``tools/golden/mcl.py``): ``x2``, two independent ResNet-32 (the code
 first-table setting; ``x4``, four ResNet-32 peers sharing the stem and first stage (``ResNet_b``) with
 ``--logit-distill`` (the last peer distilled from the mean logits). The reference's rule-made weights (networks and
 projection heads) are mapped by name into the method; the batch is 4 anchors and their 4 same-class partners (peerkd's
-class pairs). Over two SGD steps (the reference's optimiser: nesterov, momentum 0.9, weight decay 5e-4, lr 0.1, over
-the networks and heads) the logits, embeddings, every loss term, the total and every parameter's gradient must agree,
-then the BatchNorm statistics the two steps leave. Tolerance: ``fixture.RTOL`` (1e-5 of the largest |value|; of the
-norm for a projected gradient), except the KL terms (soft VCL, soft ICL, logit KD), held to 1e-5 of max(|value|, 1):
-a KL is a cross-entropy minus an entropy, each of order log(2B) ~ 2.8 per row, so float32 leaves ~1e-7 in it however
-small it is (the soft terms here are 0.006 - 0.07).
+class pairs). Over two SGD steps (the reference's optimiser: nesterov, momentum 0.9, weight decay 5e-4, over the
+networks and heads; lr 0.001 instead of the schedule's 0.1, the generator says why) the logits, embeddings, every loss
+term, the total and every parameter's gradient must agree, then the BatchNorm statistics the two steps leave.
+Tolerance: ``fixture.RTOL`` (1e-5 of the largest |value|; of the norm for a projected gradient; measured: losses
+1.2e-7 (x2) / 3.1e-7 (x4), first-step gradients 2.5e-6 / 2.8e-6, BN statistics 7.8e-8 / 7.3e-8, logits 0,
+embeddings 1.1e-7), except: the KL terms (soft VCL, soft ICL, logit KD), held to 1e-5 of max(|value|, 1) (a KL is a
+cross-entropy minus an entropy, each of order log(2B) ~ 2.8 per row, so float32 leaves ~1e-7 in it however small it
+is; the soft terms here are 0.006 - 0.07; measured up to 1.8e-6 absolute); the heads' bias gradients
+(``HEAD_BIAS_RTOL``, measured 1.8e-5); the second step's gradients (``STEP2_RTOL``, measured 4.5e-6 / 2.1e-3).
 
 Wrong settings tried (each breaks the test; first difference): ``tau: 0.2`` (x2 VCL off by 0.024 of 3.94),
 ``temperature: 4`` (x2 soft VCL off by 1.7e-5, 1.7 x its tolerance: with the T^2 factor a KL between close
@@ -49,11 +52,11 @@ KL_TERMS = ("soft_vcl", "soft_icl", "logit_kd")
 # 1.8e-5 of it between two correct implementations (logsumexp vs log-sum-exp, F.normalize vs x / |x|)
 HEAD_BIAS = re.compile(r"^mcl\.embed_list\.\d+\.proj_head\.\d\.bias$")
 HEAD_BIAS_RTOL = 5e-5
-# the second step's gradients, to 3e-3 of each norm (measured up to 1.1e-3): this rule-weighted 32-layer network
-# amplifies a 1e-7 relative change of its weights into up to 5e-3 of a gradient (measured by perturbing peerkd's own
-# copy), so the float32 round-off of the first update (lr 0.001) shows there; the second step's losses and the BN
-# statistics after it are held to RTOL
-STEP2_RTOL = 3e-3
+# the second step's gradients, to a fraction of each norm measured here with margin (x2: up to 4.5e-6, x4: up to
+# 2.1e-3): these rule-weighted 32-layer networks amplify a 1e-7 relative change of their weights into up to 5e-3 of a
+# gradient (measured by perturbing peerkd's own copy), so the float32 round-off of the first update (lr 0.001) shows
+# there, most in x4's shared trunk; the second step's losses and the BN statistics after it are held to RTOL
+STEP2_RTOL = {2: 1e-4, 4: 1e-2}
 
 
 @functools.cache
@@ -149,7 +152,7 @@ def run_steps(golden, method, names, losses_only: bool = False):
         grads = {ref: params[ours].grad if params[ours].grad is not None else torch.zeros_like(params[ours])
                  for ref, ours in names.items() if ours in params}
         stored = dict(zip(case["gradient_names"], golden[f"state/grad_projection/{prefix}"]))
-        body_rtol, bias_rtol = (fixture.RTOL, HEAD_BIAS_RTOL) if step == 1 else (STEP2_RTOL, STEP2_RTOL)
+        body_rtol, bias_rtol = (fixture.RTOL, HEAD_BIAS_RTOL) if step == 1 else (STEP2_RTOL[tag], STEP2_RTOL[tag])
         for group, rtol in (([k for k in stored if not HEAD_BIAS.match(k)], body_rtol),
                             ([k for k in stored if HEAD_BIAS.match(k)], bias_rtol)):
             assert_gradients({k: grads[k] for k in group}, group, torch.stack([stored[k] for k in group]),
