@@ -56,8 +56,9 @@ partners: CE, VCL, ICL and the total to 1e-5; the KL terms (soft VCL / ICL, logi
 every parameter's first-step gradient to 1e-5 of its norm (the heads' biases 5e-5); the second step's losses and the
 BatchNorm statistics after it to 1e-5, its gradients to 1e-4 (x2) / 1e-2 (x4: round-off of the first update that
 the rule-weighted networks amplify; measured 2.1e-3). The table's other networks (ResNet-56, bottleneck
-ResNet-110, WRN-16-2 / 40-2 / 28-4, ShuffleNetV2 1x / 0.5x) are held by ``tools/golden/mcl_networks.py``; the x4
-layouts have the code's ``*_b`` parameter counts (``tests/configs/test_mcl_configs.py``).
+ResNet-110, WRN-16-2 / 40-2 / 28-4, ShuffleNetV2 1x / 0.5x, HCGNet-A1 / A2) are held by
+``tools/golden/mcl_networks.py``; the x4 layouts have the code's ``*_b`` parameter counts
+(``tests/configs/test_mcl_configs.py``).
 """
 from __future__ import annotations
 

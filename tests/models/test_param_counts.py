@@ -163,6 +163,8 @@ NO_PUBLISHED_COUNT = {
     "resnext29_2x64d": "Xie et al. print counts for 8x64d / 16x64d only; CSS gives none for 2x64d",
     "xception": "MDE (paper 001) gives no count and cites no CIFAR Xception code",
     "shufflenetv2": "MDE (paper 001) gives no count and cites no CIFAR ShuffleNetV2 code",
+    "hcgnet_a1": "the HCGNet paper's 1.1 M is rounded; tests/golden/test_mcl.py holds MCL's models/hcgnet.py count",
+    "hcgnet_a2": "the HCGNet paper's 3.1 M is rounded; tests/golden/test_mcl.py holds MCL's models/hcgnet.py count",
 }
 
 
