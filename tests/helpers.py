@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from peerkd.config import build_config
@@ -153,3 +154,13 @@ def cifar100_subset_run(method_tree: dict, run_dir, *, train_images: int = 256, 
     }
     tree.update(top)
     return train(build_config(tree), run_dir=run_dir)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Imported into a test module, runs its tests on one torch thread: steps of small networks on small batches
+    gain nothing from a second thread, and on a shared machine lose to its synchronisation."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -5,6 +5,7 @@ from peerkd.models import (  # noqa: F401  (each module registers itself)
     cifar_resnet4,
     cifar_resnet_one,
     densenet,
+    hcgnet,
     imagenet,
     mixskd_resnet,
     mobilenet,

@@ -79,6 +79,6 @@ def _register(name: str, blocks: int, widen: int, depth_text: str):
     return factory
 
 
-for _n, _k in [(2, 1), (2, 2), (2, 4), (2, 8), (3, 2), (3, 4), (3, 8), (4, 10), (6, 2), (6, 4), (4, 2)]:
+for _n, _k in [(2, 1), (2, 2), (2, 4), (2, 8), (3, 2), (3, 4), (3, 8), (4, 10), (6, 2), (6, 4), (4, 2), (4, 4)]:
     _register(f"wrn{6 * _n + 4}_{_k}", _n, _k, str(6 * _n + 4))
 _register("wrn20_8", 3, 8, "20")  # WRN-22-8's blocks under the name earlier runs used (papers: wide_resnet20_8)

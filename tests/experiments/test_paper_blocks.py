@@ -17,7 +17,9 @@ NO_CELL = {"css/fig3", "cutnmix/fig1", "cutnmix/tfkd", "pskd/baselines",
            "dlb/shen2022_cifar100"}  # DLB Table 2: its numbers were not readable here (tests/configs/test_dlb_configs.py)
 # their blocks and tests are the MDE ablation's (tests/configs/test_configs_mde.py)
 OTHER_HELPER = {"mde/table6", "mde/fig3"}
-ISSUE21_IDS = {"selfkdlib", "switokd2022"}  # issue 21: tables outside ../shared/papers (Self-KD-Lib README; the papers)
+# issue 21: tables outside ../shared/papers, typed from the authors' READMEs (Self-KD-Lib; winycg/MCL;
+# hfutqian/SwitOKD), cited in each config's header
+ISSUE21_IDS = {"selfkdlib", "switokd2022", "mcl2022"}
 
 
 def block(**cell):

@@ -70,12 +70,13 @@ def parameter_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def check_network(golden: fixture.Fixture, tag: str, model: torch.nn.Module, gradient_floor: float = 0.0) -> None:
+def check_network(golden: fixture.Fixture, tag: str, model: torch.nn.Module, gradient_floor: float = 0.0,
+                  rtol: float = fixture.RTOL) -> None:
     """peerkd's ``model`` against the fixture's network ``tag`` (case ``networks[tag]``, written by
     ``tools/golden/networks.py``): the reference's state_dict shapes paired in order with peerkd's, the same
     parameter count, then with the reference's rule-made weights loaded the same logits in training mode (and, where
     stored, the same cross-entropy gradients), and in evaluation mode after it (so the BatchNorm statistics moved
-    alike)."""
+    alike). ``rtol``: the logits' tolerance, where a test states why its network needs another."""
     from tests.golden.rule_weights import rule_weights
 
     entry = golden.meta["case"]["networks"][tag]
@@ -85,7 +86,7 @@ def check_network(golden: fixture.Fixture, tag: str, model: torch.nn.Module, gra
     x = golden["batch/x"]
     model.train()
     logits = model(x)
-    fixture.assert_close(logits, golden[f"outputs/{tag}/train"], f"{tag} training-mode logits")
+    fixture.assert_close(logits, golden[f"outputs/{tag}/train"], f"{tag} training-mode logits", rtol=rtol)
     if entry["gradients"]:
         y = torch.arange(x.shape[0]) % logits.shape[1]
         loss = torch.nn.functional.cross_entropy(logits, y)
@@ -97,4 +98,4 @@ def check_network(golden: fixture.Fixture, tag: str, model: torch.nn.Module, gra
                          floor=gradient_floor)
     model.eval()
     with torch.no_grad():
-        fixture.assert_close(model(x), golden[f"outputs/{tag}/eval"], f"{tag} evaluation-mode logits")
+        fixture.assert_close(model(x), golden[f"outputs/{tag}/eval"], f"{tag} evaluation-mode logits", rtol=rtol)

@@ -22,7 +22,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAPER_OF_DIR = {"cifar100": "foundation", "css": "000", "mde": "001", "kdcl": "002", "cutnmix": "003", "pskd": "004",
                 # issue 21's methods: the Self-KD-Lib README's ResNet-18 table, and each paper's own
                 "dks": "selfkdlib", "sad": "selfkdlib", "bake": "selfkdlib", "frskd": "selfkdlib", "mixskd": "selfkdlib",
-                "dlb": "dlb2022", "switokd": "switokd"}
+                "dlb": "dlb2022", "switokd": "switokd",
+                "mcl": "mcl2022"}
 CLASSES = {"cifar10": 10, "cifar100": 100, "cinic10": 10, "tinyimagenet": 200, "cub200": 200, "stanford_dogs": 120,
            "stanford_cars": 196, "imagenet": 1000}
 TOLERANCE = 0.005  # 0.5 % of the expected count
@@ -162,15 +163,16 @@ def torchvision_count(published_1000: int, width: int):
 # model name -> (count at K classes, source, the papers whose configs may name it)
 EXPECTED = {
     "resnet32": (lambda k: cifar_basic_resnet(5, k), "OKDDip models/model_cifar/resnet.py resnet32",
-                 {"foundation", "001", "002", "003"}),
+                 {"foundation", "001", "002", "003", "mcl2022"}),
     "resnet56": (lambda k: cifar_basic_resnet(9, k), "RepDistiller models/resnet.py resnet56 (no ONE/OKDDip ResNet-56)",
-                 {"000"}),
+                 {"000", "mcl2022"}),
     "resnet110": (lambda k: cifar_basic_resnet(18, k), "He et al. / RepDistiller models/resnet.py resnet110",
                   {"foundation"}),
     "resnet110_one": (lambda k: cifar_bottleneck_resnet(12, 1, k), "OKDDip models/model_cifar/resnet.py resnet110",
                       {"000", "001", "003"}),
     "resnet110_okddip": (lambda k: cifar_bottleneck_resnet(12, 1, k),
-                         "OKDDip models/model_cifar/resnet.py resnet110 (= DLB's)", {"000", "001", "003"}),
+                         "OKDDip models/model_cifar/resnet.py resnet110 (= DLB's, MCL's)",
+                         {"000", "001", "003", "mcl2022"}),
     "resnet110_lan": (lambda k: cifar_bottleneck_resnet(18, 1, k),
                       "ONE (Lan1991Xu/ONE_NeurIPS2018) models/cifar/resnet.py resnet(depth=110): n = 18", set()),
     "wide_resnet20_8": (lambda k: cifar_bottleneck_resnet(2, 8, k),
@@ -181,7 +183,7 @@ EXPECTED = {
     "resnet50": (lambda k: cifar_resnet4("resnet50", k), "BYOT code models/resnet.py backbone", {"004"}),
     "resnext50_32x4d": (lambda k: cifar_resnet4("resnext50_32x4d", k), "BYOT authors' resnet.py resnext50_32x4d",
                         {"001", "004"}),
-    "wrn16_2": (lambda k: preact_wrn(16, 2, k), "RepDistiller models/wrn.py wrn_16_2", {"002"}),
+    "wrn16_2": (lambda k: preact_wrn(16, 2, k), "RepDistiller models/wrn.py wrn_16_2", {"002", "mcl2022"}),
     "wrn16_2_meliketoy": (lambda k: meliketoy_wrn(16, 2, k), "hfutqian/SwitOKD models/wrnet.py wrnet16 (0.70M)",
                           {"switokd"}),
     "wrn16_10_meliketoy": (lambda k: meliketoy_wrn(16, 10, k), "hfutqian/SwitOKD multi-net models/wrnet2.py wrnet16",
@@ -190,6 +192,8 @@ EXPECTED = {
                         {"switokd"}),
     "mobilenetv2_half": (lambda k: repdistiller_mobilenetv2(0.5, 6, k),
                          "RepDistiller / SwitOKD models/mobilenetv2.py mobile_half (0.81M)", {"switokd"}),
+    "wrn40_2": (lambda k: preact_wrn(40, 2, k), "winycg/MCL models/wrn.py wrn_40_2", {"mcl2022"}),
+    "wrn28_4": (lambda k: preact_wrn(28, 4, k), "winycg/MCL models/wrn.py wrn_28_4", {"mcl2022"}),
     "tv_resnet18": (torchvision_count(11_689_512, 512), "torchvision resnet18 docs (11,689,512)", {"002"}),
     "tv_resnet34": (torchvision_count(21_797_672, 512), "torchvision resnet34 docs (21,797,672)", {"002"}),
     "tv_resnet50": (torchvision_count(25_557_032, 2048), "torchvision resnet50 docs (25,557,032); KDCL: 25.6 M",
@@ -209,6 +213,8 @@ NO_PUBLISHED_COUNT = {
     "resnext29_2x64d": "Xie et al. print counts for 8x64d / 16x64d only; CSS gives none for 2x64d",
     "xception": "MDE (paper 001) gives no count and cites no CIFAR Xception code",
     "shufflenetv2": "MDE (paper 001) gives no count and cites no CIFAR ShuffleNetV2 code",
+    "hcgnet_a1": "the HCGNet paper's 1.1 M is rounded; tests/golden/test_mcl.py holds MCL's models/hcgnet.py count",
+    "hcgnet_a2": "the HCGNet paper's 3.1 M is rounded; tests/golden/test_mcl.py holds MCL's models/hcgnet.py count",
 }
 
 

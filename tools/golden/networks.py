@@ -49,9 +49,12 @@ def batch(n: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
-def generate(name: str, repository: str, commit: str, networks: dict[str, tuple[str, str]], description: str) -> None:
+def generate(name: str, repository: str, commit: str, networks: dict[str, tuple[str, str]], description: str,
+             forward=None, logits_only: frozenset[str] = frozenset()) -> None:
     """The generator of ``fixtures/<name>.npz``: ``networks`` maps a peerkd name to (reference file under
-    ``models/`` without .py, its factory), each built at 100 classes (CIFAR-100, the tables' dataset)."""
+    ``models/`` without .py, its factory), each built at 100 classes (CIFAR-100, the tables' dataset); a factory may
+    also be a function of the imported module returning the network. ``forward`` as in :func:`network_case`; the
+    networks in ``logits_only`` are stored without gradients."""
     args = common.arguments(description)
     torch.manual_seed(0)
     x = batch(4)
@@ -61,9 +64,10 @@ def generate(name: str, repository: str, commit: str, networks: dict[str, tuple[
     with common.checkout(args.repo, commit) as root, common.cpu_only():
         modules = {stem: common.import_file(root, f"models/{stem}.py", f"{name}_{stem}") for stem in stems}
         for tag, (stem, factory) in networks.items():
-            model = getattr(modules[stem], factory)(num_classes=100)
-            entry, out = network_case(tag, model, x, gradients=True)
-            case["networks"][tag] = {"reference": f"models/{stem}.py:{factory}", **entry}
+            model = factory(modules[stem]) if callable(factory) else getattr(modules[stem], factory)(num_classes=100)
+            entry, out = network_case(tag, model, x, forward=forward, gradients=tag not in logits_only)
+            label = factory if isinstance(factory, str) else f"{tag} (constructed in the generator)"
+            case["networks"][tag] = {"reference": f"models/{stem}.py:{label}", **entry}
             arrays.update(out)
             print(f"{tag}: {entry['parameters']:,} parameters")
     common.write(args.out, name, repository, commit, [f"models/{stem}.py" for stem in stems], case, arrays)
