@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2] / "configs"
 PAPERS = Path(__file__).resolve().parents[3] / "shared" / "papers"  # ../shared/papers/<id>_<hash>.txt
 # configs that reproduce no printed number: figure curves, methods named but not tabulated, methods on their own
 NO_CELL = {"css/fig3", "cutnmix/fig1", "cutnmix/tfkd", "pskd/baselines",
-           "dlb/shen2022_cifar100"}  # DLB Table 2: its numbers were not readable here (tests/configs/test_dlb_configs.py)
+           "dlb/shen2022_cifar100"}  # DLB Table 2: numbers not readable here (test_dlb_configs)
 # their blocks and tests are the MDE ablation's (tests/configs/test_configs_mde.py)
 OTHER_HELPER = {"mde/table6", "mde/fig3"}
 # issue 21: tables outside ../shared/papers, typed from the authors' READMEs (Self-KD-Lib; winycg/MCL;

@@ -21,9 +21,8 @@ from peerkd.params import count_parameters
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAPER_OF_DIR = {"cifar100": "foundation", "css": "000", "mde": "001", "kdcl": "002", "cutnmix": "003", "pskd": "004",
                 # issue 21's methods: the Self-KD-Lib README's ResNet-18 table, and each paper's own
-                "dks": "selfkdlib", "sad": "selfkdlib", "bake": "selfkdlib", "frskd": "selfkdlib", "mixskd": "selfkdlib",
-                "dlb": "dlb2022", "switokd": "switokd",
-                "mcl": "mcl2022"}
+                "dks": "selfkdlib", "sad": "selfkdlib", "bake": "selfkdlib", "frskd": "selfkdlib",
+                "mixskd": "selfkdlib", "dlb": "dlb2022", "switokd": "switokd", "mcl": "mcl2022"}
 CLASSES = {"cifar10": 10, "cifar100": 100, "cinic10": 10, "tinyimagenet": 200, "cub200": 200, "stanford_dogs": 120,
            "stanford_cars": 196, "imagenet": 1000}
 TOLERANCE = 0.005  # 0.5 % of the expected count
