@@ -76,8 +76,8 @@ def test_loss_is_the_formula_written_out():
     expected, parts = written_out_loss(method, batch)
     for name, value in parts.items():
         # abs 1e-6: a KL is a difference of row sums of order log(2B) ~ 2.8, so float32 leaves ~1e-7 absolute
-        assert float(out.logs[name]) == pytest.approx(float(value), rel=1e-5, abs=1e-6), name
-    assert float(out.loss.detach()) == pytest.approx(float(expected), rel=1e-5)
+        assert float(out.logs[name]) == pytest.approx(float(value.detach()), rel=1e-5, abs=1e-6), name
+    assert float(out.loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
     assert float(out.logs["soft_vcl"]) > 1e-3 and float(out.logs["soft_icl"]) > 1e-3
 
 
