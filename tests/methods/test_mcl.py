@@ -88,8 +88,8 @@ def test_a_wrong_setting_breaks_the_formula(wrong):
     batch = paired_batch()
     out = method(batch)
     expected, parts = written_out_loss(method, batch)
-    same = [float(out.logs[k]) == pytest.approx(float(v), rel=1e-5, abs=1e-6) for k, v in parts.items()]
-    same.append(float(out.loss.detach()) == pytest.approx(float(expected), rel=1e-5))
+    same = [float(out.logs[k]) == pytest.approx(float(v.detach()), rel=1e-5, abs=1e-6) for k, v in parts.items()]
+    same.append(float(out.loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5))
     assert not all(same)
 
 
@@ -111,6 +111,7 @@ def test_logit_kd_reference_distils_the_last_of_four_peers_only():
     t = 3.0
     q = torch.softmax(mean / t, 1)
     expected = (q * (q.log() - torch.log_softmax(logits[-1] / t, 1))).sum(1).mean() * t * t
+    expected = expected.detach()
     assert float(method(batch).logs["logit_kd"]) == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
     every = build({"name": "mcl", "models": ["resnet8"] * 4, "logit_distill": "all"}, TASK).eval()
     every.load_state_dict(method.state_dict())
