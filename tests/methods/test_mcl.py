@@ -127,7 +127,7 @@ def test_batch_positives_leave_out_anchors_without_one():
     assert float(contrastive_losses(s, labels)) == pytest.approx(float(expected), rel=1e-6)
     method = build({"name": "mcl", "models": ["resnet8", "resnet8"], "positives": "batch"}, TASK)
     assert not method.data_request(method.options).class_pairs
-    assert math.isfinite(float(method(random_batch(TASK, batch_size=4)).loss))
+    assert math.isfinite(float(method(random_batch(TASK, batch_size=4)).loss.detach()))
 
 
 def test_bad_layouts_are_refused():
