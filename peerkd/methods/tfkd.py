@@ -17,6 +17,9 @@ softmax``), as in the authors' released implementation; ``power`` gives the alte
 The student side is softened by the same T (T_s = T, ``soften_student: true``), as the paper's eq. 9 writes it
 (``D_KL(p^d_T, p_T)``); the authors' released implementation compares with the unsoftened student (T_s = 1), which is
 ``soften_student: false``.
+``virtual_softening: none`` leaves p^d unsoftened (only the student is softened): winycg/Self-KD-Lib's
+``methods/tf_kd_reg.py`` reading (``-sum_k p^d_k log softmax(z / T)_k / T``, averaged over the batch, with ``a`` =
+1 - epsilon = 0.9), whose cross-entropy differs from the KL here by the constant entropy of p^d.
 
 The KL's reduction and scale (``kl_reduction``, ``multiplier``; held against the release in
 ``tests/golden/test_tfkd.py``): ``batchmean`` (default) sums the KL over the K classes and averages over the batch
@@ -47,7 +50,7 @@ from peerkd.methods.kd import KD
 from peerkd.core.registry import register_method
 from peerkd.models import build_model
 
-Softening = Literal["softmax", "power"]  # how T softens the virtual teacher's p^d
+Softening = Literal["softmax", "power", "none"]  # how T softens the virtual teacher's p^d ("none": p^d as it is)
 KLReduction = Literal["batchmean", "elementmean"]  # the KL summed over classes and averaged over the batch, or
 # averaged over batch x classes (the release's nn.KLDivLoss() default, 1/K of batchmean)
 
@@ -63,6 +66,8 @@ def virtual_teacher(labels: torch.Tensor, num_classes: int, correct_prob: float,
     if softening == "power":
         powered = base.pow(1.0 / temperature)
         return powered / powered.sum(-1, keepdim=True)
+    if softening == "none":
+        return base
     raise ValueError(f"virtual_softening: '{softening}' is not softmax or power")
 
 

@@ -97,3 +97,11 @@ def test_elementmean_is_the_batchmean_over_the_classes():
     torch.manual_seed(0)
     per_sample = build({"name": "tfkd", "model": "resnet8", "alpha": 1.0}, task)
     assert torch.allclose(element(batch).loss, per_sample(batch).loss, rtol=1e-5)
+
+
+def test_unsoftened_virtual_teacher_is_the_smoothed_label():
+    """virtual_softening none: p^d itself (Self-KD-Lib's methods/tf_kd_reg.py smoothed labels, epsilon 0.1)."""
+    target = virtual_teacher(torch.tensor([2, 0]), 5, 0.9, 20.0, "none")
+    expected = torch.full((2, 5), 0.1 / 4)
+    expected[0, 2] = expected[1, 0] = 0.9
+    assert torch.allclose(target, expected)
