@@ -22,7 +22,9 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAPER_OF_DIR = {"cifar100": "foundation", "css": "000", "mde": "001", "kdcl": "002", "cutnmix": "003", "pskd": "004",
                 # issue 21's methods: the Self-KD-Lib README's ResNet-18 table, and each paper's own
                 "dks": "selfkdlib", "sad": "selfkdlib", "bake": "selfkdlib", "frskd": "selfkdlib",
-                "mixskd": "selfkdlib", "dlb": "dlb2022", "switokd": "switokd", "mcl": "mcl2022"}
+                "mixskd": "selfkdlib", "dlb": "dlb2022", "switokd": "switokd", "mcl": "mcl2022",
+                "ddgsd": "selfkdlib", "byot": "selfkdlib", "tfkd": "selfkdlib", "cskd": "selfkdlib",
+                "selfkdlib": "selfkdlib"}  # configs/selfkdlib/: Self-KD-Lib rows of methods with another paper's folder
 CLASSES = {"cifar10": 10, "cifar100": 100, "cinic10": 10, "tinyimagenet": 200, "cub200": 200, "stanford_dogs": 120,
            "stanford_cars": 196, "imagenet": 1000}
 TOLERANCE = 0.005  # 0.5 % of the expected count
