@@ -71,6 +71,7 @@ from peerkd.core.method import DataRequest, Method, StepOutput
 from peerkd.core.registry import register_method
 from peerkd.losses import kd_kl
 from peerkd.models import build_model
+from peerkd.methods.parts.cohort import export_single_network
 
 DLBForm = Literal["released", "joint"]
 CARRIED_STATE = ("carried_logits", "has_previous")  # buffers each DDP rank keeps for itself
@@ -149,8 +150,4 @@ class DLB(Method):
         return {"net": self.model(x)}
 
     def export(self, key=None):
-        import copy
-
-        if key not in (None, "net"):
-            raise KeyError(f"cannot export '{key}': the exportable key is net")
-        return copy.deepcopy(self.model).eval()
+        return export_single_network(self.model, key)

@@ -36,6 +36,7 @@ from peerkd.core.method import Method, StepOutput
 from peerkd.core.registry import register_method
 from peerkd.methods.parts.self_distillation import MemoryDtype, PredictionMemory, label_distribution, progressive_alpha
 from peerkd.models import build_model
+from peerkd.methods.parts.cohort import export_single_network
 
 
 @register_method("pskd")
@@ -74,8 +75,4 @@ class PSKD(Method):
         return {"net": self.model(x)}
 
     def export(self, key=None):
-        import copy
-
-        if key not in (None, "net"):
-            raise KeyError(f"cannot export '{key}': the exportable key is net")
-        return copy.deepcopy(self.model).eval()
+        return export_single_network(self.model, key)

@@ -31,7 +31,6 @@ Readings, with their evidence (Self-KD-Lib at ede3062d1193626da2bc8a1ceba535d84f
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -42,6 +41,7 @@ from peerkd.core.method import Method, StepOutput
 from peerkd.core.registry import register_method
 from peerkd.losses import hard_ce
 from peerkd.models import build_model
+from peerkd.methods.parts.cohort import export_single_network
 
 ResizeMode = Literal["bilinear", "nearest"]  # how the later stage's map is brought to the earlier's size
 
@@ -96,6 +96,4 @@ class SAD(Method):
         return {"net": self.model(x)}
 
     def export(self, key=None):
-        if key not in (None, "net"):
-            raise KeyError(f"cannot export '{key}': the exportable key is net")
-        return copy.deepcopy(self.model).eval()
+        return export_single_network(self.model, key)

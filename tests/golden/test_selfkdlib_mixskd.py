@@ -37,13 +37,8 @@ from tests.golden.rule_weights import pair_names, rule_weights
 PARTS = {"cls": "ce", "div": "kd", "fea": "feature", "gan": "gan", "mixcls": "mixce"}  # reference -> peerkd log
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread, as the generator ran: the second step is sensitive to the reduction order (see the gradients)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One thread, as the generator ran: the second step is sensitive to the reduction order (see the gradients).
+from tests.helpers import one_torch_thread  # noqa: E402,F401  (autouse, module scope)
 
 
 @pytest.fixture(scope="module")

@@ -62,14 +62,9 @@ LOSSES = {"1t1s": [("loss_full", True), ("loss_ks2", False)],
           "2t1s": [("loss_full", True), ("loss_full2", True), ("loss_ks2", False)]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread, as the generator: with two, CPU reductions sum in another order and three steps amplify
-    that round-off to 5e-3 of a gradient (measured on 1T2S's teacher at step 2); with one, every step agrees to 1e-5."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One torch thread, as the generator: with two, CPU reductions sum in another order and three steps amplify
+# that round-off to 5e-3 of a gradient (measured on 1T2S's teacher at step 2); with one, every step agrees to 1e-5.
+from tests.helpers import one_torch_thread  # noqa: E402,F401  (autouse, module scope)
 
 
 @pytest.mark.parametrize("tag", ["wrn16_2_meliketoy", "mobilenetv2_half", "wrn16_1_meliketoy", "wrn16_10_meliketoy",

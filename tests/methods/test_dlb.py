@@ -16,13 +16,8 @@ TASK = TaskInfo(num_classes=5, num_train=32)
 TREE = {"name": "dlb", "model": "resnet8"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: batches of 4 on ResNet-8 gain nothing from more on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One torch thread: batches of 4 on ResNet-8 gain nothing from more on a shared machine.
+from tests.helpers import one_torch_thread  # noqa: E402,F401  (autouse, module scope)
 
 
 def with_previous(batch, previous, valid: float = 1.0):

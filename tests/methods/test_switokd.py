@@ -18,13 +18,8 @@ from tests.helpers import build, cifar100_subset_run, tiny_task
 K = 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from a second thread on a busy 2-core machine but waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny networks gain nothing from a second thread on a busy 2-core machine but waiting.
+from tests.helpers import one_torch_thread  # noqa: E402,F401  (autouse, module scope)
 
 
 def method(topology="1T1S", models=None, **options):

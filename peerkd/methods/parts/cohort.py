@@ -93,6 +93,16 @@ def export_member(models: nn.Module, key: str | None) -> nn.Module:
     return models.export(keys.index(key)).eval()
 
 
+def export_single_network(model: nn.Module, key: str | None, exportable: str = "net") -> nn.Module:
+    """A plain copy of a method's one network ``model`` in eval mode, for ``export(key)`` of a method whose only
+    exportable ``predict`` key is ``exportable`` (None means it)."""
+    import copy
+
+    if key not in (None, exportable):
+        raise KeyError(f"cannot export '{key}': the exportable key is {exportable}")
+    return copy.deepcopy(model).eval()
+
+
 class CohortMethod(Method):
     """Base of the methods whose members are whole networks held in ``self.models`` (a member group): it predicts
     every member's logits and, for two or more, their ensemble; the members form the diversity group; any member
