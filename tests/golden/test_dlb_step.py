@@ -23,7 +23,7 @@ from tests.golden import fixture
 from tests.golden.network_check import assert_gradients
 from tests.golden.rule_weights import map_in_order, pair_names, rule_weights
 from tests.helpers import build
-from tests.methods.test_dlb import one_thread  # noqa: F401  (the module's autouse fixture: one torch thread)
+from tests.helpers import one_torch_thread  # noqa: F401  (autouse, module scope: one torch thread)
 
 GOLDEN = fixture.load("dlb_step")
 CASE = GOLDEN.meta["case"]
