@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.configs.selfkdlib_recipe import check_main_py_recipe
 from tests.paper_configs import check_predict_keys, configs_under, header_numbers, load
 
 CONFIGS = configs_under("bake/selfkdlib")
@@ -44,12 +45,7 @@ def test_recipe_and_settings_are_selfkdlib_main_py(path):
     150 after the warm-up (= 105 / 155); CIFAR_ResNet18; BAKE at T 4, omega 0.5, --intra-imgs 3, unweighted KL,
     DistillKL's re-softened target."""
     config = load(path)
-    assert (config.optim.lr, config.optim.momentum, config.optim.nesterov, config.optim.weight_decay) == (
-        0.1, 0.9, True, 5e-4)
-    assert (config.data.batch_size, config.data.crop_padding, config.data.flip) == (128, 4, True)
-    schedule = config.schedule
-    assert (schedule.epochs, schedule.kind, schedule.milestones, schedule.gamma, schedule.warmup_epochs) == (
-        200, "multistep", [105, 155], 0.1, 5)
+    check_main_py_recipe(path)
     options = config.method.options
     if config.method.name == "bake":
         assert options.model == "preact_resnet18"

@@ -9,7 +9,8 @@ import torch
 
 from peerkd.core.method import TaskInfo
 from peerkd.methods import build_method
-from tests.paper_configs import configs_under, header, header_numbers, load, notes_deviation
+from tests.configs.selfkdlib_recipe import check_main_py_data, check_main_py_recipe
+from tests.paper_configs import configs_under, header, header_numbers, load
 
 CONFIGS = configs_under("dks", "sad")
 README = {"dks": ("DKS", 78.64), "sad": ("SAD", 76.40)}  # the README's rows (method -> row label, top-1 %)
@@ -73,12 +74,5 @@ def test_method_settings_are_the_codes(path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=name)
 def test_recipe_is_main_py(path):
-    """main.py: SGD (Nesterov, momentum 0.9, lr 0.1, wd 5e-4), batch 128, 200 epochs, 5 warm-up epochs, then
-    milestones [100, 150] counted after the warm-up (epochs 105 and 155), crop 32 pad 4, flip, seed 0."""
-    config = load(path)
-    optim, schedule, data = config.optim, config.schedule, config.data
-    assert (optim.lr, optim.momentum, optim.nesterov, optim.weight_decay) == (0.1, 0.9, True, 5e-4)
-    assert (schedule.epochs, schedule.kind, schedule.milestones, schedule.gamma, schedule.warmup_epochs) == (
-        200, "multistep", [105, 155], 0.1, 5.0)
-    assert (data.dataset, data.batch_size, data.crop_padding, data.flip, config.seed) == ("cifar100", 128, 4, True, 0)
-    assert data.normalize == "dataset" and notes_deviation(header(path)), path  # its 4th-decimal statistics
+    check_main_py_recipe(path)
+    check_main_py_data(path)

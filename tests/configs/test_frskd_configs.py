@@ -3,6 +3,7 @@ loads and builds, its block holds the README's number (typed here), the header s
 and the recipe are the code's (typed here), so a wrong one fails. The baseline row is configs/bake/selfkdlib/."""
 import pytest
 
+from tests.configs.selfkdlib_recipe import check_main_py_recipe
 from tests.paper_configs import check_predict_keys, configs_under, header_numbers, load
 
 CONFIGS = configs_under("frskd/selfkdlib")
@@ -31,12 +32,7 @@ def test_block_recipe_and_settings_are_the_codes(path):
     for cell in paper.cells:
         assert (cell.value, cell.metric, cell.predict) == (README[cell.row], "top1", "net"), path
         assert cell.value in header_numbers(path), f"{path}: the header does not state {cell.value}"
-    assert (config.optim.lr, config.optim.momentum, config.optim.nesterov, config.optim.weight_decay) == (
-        0.1, 0.9, True, 5e-4)
-    assert (config.data.batch_size, config.data.crop_padding, config.data.flip) == (128, 4, True)
-    schedule = config.schedule
-    assert (schedule.epochs, schedule.kind, schedule.milestones, schedule.gamma, schedule.warmup_epochs) == (
-        200, "multistep", [105, 155], 0.1, 5)
+    check_main_py_recipe(path)
     o = config.method.options
     assert (config.method.name, o.model, o.temperature, o.kd_weight, o.attention_weight) == (
         "frskd", "preact_resnet18", 4.0, 2.0, 100.0)

@@ -12,7 +12,7 @@ import torch
 
 from peerkd.core.method import TaskInfo
 from peerkd.methods import build_method
-from tests.configs.test_dks_sad_configs import test_recipe_is_main_py as dks_sad_recipe_is_main_py
+from tests.configs.selfkdlib_recipe import check_main_py_data, check_main_py_recipe
 from tests.paper_configs import header, header_numbers, load
 
 ROOT = Path(__file__).resolve().parents[2] / "configs"
@@ -97,7 +97,8 @@ def test_tfkd_weights_are_the_codes_up_to_one_factor():
 def test_recipe_is_main_py(path):
     """main.py's recipe, as for the DKS / SAD rows (SGD Nesterov lr 0.1, wd 5e-4, batch 128, 200 epochs, 5 warm-up,
     milestones 105 / 155, crop + flip, seed 0; the normalisation's deviation said)."""
-    dks_sad_recipe_is_main_py(path)
+    check_main_py_recipe(path)
+    check_main_py_data(path)
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if load(p).method.name in DEVIATES], ids=name)
